@@ -1,0 +1,1 @@
+"""Everything between a prompt's text and the next token: tokenizer, prompts, engine, backends."""

@@ -1,0 +1,1 @@
+"""The closed set of backends: ``cpu`` (onnxruntime) and ``tpu`` (the C++ bmrt engine)."""

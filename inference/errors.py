@@ -1,0 +1,30 @@
+"""The one error family of ``inference``: messages a user can act on (which file, which tensor).
+
+The language server converts these once, at its boundary, into LSP errors or a status line.
+"""
+
+from __future__ import annotations
+
+
+class InferenceError(Exception):
+    """Base of every error that ``inference`` raises on purpose."""
+
+
+class ModelLoadError(InferenceError):
+    """A model file or directory cannot be used: missing, corrupt, unsupported, inconsistent."""
+
+
+class ModelFetchError(ModelLoadError):
+    """The embedded default model could not be fetched from the package registry."""
+
+
+class TokenizerError(InferenceError):
+    """The tokenizer files are missing or lack a token the prompt format needs."""
+
+
+class BackendError(InferenceError):
+    """A backend failed while running: device gone, out of memory, runtime error."""
+
+
+class ContextOverflowError(InferenceError):
+    """The prompt plus the tokens to generate do not fit the model's context."""

@@ -1,0 +1,1 @@
+"""One model definition per architecture, and the ONNX graph builder they share."""

@@ -1,0 +1,54 @@
+"""The architecture-neutral description of a decoder-only transformer.
+
+Both supported architectures (GPTBigCode for WizardCoder/StarCoder, Llama for the SmolLM2
+default) fit one dataclass; the handful of places where they differ are the fields below
+``arch`` and are read by ``inference/model/{gptbigcode,llama}.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Arch = Literal["gpt_bigcode", "llama"]
+SUPPORTED_ARCHS: tuple[str, ...] = ("gpt_bigcode", "llama")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Arch
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int  # 1: multi-query (StarCoder); == num_heads: multi-head; between: grouped
+    intermediate_size: int
+    max_positions: int  # learned positions (GPTBigCode) or trained context (Llama)
+    norm_eps: float
+    rope_theta: float = 10000.0  # Llama only
+    tie_embeddings: bool = False  # lm_head shares the token embedding matrix
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head."""
+        return self.num_heads // self.num_kv_heads
+
+    def validate(self) -> None:
+        if self.arch not in SUPPORTED_ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return cls(**data)

@@ -1,0 +1,161 @@
+"""Text ⇄ token ids through the ``tokenizers`` library, plus the special tokens prompts need.
+
+Three sources, one class: a checkpoint's ``tokenizer.json``; a ``vocab.json`` + ``merges.txt``
+pair (StarCoder's files); the vocabulary inside a GGUF (the SmolLM2 default). Special tokens are
+looked up by name, never by a hard-coded id.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers
+
+from .errors import TokenizerError
+
+# Names that end a generation, in the order a model family uses them.
+EOS_NAMES = ("<|endoftext|>", "<|im_end|>", "</s>", "<|end_of_text|>")
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<fim_prefix>", "<fim_middle>", "<fim_suffix>"
+
+# llama.cpp's pre-tokenizer for a GGUF that says `tokenizer.ggml.pre = smollm`: digits one by one,
+# then GPT-2's split (SmolLM2's own tokenizer.json does the same with Digits + ByteLevel).
+_PRE_TOKENIZERS = {
+    "smollm": lambda: pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ]),
+    "starcoder": lambda: pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ]),
+    "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+}
+
+
+class Tokenizer:
+    def __init__(self, backend: HFTokenizer, eos_token: str | None = None, source: str = ""):
+        self.backend = backend
+        self.source = source
+        vocab = backend.get_vocab(with_added_tokens=True)
+        if eos_token is None:
+            eos_token = next((name for name in EOS_NAMES if name in vocab), None)
+        if eos_token is None or eos_token not in vocab:
+            raise TokenizerError(f"{source}: no end-of-text token (looked for {', '.join(EOS_NAMES)})")
+        self.eos_token = eos_token
+        self.eos_id = vocab[eos_token]
+
+    # Construction -------------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | Path, eos_token: str | None = None) -> "Tokenizer":
+        try:
+            return cls(HFTokenizer.from_file(str(path)), eos_token, str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+            if isinstance(exc, TokenizerError):
+                raise
+            raise TokenizerError(f"{path}: not a readable tokenizer.json ({exc})") from exc
+
+    @classmethod
+    def from_vocab_merges(cls, vocab_path: str | Path, merges_path: str | Path, pre: str = "starcoder",
+                          eos_token: str | None = None) -> "Tokenizer":
+        """Byte-level BPE from a GPT-2 style pair; tokens spelled like ``<...>`` or ``<|...|>`` at the
+        start of the vocabulary become special tokens (StarCoder's ids 0–4)."""
+        try:
+            vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+            merges = _read_merges(Path(merges_path).read_text(encoding="utf-8").splitlines())
+        except (OSError, ValueError) as exc:
+            raise TokenizerError(f"cannot read {vocab_path} / {merges_path}: {exc}") from exc
+        specials = _leading_specials(vocab)
+        backend = _byte_level_bpe(vocab, merges, pre, specials)
+        return cls(backend, eos_token, f"{vocab_path}")
+
+    @classmethod
+    def from_gguf_fields(cls, tokens: Sequence[str], token_types: Sequence[int], merges: Sequence[str],
+                         pre: str, eos_id: int, source: str) -> "Tokenizer":
+        """From a GGUF's ``tokenizer.ggml.*`` fields (model ``gpt2``): control tokens (type 3) are
+        special, the rest is byte-level BPE with the pre-tokenizer the file names."""
+        vocab = {tok: i for i, tok in enumerate(tokens)}
+        specials = [tok for tok, kind in zip(tokens, token_types) if kind == 3]
+        backend = _byte_level_bpe(vocab, _read_merges(merges), pre, specials)
+        return cls(backend, tokens[eos_id], source)
+
+    # Use ----------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text``, special-token spellings inside it included as special tokens only where
+        the prompt builder puts them on purpose (see ``encode_special``)."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special)
+
+    def token_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def require(self, token: str) -> int:
+        token_id = self.token_id(token)
+        if token_id is None:
+            raise TokenizerError(f"{self.source}: the vocabulary has no {token!r}")
+        return token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def has_fim(self) -> bool:
+        return all(self.token_id(t) is not None for t in (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX))
+
+    @cached_property
+    def newline_ids(self) -> frozenset[int]:
+        """Every token whose text holds a line break: the stop set of single-line completion."""
+        return frozenset(i for i in range(self.vocab_size) if "\n" in self.decode([i], skip_special=False))
+
+    def save(self, path: str | Path) -> None:
+        self.backend.save(str(path))
+
+
+def _read_merges(lines: Iterable[str]) -> list[tuple[str, str]]:
+    merges = []
+    for line in lines:
+        if not line or line.startswith("#version"):
+            continue
+        left, sep, right = line.partition(" ")
+        if not sep:
+            raise ValueError(f"malformed merge line {line!r}")
+        merges.append((left, right))
+    return merges
+
+
+_SPECIAL_SPELLING = re.compile(r"^<\|?[a-z_]+\|?>$")
+
+
+def _leading_specials(vocab: dict[str, int]) -> list[str]:
+    """The run of ``<name>`` / ``<|name|>`` tokens at ids 0, 1, 2, …: how GPT-2 style vocabularies
+    (StarCoder's ``<|endoftext|>``, ``<fim_prefix>``, …) list their special tokens. Later tokens that
+    happen to look alike (``<div>``) are ordinary text."""
+    by_id = sorted(vocab.items(), key=lambda item: item[1])
+    specials = []
+    for expected, (token, token_id) in enumerate(by_id):
+        if token_id != expected or not _SPECIAL_SPELLING.match(token):
+            break
+        specials.append(token)
+    return specials
+
+
+def _byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], pre: str,
+                    specials: Sequence[str]) -> HFTokenizer:
+    backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=False))
+    backend.pre_tokenizer = _PRE_TOKENIZERS.get(pre, _PRE_TOKENIZERS["gpt2"])()
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(tok, special=True, normalized=False) for tok in specials])
+    return backend
+
+
+__all__ = ["Tokenizer", "FIM_PREFIX", "FIM_MIDDLE", "FIM_SUFFIX"]

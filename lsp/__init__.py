@@ -1,0 +1,1 @@
+"""The language server: LSP in, completion requests to ``inference``, items back."""

@@ -1,0 +1,3 @@
+from wizardcoder_tpu.cli import main
+
+raise SystemExit(main())

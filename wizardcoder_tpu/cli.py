@@ -1,0 +1,108 @@
+"""The one console script: ``wizardcoder-tpu serve | complete | fetch`` (and the TPU tools).
+
+Each subcommand lives in the package that does the work; this file only parses arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="'default' (SmolLM2-135M-Instruct, fetched on first use), a .gguf file, a Hugging Face "
+                        "checkpoint directory (config.json + *.safetensors), or a .bmodel with --backend tpu")
+    p.add_argument("--backend", default="cpu", choices=("cpu", "tpu"), help="where the model runs (default: cpu)")
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from wizardcoder_tpu.inference.engine import GenerationParams
+    from wizardcoder_tpu.inference.errors import InferenceError
+    from wizardcoder_tpu.inference.loader import load_engine
+
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt:
+        print("wizardcoder-tpu complete: empty prompt", file=sys.stderr)
+        return 2
+    try:
+        engine = load_engine(args.model, args.backend)
+        ids = engine.tokenizer.encode(prompt)
+        params = GenerationParams(max_new_tokens=args.max_tokens, stop_at_newline=args.single_line)
+        result = engine.generate(ids, params)
+    except InferenceError as exc:
+        print(f"wizardcoder-tpu: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(result.text if args.completion_only else prompt + result.text)
+    sys.stdout.write("\n")
+    print(f"[{len(result.token_ids)} tokens, stop: {result.stop_reason}, prefill {result.prefill_ms:.0f} ms, "
+          f"decode {result.decode_ms:.0f} ms]", file=sys.stderr)
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from wizardcoder_tpu.inference.default_model import default_model_path
+    from wizardcoder_tpu.inference.errors import InferenceError
+
+    try:
+        print(default_model_path())
+    except InferenceError as exc:
+        print(f"wizardcoder-tpu: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from wizardcoder_tpu.lsp.main import serve
+
+    return serve(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wizardcoder-tpu", description="Code completion from WizardCoder "
+                                     "(or the embedded SmolLM2 default) on a BM1684X TPU or the CPU.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the language server (stdio by default)",
+                           description="Run the language server: inline completion, completion, explain selection.")
+    _add_model_args(serve)
+    serve.add_argument("--stdio", action="store_true", help="speak LSP over stdin/stdout (the default)")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead (HOST defaults to 127.0.0.1)")
+    serve.add_argument("--log-file", help="log here (default: <cache>/server.log); stdout belongs to the protocol")
+    serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    serve.add_argument("--fallback-cpu", action="store_true",
+                       help="with --backend tpu: serve from the CPU default model when the device cannot be opened")
+    serve.set_defaults(func=_serve)
+
+    complete = sub.add_parser("complete", help="print a completion of a prompt (a smoke test)",
+                              description="Continue PROMPT (or stdin) greedily and print prompt + completion.")
+    complete.add_argument("prompt", nargs="?", help="the text to continue; read from stdin when omitted")
+    _add_model_args(complete)
+    complete.add_argument("--max-tokens", type=int, default=64, help="new tokens at most (default 64)")
+    complete.add_argument("--single-line", action="store_true", help="stop at the first line break")
+    complete.add_argument("--completion-only", action="store_true", help="print only the new text")
+    complete.set_defaults(func=_complete)
+
+    fetch = sub.add_parser("fetch", help="download the default model into the cache and print its path")
+    fetch.set_defaults(func=_fetch)
+
+    _add_tpu_tools(sub)
+    return parser
+
+
+def _add_tpu_tools(sub) -> None:
+    """``export`` and ``compile`` register themselves when the TPU tools are present."""
+    try:
+        from wizardcoder_tpu.inference.tpu.cli import add_subcommands
+    except ImportError:
+        return
+    add_subcommands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
