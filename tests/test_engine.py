@@ -1,0 +1,159 @@
+"""The engine seam on the real CPU backend: prefix reuse, stop conditions, cancellation."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from reference import backend_greedy
+from wizardcoder_tpu.inference.backends.cpu import CPUBackend
+from wizardcoder_tpu.inference.engine import CancelToken, Engine, GenerationParams
+from wizardcoder_tpu.inference.errors import ContextOverflowError, InferenceError
+from wizardcoder_tpu.inference.loader import load_engine
+from wizardcoder_tpu.inference.weights import open_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_model_factory):
+    return open_checkpoint(tiny_model_factory("gpt_bigcode_mq"))
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_checkpoint) -> Engine:
+    return Engine(CPUBackend(tiny_checkpoint), _NoTextTokenizer(eos_id=-1))
+
+
+@pytest.fixture(scope="module")
+def cold_backend(tiny_checkpoint) -> CPUBackend:
+    """A second backend on the same weights: the cold-run reference for prefix reuse."""
+    return CPUBackend(tiny_checkpoint)
+
+
+class _NoTextTokenizer:
+    """The tiny random models have no vocabulary files; the engine needs ids only, plus decode
+    for stop strings, which these tests render as space-separated ids."""
+
+    def __init__(self, eos_id: int):
+        self.eos_id = eos_id
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+@pytest.fixture(scope="module")
+def default_engine(default_model) -> Engine:
+    return load_engine(str(default_model))
+
+
+def test_prefix_reuse_gives_cold_tokens_and_feeds_only_new(tiny_engine, cold_backend):
+    backend = tiny_engine.backend
+    first = list(range(1, 200))
+    extended = first + [7, 8, 9, 10, 11]  # the user typed five more tokens
+    params = GenerationParams(max_new_tokens=16)
+
+    tiny_engine.reset()
+    tiny_engine.generate(first, params)
+    fed_before = backend.tokens_fed
+    warm = tiny_engine.generate(extended, params)
+    fed_prompt = backend.tokens_fed - fed_before - (len(warm.token_ids) - 1)
+
+    cold = backend_greedy(cold_backend, extended, 16)
+    assert warm.token_ids == cold
+    assert warm.reused_tokens == len(first)
+    assert fed_prompt == 5  # only the new tokens went through the model
+
+
+def test_prompt_that_edits_the_middle_reuses_only_the_common_prefix(tiny_engine, cold_backend):
+    tiny_engine.reset()
+    tiny_engine.generate(list(range(1, 100)), GenerationParams(max_new_tokens=4))
+    edited = list(range(1, 50)) + [3] + list(range(51, 100))
+    result = tiny_engine.generate(edited, GenerationParams(max_new_tokens=4))
+    assert result.reused_tokens == 49
+    assert result.token_ids == backend_greedy(cold_backend, edited, 4)
+
+
+def test_same_prompt_twice_feeds_one_token(tiny_engine):
+    prompt = list(range(3, 60))
+    tiny_engine.reset()
+    first = tiny_engine.generate(prompt, GenerationParams(max_new_tokens=8))
+    fed = tiny_engine.backend.tokens_fed
+    again = tiny_engine.generate(prompt, GenerationParams(max_new_tokens=8))
+    assert again.token_ids == first.token_ids
+    assert again.reused_tokens == len(prompt) - 1
+    assert tiny_engine.backend.tokens_fed - fed == 1 + len(again.token_ids) - 1
+
+
+def test_cancel_from_another_thread_stops_within_one_step(tiny_engine):
+    cancel = CancelToken()
+    seen: list[int] = []
+    cancelled_after: list[int] = []
+
+    def on_text(text: str) -> None:
+        seen.append(len(text.split()))
+        if len(seen) == 5:
+            threading.Thread(target=lambda: (cancel.cancel(), cancelled_after.append(len(seen)))).start()
+            time.sleep(0.05)  # let the canceller run while the engine is mid-generation
+
+    tiny_engine.reset()
+    result = tiny_engine.generate(list(range(1, 20)), GenerationParams(max_new_tokens=400), cancel, on_text)
+    assert result.stop_reason == "cancelled"
+    assert len(result.token_ids) <= cancelled_after[0] + 1
+
+
+def test_cancel_before_start_runs_nothing(tiny_engine):
+    cancel = CancelToken()
+    cancel.cancel()
+    fed = tiny_engine.backend.tokens_fed
+    result = tiny_engine.generate([1, 2, 3], GenerationParams(max_new_tokens=10), cancel)
+    assert result.stop_reason == "cancelled" and result.token_ids == []
+    assert tiny_engine.backend.tokens_fed == fed
+
+
+def test_deadline_stops_generation(tiny_engine):
+    result = tiny_engine.generate([1, 2, 3], GenerationParams(max_new_tokens=500, deadline=time.monotonic() + 0.05))
+    assert result.stop_reason == "deadline"
+    assert 0 < len(result.token_ids) < 500
+
+
+def test_stop_string_cuts_the_text(tiny_engine):
+    full = tiny_engine.generate([5, 6, 7], GenerationParams(max_new_tokens=12))
+    stop = " " + str(full.token_ids[3]) + " "
+    cut = tiny_engine.generate([5, 6, 7], GenerationParams(max_new_tokens=12, stop_strings=(stop,)))
+    assert cut.stop_reason == "stop_string"
+    assert stop not in cut.text and full.text.startswith(cut.text)
+
+
+def test_context_limits(tiny_engine):
+    with pytest.raises(ContextOverflowError):
+        tiny_engine.generate(list(range(2000)), GenerationParams())
+    with pytest.raises(InferenceError):
+        tiny_engine.generate([], GenerationParams())
+    near_end = [1] * (tiny_engine.max_context - 3)
+    result = tiny_engine.generate(near_end, GenerationParams(max_new_tokens=10))
+    assert result.stop_reason == "context" and len(result.token_ids) == 3
+
+
+def test_default_model_completes_code_and_stops_at_newline(default_engine):
+    ids = default_engine.tokenizer.encode("def is_prime(n: int) -> bool:\n    ")
+    multi = default_engine.generate(ids, GenerationParams(max_new_tokens=48))
+    assert "return" in multi.text or "if" in multi.text
+    single = default_engine.generate(ids, GenerationParams(max_new_tokens=48, stop_at_newline=True))
+    assert single.stop_reason == "newline"
+    assert "\n" not in single.text and multi.text.startswith(single.text)
+
+
+def test_default_model_stops_at_eos(default_engine):
+    chat = "<|im_start|>user\nSay OK.<|im_end|>\n<|im_start|>assistant\n"
+    result = default_engine.generate(default_engine.tokenizer.encode(chat), GenerationParams(max_new_tokens=64))
+    assert result.stop_reason == "eos"
+    assert "<|im_end|>" not in result.text
+
+
+def test_streaming_reports_growing_text(default_engine):
+    pieces: list[str] = []
+    ids = default_engine.tokenizer.encode("# a function that adds two numbers\ndef add(")
+    result = default_engine.generate(ids, GenerationParams(max_new_tokens=20), on_text=pieces.append)
+    assert pieces and pieces[-1] == result.text
+    assert all(b.startswith(a) for a, b in zip(pieces, pieces[1:]))
