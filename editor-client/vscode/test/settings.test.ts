@@ -1,0 +1,60 @@
+import { strict as assert } from "node:assert";
+import { test } from "node:test";
+import {
+  DEFAULT_SETTINGS,
+  documentSelector,
+  readServerCommand,
+  readServerSettings,
+  type ConfigSource,
+} from "../src/settings";
+
+function source(values: Record<string, unknown>): ConfigSource {
+  return { get: <T>(key: string) => values[key] as T | undefined };
+}
+
+test("an empty configuration gives the protocol's defaults", () => {
+  assert.deepEqual(readServerSettings(source({})), DEFAULT_SETTINGS);
+  assert.deepEqual(DEFAULT_SETTINGS, {
+    model: "default", backend: "cpu", fallbackToCpu: true, maxNewTokens: 64, debounceMs: 150,
+    promptTokens: 1024, mode: "auto", languages: [],
+  });
+});
+
+test("valid values pass through with the protocol's key names", () => {
+  const settings = readServerSettings(source({
+    model: " /models/wizardcoder.gguf ", backend: "tpu", fallbackToCpu: false, maxNewTokens: 32,
+    debounceMs: 0, promptTokens: 2048, mode: "fim", languages: ["python", "rust"], serverCommand: ["x"],
+  }));
+  assert.deepEqual(settings, {
+    model: "/models/wizardcoder.gguf", backend: "tpu", fallbackToCpu: false, maxNewTokens: 32,
+    debounceMs: 0, promptTokens: 2048, mode: "fim", languages: ["python", "rust"],
+  });
+  assert.equal("serverCommand" in settings, false, "client-only keys are not sent to the server");
+});
+
+test("malformed values fall back to the defaults", () => {
+  const settings = readServerSettings(source({
+    model: "", backend: "gpu", fallbackToCpu: "yes", maxNewTokens: 0, debounceMs: -5,
+    promptTokens: 12.5, mode: "chat", languages: "python",
+  }));
+  assert.deepEqual(settings, DEFAULT_SETTINGS);
+  assert.deepEqual(readServerSettings(source({ languages: ["python", " ", 3] })).languages, []);
+  assert.deepEqual(readServerSettings(source({ languages: ["python", " "] })).languages, ["python"]);
+});
+
+test("the server command splits into program and arguments", () => {
+  assert.deepEqual(readServerCommand(source({})), { command: "wizardcoder-tpu", args: ["serve", "--stdio"] });
+  assert.deepEqual(readServerCommand(source({ serverCommand: ["/venv/bin/wizardcoder-tpu", "serve", "--backend", "tpu"] })),
+    { command: "/venv/bin/wizardcoder-tpu", args: ["serve", "--backend", "tpu"] });
+  assert.deepEqual(readServerCommand(source({ serverCommand: [] })), { command: "wizardcoder-tpu", args: ["serve", "--stdio"] });
+  assert.deepEqual(readServerCommand(source({ serverCommand: "wizardcoder-tpu serve" })),
+    { command: "wizardcoder-tpu", args: ["serve", "--stdio"] });
+});
+
+test("the document selector covers every file, or only the listed languages", () => {
+  assert.deepEqual(documentSelector([]), [{ scheme: "file" }, { scheme: "untitled" }]);
+  assert.deepEqual(documentSelector(["python"]), [
+    { scheme: "file", language: "python" },
+    { scheme: "untitled", language: "python" },
+  ]);
+});
