@@ -1,0 +1,79 @@
+// pybind11 adapters for errors.h, runtime.h and engine.h; the only file besides module.cpp that
+// knows about Python.
+#include <pybind11/functional.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "engine.h"
+#include "errors.h"
+#include "runtime.h"
+
+namespace py = pybind11;
+
+void register_errors(py::module_& m) {
+  // Base first: pybind11 tries translators newest first, so the subclasses must come later.
+  static py::exception<wct::Error> error(m, "Error", PyExc_RuntimeError);
+  py::register_exception<wct::LibraryError>(m, "LibraryError", error);
+  py::register_exception<wct::ModelError>(m, "ModelError", error);
+  py::register_exception<wct::DeviceError>(m, "DeviceError", error);
+}
+
+void register_runtime(py::module_& m) {
+  m.def("load_libraries", [](const std::vector<std::string>& dirs) {
+        wct::load_api(dirs);
+        return wct::loaded_from();
+      }, py::arg("dirs"),
+      "Load libbmlib + libbmrt from the first directory of `dirs` that has both; returns it. Once "
+      "loaded, the process keeps that copy (later calls return the same directory).");
+  m.def("loaded_from", &wct::loaded_from, "The directory the libraries came from, or ''.");
+}
+
+void register_engine(py::module_& m) {
+  py::class_<wct::EngineStats>(m, "EngineStats")
+      .def_readonly("tokens_fed", &wct::EngineStats::tokens_fed)
+      .def_readonly("block_rows", &wct::EngineStats::block_rows)
+      .def_readonly("prefills", &wct::EngineStats::prefills)
+      .def_readonly("chunks", &wct::EngineStats::chunks)
+      .def_readonly("decodes", &wct::EngineStats::decodes)
+      .def_readonly("launches", &wct::EngineStats::launches);
+
+  py::class_<wct::Engine>(m, "Engine")
+      .def(py::init([](const std::string& bmodel, const std::vector<int>& devices) {
+             if (wct::loaded_from().empty())
+               throw wct::LibraryError("the Sophgo runtime is not loaded: call load_libraries(dirs) first");
+             return new wct::Engine(wct::load_api({}), bmodel, devices);
+           }),
+           py::arg("bmodel"), py::arg("devices") = std::vector<int>{0}, py::call_guard<py::gil_scoped_release>())
+      .def("close", &wct::Engine::close, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("closed", &wct::Engine::closed)
+      .def_property_readonly("seq_len", &wct::Engine::seq_len)
+      .def_property_readonly("chunk_len", &wct::Engine::chunk_len)
+      .def_property_readonly("num_layers", &wct::Engine::num_layers)
+      .def_property_readonly("hidden_size", &wct::Engine::hidden_size)
+      .def_property_readonly("vocab_size", &wct::Engine::vocab_size)
+      .def_property_readonly("device_count", &wct::Engine::device_count)
+      .def_property_readonly("net_names", &wct::Engine::net_names)
+      .def_property_readonly("length", &wct::Engine::length)
+      .def_property_readonly("stats", &wct::Engine::stats)
+      .def("truncate", &wct::Engine::truncate, py::arg("length"))
+      .def("feed_greedy", &wct::Engine::feed_greedy, py::arg("ids"), py::call_guard<py::gil_scoped_release>())
+      .def("feed_logits", [](wct::Engine& e, const std::vector<int>& ids) {
+             std::vector<float> logits;
+             {
+               py::gil_scoped_release release;
+               logits = e.feed_logits(ids);
+             }
+             return py::bytes(reinterpret_cast<const char*>(logits.data()), logits.size() * sizeof(float));
+           }, py::arg("ids"), "Logits of the last position as float32 bytes (numpy.frombuffer).")
+      .def("generate", [](wct::Engine& e, int first, int max_steps, const std::vector<int>& stop_ids,
+                          const std::function<bool(int)>& on_token) {
+             wct::GenerateResult r;
+             {
+               py::gil_scoped_release release;  // the callback's wrapper takes the GIL back per token
+               r = e.generate(first, max_steps, stop_ids, on_token);
+             }
+             return py::make_tuple(r.tokens, wct::stop_reason_name(r.reason));
+           }, py::arg("first"), py::arg("max_steps"), py::arg("stop_ids") = std::vector<int>{},
+           py::arg("on_token") = nullptr)
+      .def("cancel", &wct::Engine::cancel);
+}

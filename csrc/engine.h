@@ -1,0 +1,144 @@
+// The bmrt engine: one .bmodel of the pieces in docs/tpu-pieces.md, its KV cache on the device.
+//
+// Data path of one decode step (only the token id comes back to the host):
+//   token, position, mask row  --s2d-->  embed_cache  -->  block_cache_0 … block_cache_{L-1}
+//   (each block's present_k/v row is copied d2d into the device cache)  -->  lm_head (top-1)
+//   --d2s 4 bytes-->  token.
+// Prefill runs `embed` + `block_i` over N padded positions and writes the caches directly;
+// `block_chunk_i` appends K positions against the history (prefix reuse without a re-prefill).
+//
+// No pybind11 here (bind_engine.cpp adapts it); failures throw wct::Error subclasses.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "bmrt_api.h"
+
+namespace wct {
+
+enum class StopReason { MaxSteps, StopToken, Callback, Cancelled, Context };
+const char* stop_reason_name(StopReason reason);
+
+struct GenerateResult {
+  std::vector<int> tokens;  // every token produced, the stopping one included
+  StopReason reason = StopReason::MaxSteps;
+};
+
+struct EngineStats {
+  int64_t tokens_fed = 0;  // real tokens run through the blocks
+  int64_t block_rows = 0;  // positions the block nets computed, padding included (what a call costs)
+  int64_t prefills = 0, chunks = 0, decodes = 0;
+  int64_t launches = 0;
+};
+
+class Engine {
+ public:
+  // Opens `devices` (one handle each; the bmodel must span that many), loads the bmodel, checks
+  // every net against the contract and allocates the device buffers. Throws ModelError /
+  // DeviceError; nothing is left held when it throws.
+  Engine(const Api& api, const std::string& bmodel_path, const std::vector<int>& devices);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Frees device memory, the runtime and the device handles. Idempotent; later calls throw.
+  void close();
+  // At process exit: like close(), but gives up after a moment if another thread holds the engine
+  // (a Python thread stuck after interpreter shutdown must not hang the exit).
+  void close_at_exit();
+  bool closed() const { return closed_; }
+
+  int seq_len() const { return seq_len_; }      // N: the context
+  int chunk_len() const { return chunk_len_; }  // K, 0 when the bmodel has no block_chunk nets
+  int num_layers() const { return num_layers_; }
+  int hidden_size() const { return hidden_; }
+  int vocab_size() const { return vocab_; }  // 0 when the bmodel has no lm_head_logits
+  int device_count() const { return static_cast<int>(handles_.size()); }
+  std::vector<std::string> net_names() const { return net_names_; }
+
+  int length() const { return length_; }
+  void truncate(int length);  // forget positions from `length` on (they are masked, not cleared)
+
+  // Append `ids` to the cache; return the greedy next token (lm_head) or the logits (lm_head_logits).
+  int feed_greedy(const std::vector<int>& ids);
+  std::vector<float> feed_logits(const std::vector<int>& ids);
+
+  // Feed `first`, then each greedy token, up to `max_steps` decode steps. After each step the
+  // token goes to `on_token` (false = stop), then a token in `stop_ids` stops; `cancel()` from any
+  // thread stops before the next step. The loop does no Python: the binding releases the GIL.
+  GenerateResult generate(int first, int max_steps, const std::vector<int>& stop_ids,
+                          const std::function<bool(int)>& on_token);
+  void cancel() { cancel_.store(true); }  // lock-free: callable while generate() runs
+
+  EngineStats stats() const { return stats_; }
+
+ private:
+  struct Buf {
+    int dev = 0;
+    bm_device_mem_t mem{};
+    size_t bytes = 0;
+  };
+  struct Net {
+    std::string name;
+    const bm_net_info_t* info = nullptr;
+    int groups = 1;  // devices the net spans: its inputs/outputs repeat once per device
+    int in_per = 0, out_per = 0;
+    std::vector<int> in_order, out_order;  // contract position -> index within a device's group
+  };
+  struct DeviceBufs {  // one set per device
+    Buf ids, pos, mask, hidden[2], present_k, present_v;
+    std::vector<Buf> k_cache, v_cache;  // per layer, N rows each
+    Buf lm_in, lm_token, lm_logits;
+  };
+
+  void open(const std::string& bmodel_path, const std::vector<int>& devices);
+  void release();
+  Net find_net(const std::string& name, const std::vector<std::string>& inputs,
+               const std::vector<std::string>& outputs, bool required);
+  void check_layout();
+  void allocate();
+  Buf alloc(int dev, size_t bytes, const char* what);
+
+  bm_tensor_t in_tensor(const Net& net, int pos, int dev, const Buf& buf) const;
+  bm_tensor_t out_tensor(const Net& net, int pos, int dev, const Buf& buf) const;
+  void launch(const Net& net, std::vector<bm_tensor_t>& in, std::vector<bm_tensor_t>& out);
+  void write(Buf& buf, const void* data, size_t bytes);
+  void write_mask(const Net& net, int pos, std::vector<float>& mask);
+  void copy(Buf& dst, size_t dst_offset, Buf& src, size_t src_offset, size_t bytes);
+  void read(void* dst, Buf& src, size_t bytes);
+
+  // Each leaves the last position's hidden state in hidden[cur_] row `last_row_`.
+  void prefill(const std::vector<int>& ids);
+  void chunk(const int* ids, int count);
+  void decode(int token);
+  void feed(const std::vector<int>& ids);
+  int head_token();
+  std::vector<float> head_logits();
+  void require_open() const;
+
+  const Api& api_;
+  std::vector<bm_handle_t> handles_;
+  void* bmrt_ = nullptr;
+  bool closed_ = true;
+  std::vector<std::string> net_names_;
+  Net embed_, embed_cache_, lm_head_, lm_logits_;
+  std::vector<Net> blocks_, blocks_cache_, blocks_chunk_;
+  int seq_len_ = 0, chunk_len_ = 0, num_layers_ = 0, hidden_ = 0, vocab_ = 0;
+  std::vector<size_t> kv_row_bytes_;  // per device: one position of one layer's K (or V)
+  size_t hidden_row_bytes_ = 0;
+  std::vector<DeviceBufs> dev_;
+  std::vector<Buf> owned_;  // every allocation, freed by release()
+
+  int length_ = 0;
+  int cur_ = 0, last_row_ = 0;
+  EngineStats stats_;
+  std::atomic<bool> cancel_{false};
+  std::timed_mutex mutex_;  // one call at a time; cancel() does not take it
+};
+
+}  // namespace wct

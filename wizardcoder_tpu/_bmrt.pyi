@@ -1,0 +1,81 @@
+"""The C++ bmrt engine (csrc/): a .bmodel of the pieces in docs/tpu-pieces.md, KV cache on the device.
+
+Private: ``inference/backends/tpu.py`` is its one user. The Sophgo libraries are loaded at run time
+(``load_libraries``), so importing this module needs no libsophon.
+"""
+
+from collections.abc import Callable, Sequence
+
+class Error(RuntimeError):
+    """Base of the engine's errors."""
+
+class LibraryError(Error):
+    """libbmlib/libbmrt not found in any directory tried (the message lists them)."""
+
+class ModelError(Error):
+    """The .bmodel is unreadable, corrupt, or does not follow the piece contract."""
+
+class DeviceError(Error):
+    """The device cannot be opened, is out of memory, or a launch/copy failed."""
+
+def load_libraries(dirs: Sequence[str]) -> str:
+    """Load libbmlib + libbmrt from the first directory that has both; return it. The first
+    success is kept for the life of the process."""
+
+def loaded_from() -> str:
+    """The directory the libraries came from, or ''."""
+
+class EngineStats:
+    @property
+    def tokens_fed(self) -> int: ...
+    @property
+    def block_rows(self) -> int:
+        """Positions the block nets computed, padding included."""
+    @property
+    def prefills(self) -> int: ...
+    @property
+    def chunks(self) -> int: ...
+    @property
+    def decodes(self) -> int: ...
+    @property
+    def launches(self) -> int: ...
+
+class Engine:
+    def __init__(self, bmodel: str, devices: Sequence[int] = [0]) -> None:
+        """Open ``devices``, load ``bmodel``, check its nets, allocate the device buffers."""
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def seq_len(self) -> int:
+        """N: the static context."""
+    @property
+    def chunk_len(self) -> int:
+        """K, or 0 when the bmodel has no block_chunk nets."""
+    @property
+    def num_layers(self) -> int: ...
+    @property
+    def hidden_size(self) -> int: ...
+    @property
+    def vocab_size(self) -> int:
+        """0 when the bmodel has no lm_head_logits net."""
+    @property
+    def device_count(self) -> int: ...
+    @property
+    def net_names(self) -> list[str]: ...
+    @property
+    def length(self) -> int:
+        """Positions held in the device KV cache."""
+    @property
+    def stats(self) -> EngineStats: ...
+    def truncate(self, length: int) -> None: ...
+    def feed_greedy(self, ids: Sequence[int]) -> int:
+        """Append ``ids`` to the cache; the greedy next token (top-1 on the device)."""
+    def feed_logits(self, ids: Sequence[int]) -> bytes:
+        """Append ``ids``; the last position's logits as float32 bytes."""
+    def generate(self, first: int, max_steps: int, stop_ids: Sequence[int] = [],
+                 on_token: Callable[[int], bool] | None = None) -> tuple[list[int], str]:
+        """Feed ``first`` then each greedy token, up to ``max_steps`` steps, without the GIL.
+        Returns the tokens and why it stopped: max_steps | stop_token | callback | cancelled | context."""
+    def cancel(self) -> None:
+        """Stop a running ``generate`` before its next step (any thread)."""
