@@ -118,7 +118,7 @@ class Tokenizer:
         return frozenset(i for i in range(self.vocab_size) if "\n" in self.decode([i], skip_special=False))
 
     def save(self, path: str | Path) -> None:
-        self.backend.save(str(path))
+        self.backend.save(str(path), pretty=False)
 
 
 def _read_merges(lines: Iterable[str]) -> list[tuple[str, str]]:
