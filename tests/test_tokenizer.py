@@ -62,7 +62,7 @@ def corpus() -> list[str]:
 
 
 def _split_digits_first(reference) -> None:
-    """llama.cpp's rule for the ``starcoder`` and ``smollm`` pre-tokenizers (one case in
+    r"""llama.cpp's rule for the ``starcoder`` and ``smollm`` pre-tokenizers (one case in
     llama-vocab.cpp): the regex ``\p{N}`` isolates every digit, then GPT-2's regex applies."""
     from tokenizers import Regex, pre_tokenizers
 
@@ -86,7 +86,7 @@ def _assert_parity(ours: Tokenizer, reference, corpus: list[str]) -> None:
 
 
 def test_default_tokenizer_matches_transformers_gguf_tokenizer(default_model, corpus):
-    """transformers builds the vocabulary, merges and special tokens from the GGUF on its own.
+    r"""transformers builds the vocabulary, merges and special tokens from the GGUF on its own.
     Its converter has no rule for this file's ``tokenizer.ggml.pre = smollm`` and falls back to
     GPT-2's split; llama.cpp (whose rule defines the GGUF) splits every digit first — the regex
     ``\p{N}`` before GPT-2's, as SmolLM2 was trained. The reference gets that rule, written as

@@ -1,0 +1,245 @@
+"""From the model's raw continuation to the text an editor shows: cut, balanced, or nothing.
+
+The decisions, in the order the completion path takes them:
+
+1. ``completion_kind``: the rest of the cursor's line decides (as Tabby's ``isLineEnd`` and
+   llm-ls' ``should_complete`` do): nothing after the cursor → ``multi``-line; text after it →
+   ``single``-line (stop at the newline); the cursor inside a word → no completion.
+2. ``postprocess``: in multi-line mode stop at a line that dedents below the cursor's block, at a
+   line that repeats the next line of the file, and before a closing bracket that the text after
+   the cursor already holds; in both modes stop where the completion starts repeating the text
+   after the cursor; replace (rather than double) the auto-closed characters after the cursor;
+   drop empty and whitespace-only results.
+3. ``should_stop``: the same scope rules on a partial completion, so that generation can end as
+   soon as the result is decided.
+
+Pure functions of text: testable without a model or a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["single", "multi"]
+SINGLE: Kind = "single"
+MULTI: Kind = "multi"
+
+OPENERS = {"(": ")", "[": "]", "{": "}"}
+CLOSERS = {")": "(", "]": "[", "}": "{"}
+QUOTES = "\"'`"
+AUTO_CLOSED = frozenset(")]}\"'`")  # what editors insert after the cursor when an opener is typed
+BLOCK_OPENERS = (":", "{", "(", "[")  # a line ending so opens a block: the body is indented deeper
+MIN_OVERLAP = 2  # a partial overlap with the text after the cursor shorter than this is chance
+
+
+@dataclass(frozen=True)
+class Surroundings:
+    """The text around the cursor, as post-processing needs it (computed once per request: the
+    stream check runs after every token)."""
+
+    line_prefix: str  # the cursor's line up to the cursor
+    line_suffix: str  # the cursor's line after the cursor, without its line break
+    next_line: str = ""  # the first non-blank line after the cursor's line, stripped
+    next_char: str = ""  # the first non-whitespace character after the cursor
+
+    @classmethod
+    def of(cls, prefix: str, suffix: str, look_ahead: int = 4096) -> "Surroundings":
+        line_prefix = prefix[max(prefix.rfind("\n"), prefix.rfind("\r")) + 1:]
+        head = suffix[:look_ahead]
+        line_suffix, _, after = head.partition("\n")
+        next_line = next((line.strip() for line in after.split("\n") if line.strip()), "")
+        return cls(line_prefix, line_suffix.rstrip("\r"), next_line, head.lstrip()[:1])
+
+
+@dataclass(frozen=True)
+class Processed:
+    text: str  # what to insert at the cursor
+    replace: int  # characters after the cursor (auto-closed ones) that ``text`` replaces
+
+
+# 1. Single or multi-line ------------------------------------------------------------------------
+def completion_kind(around: Surroundings) -> Kind | None:
+    rest = around.line_suffix.strip()
+    if not rest:
+        return MULTI
+    if _is_word_char(around.line_prefix[-1:]) and _is_word_char(rest[0]) and not around.line_suffix[0].isspace():
+        return None  # in the middle of an identifier: the user is editing, not writing
+    return SINGLE
+
+
+def _is_word_char(ch: str) -> bool:
+    return bool(ch) and (ch.isalnum() or ch == "_")
+
+
+# 2. Post-processing -----------------------------------------------------------------------------
+def postprocess(raw: str, around: Surroundings, kind: Kind) -> Processed | None:
+    """The text to show for the model's ``raw`` continuation, or None when nothing is worth it."""
+    text = raw.replace("\r\n", "\n")
+    if kind == SINGLE:
+        text = text.split("\n", 1)[0]
+    else:
+        cut = scope_end(text, around, partial_last_line=True)
+        if cut is not None:
+            text = text[:cut]
+    rest = around.line_suffix.strip()
+    replace = 0
+    if rest and all(ch in AUTO_CLOSED for ch in rest):
+        text, replace = _replace_auto_closed(text, around)
+    elif rest:
+        text = _cut_line_overlap(text, rest)
+        text = _cut_unbalanced(text, around)
+    text = text.rstrip()
+    if not text.strip() or text == around.line_suffix[:replace]:
+        return None  # nothing, or only the characters already after the cursor
+    return Processed(text, replace)
+
+
+def scope_end(text: str, around: Surroundings, partial_last_line: bool = False) -> int | None:
+    """Where a multi-line completion leaves the cursor's scope: the start of the first line that
+    dedents below the cursor's block or repeats the next line of the file, or the position of a
+    closing bracket that the text after the cursor already holds. None when it has not left it.
+    The last line counts only when ``partial_last_line`` (it may be unfinished)."""
+    block = _block_indent(around.line_prefix)
+    next_line = around.next_line
+    lines = text.split("\n")
+    start = len(lines[0]) + 1
+    for number, line in enumerate(lines[1:], start=1):
+        last = number == len(lines) - 1
+        stripped = line.strip()
+        if stripped:
+            if _indent(line) < block:
+                return _line_start(text, start)
+            if stripped == next_line and (not last or partial_last_line):
+                return _line_start(text, start)
+        start += len(line) + 1
+    closer = _first_unmatched_closer(text, _string_state(around.line_prefix))
+    if closer is not None and text[closer] == around.next_char:
+        return closer
+    return None
+
+
+def _line_start(text: str, start: int) -> int:
+    """Cut before the line break that precedes the line at ``start``."""
+    return max(start - 1, 0)
+
+
+def _block_indent(line_prefix: str) -> int:
+    """The least indentation a line of the completion may have and stay in the cursor's block."""
+    if not line_prefix.strip():
+        return _width(line_prefix)  # the cursor stands at the block's indentation
+    base = _indent(line_prefix)
+    return base + 1 if line_prefix.rstrip().endswith(BLOCK_OPENERS) else base
+
+
+def _indent(line: str) -> int:
+    return _width(line[: len(line) - len(line.lstrip(" \t"))])
+
+
+def _width(whitespace: str) -> int:
+    return len(whitespace.expandtabs(4))
+
+
+def _cut_line_overlap(text: str, rest: str) -> str:
+    """Stop where the completion starts repeating the rest of the line: the whole rest inside the
+    completion, or the completion's tail equal to the rest's head."""
+    at = text.find(rest)
+    if at >= 0:
+        return text[:at]
+    for size in range(min(len(text), len(rest)), MIN_OVERLAP - 1, -1):
+        if text.endswith(rest[:size]):
+            return text[: len(text) - size]
+    return text
+
+
+def _cut_unbalanced(text: str, around: Surroundings) -> str:
+    """Drop everything from a closing bracket that closes something opened before the cursor
+    while the line still has text after the cursor: that text holds the real closer."""
+    closer = _first_unmatched_closer(text, _string_state(around.line_prefix))
+    return text if closer is None else text[:closer]
+
+
+def _replace_auto_closed(text: str, around: Surroundings) -> tuple[str, int]:
+    """When the rest of the line is only auto-closed characters (``)``, ``"]``, …): the
+    completion's own closers for brackets and strings opened before the cursor replace them, in
+    order; the completion ends once it has closed them all; a closer that does not match the
+    next one is dropped with what follows. Returns (text, characters replaced)."""
+    expected = around.line_suffix.rstrip()
+    lead = len(expected) - len(expected.lstrip())
+    expected = expected.strip()
+    matched = 0
+    for at, ch, kind in _scan(text, _string_state(around.line_prefix)):
+        if kind != "unmatched":
+            continue
+        if matched < len(expected) and ch == expected[matched]:
+            matched += 1
+            if matched == len(expected):
+                return text[: at + 1], lead + len(expected)
+            continue
+        return text[:at], 0 if matched == 0 else lead + matched
+    if matched:
+        return text, lead + matched
+    return text, 0
+
+
+def _string_state(line_prefix: str) -> str | None:
+    """The quote of a string left open on the line before the cursor (a heuristic: escapes are
+    honoured, comments and triple quotes are not parsed)."""
+    quote = None
+    escaped = False
+    for ch in line_prefix:
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = None
+        elif ch in QUOTES:
+            quote = ch
+    return quote
+
+
+def _scan(text: str, open_quote: str | None):
+    """Yield (index, char, kind) for the brackets and quotes of ``text``: kind ``unmatched`` for
+    a closer of something opened before the cursor (including the quote of a string open at the
+    cursor), ``inner`` for the rest."""
+    stack: list[str] = []
+    quote = open_quote
+    inherited = open_quote is not None  # the string open at the cursor began before it
+    escaped = False
+    for at, ch in enumerate(text):
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                yield at, ch, "unmatched" if inherited else "inner"
+                quote, inherited = None, False
+            continue
+        if ch in QUOTES:
+            quote, inherited = ch, False
+        elif ch in OPENERS:
+            stack.append(ch)
+        elif ch in CLOSERS:
+            if stack and stack[-1] == CLOSERS[ch]:
+                stack.pop()
+                yield at, ch, "inner"
+            else:
+                yield at, ch, "unmatched"
+
+
+def _first_unmatched_closer(text: str, open_quote: str | None) -> int | None:
+    for at, ch, kind in _scan(text, open_quote):
+        if kind == "unmatched" and ch in CLOSERS:
+            return at
+    return None
+
+
+# 3. Stopping early ------------------------------------------------------------------------------
+def should_stop(text: str, around: Surroundings, kind: Kind) -> bool:
+    """True when the partial completion ``text`` is already decided, so the model can stop."""
+    if kind == SINGLE:
+        return "\n" in text
+    return scope_end(text, around, partial_last_line=False) is not None

@@ -1,0 +1,238 @@
+"""From the text around the cursor to prompt token ids: ``fim``, ``instruct`` or ``prefix``.
+
+Three prompt formats, one budget:
+
+- ``fim``: StarCoder's ``<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>``, when the
+  vocabulary has those tokens (the model then writes the middle).
+- ``instruct``: the model's own chat template (WizardCoder's Alpaca-style "### Instruction /
+  ### Response", or ChatML where the vocabulary has ``<|im_start|>``) asking to continue the code;
+  the text after the cursor is context in the instruction and the code so far is *opened* in the
+  response, so that the model's next tokens are the completion.
+- ``prefix``: plain continuation of the text before the cursor (the default for a model without
+  FIM tokens, such as the SmolLM2 default).
+
+The budget (``prompt_tokens``) is shared roughly ¾ prefix, ¼ suffix (the prefix gets what the
+suffix leaves), cut at line boundaries, nearest lines first. Special tokens enter the ids only
+where this module puts them: the user's text is encoded with special spellings as plain text, so
+a file that contains ``<|im_end|>`` cannot end the prompt early.
+
+Everything here is a pure function of text, tokenizer and numbers: testable without a server.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer as HFTokenizer
+
+from .errors import TokenizerError
+from .tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, Tokenizer
+
+MODES = ("auto", "fim", "instruct", "prefix")
+FILENAME = "<filename>"  # StarCoder's metadata token: "<filename>path\n" before the code
+CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
+
+ALPACA_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately "
+                 "completes the request.\n\n### Instruction:\n")
+ALPACA_RESPONSE = "\n\n### Response:"
+CHATML_SYSTEM = "You are a helpful coding assistant."
+
+# Common language ids -> the name used in an instruction and the tag of a Markdown code fence.
+_LANGUAGE_NAMES = {
+    "python": "Python", "javascript": "JavaScript", "typescript": "TypeScript", "rust": "Rust",
+    "go": "Go", "c": "C", "cpp": "C++", "java": "Java", "lua": "Lua", "shellscript": "shell",
+    "sh": "shell", "ruby": "Ruby", "csharp": "C#", "php": "PHP", "kotlin": "Kotlin",
+}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of prompt text; ``special`` pieces are one vocabulary token each."""
+
+    text: str
+    special: bool = False
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    text: str  # the prompt as the model sees it, special tokens spelled out (for logs and tests)
+    mode: str  # fim | instruct | prefix | explain
+    stop_strings: tuple[str, ...]  # text that ends the completion (e.g. the closing code fence)
+    prefix_chars: int  # how much of the text before the cursor made it into the prompt
+    suffix_chars: int
+
+
+# Choosing -------------------------------------------------------------------------------------
+def choose_mode(tokenizer: Tokenizer, requested: str = "auto") -> str:
+    """``auto`` is ``fim`` when the vocabulary has the FIM tokens, else ``prefix``."""
+    if requested not in MODES:
+        raise TokenizerError(f"unknown prompt mode {requested!r}; choose one of {', '.join(MODES)}")
+    if requested == "auto":
+        return "fim" if tokenizer.has_fim else "prefix"
+    if requested == "fim" and not tokenizer.has_fim:
+        raise TokenizerError(f"{tokenizer.source}: the vocabulary has no {FIM_PREFIX}/{FIM_SUFFIX}/{FIM_MIDDLE} "
+                             "tokens, so mode 'fim' cannot be used; choose 'prefix' or 'instruct'")
+    return requested
+
+
+def chat_template(tokenizer: Tokenizer) -> str:
+    """``chatml`` when the vocabulary has ChatML's tokens (SmolLM2-Instruct), else ``alpaca``
+    (WizardCoder's own "### Instruction / ### Response")."""
+    has_chatml = tokenizer.token_id(CHATML_START) is not None and tokenizer.token_id(CHATML_END) is not None
+    return "chatml" if has_chatml else "alpaca"
+
+
+def language_name(language_id: str) -> str:
+    return _LANGUAGE_NAMES.get(language_id, language_id or "")
+
+
+# Completion prompts ---------------------------------------------------------------------------
+def build_prompt(prefix: str, suffix: str, tokenizer: Tokenizer, mode: str = "auto", budget: int = 1024,
+                 file_name: str = "", language_id: str = "") -> Prompt:
+    """The prompt for completing at the cursor between ``prefix`` and ``suffix``, within
+    ``budget`` tokens (template included)."""
+    mode = choose_mode(tokenizer, mode)
+    template = _TEMPLATES[mode]
+    overhead = len(_encode(tokenizer, template(tokenizer, "", "", file_name, language_id)))
+    if overhead >= budget:
+        raise TokenizerError(f"a prompt budget of {budget} tokens leaves no room for code ({mode} template "
+                             f"alone takes {overhead}); raise promptTokens")
+    kept_prefix, kept_suffix = fit_context(prefix, suffix if mode != "prefix" else "", tokenizer,
+                                           budget - overhead)
+    pieces = template(tokenizer, kept_prefix, kept_suffix, file_name, language_id)
+    stops = () if language_id == "markdown" else ("```",)  # chat-tuned models close a code fence
+    return Prompt(_encode(tokenizer, pieces), "".join(p.text for p in pieces), mode, stops,
+                  len(kept_prefix), len(kept_suffix))
+
+
+def _fim(tokenizer: Tokenizer, prefix: str, suffix: str, file_name: str, language_id: str) -> list[Piece]:
+    head = _file_header(tokenizer, file_name)
+    return [Piece(FIM_PREFIX, True), *head, Piece(prefix), Piece(FIM_SUFFIX, True), Piece(suffix),
+            Piece(FIM_MIDDLE, True)]
+
+
+def _prefix(tokenizer: Tokenizer, prefix: str, suffix: str, file_name: str, language_id: str) -> list[Piece]:
+    return [*_file_header(tokenizer, file_name), Piece(prefix)]
+
+
+def _instruct(tokenizer: Tokenizer, prefix: str, suffix: str, file_name: str, language_id: str) -> list[Piece]:
+    language = language_name(language_id)
+    where = f" in {file_name}" if file_name else ""
+    instruction = f"Continue the {language + ' ' if language else ''}code{where} at the cursor."
+    if suffix.strip():
+        instruction += f" The code after the cursor is:\n```{language_id}\n{suffix}\n```"
+    return _chat(tokenizer, instruction, f"```{language_id}\n{prefix}")
+
+
+_TEMPLATES = {"fim": _fim, "prefix": _prefix, "instruct": _instruct}
+
+
+def _file_header(tokenizer: Tokenizer, file_name: str) -> list[Piece]:
+    """StarCoder's ``<filename>name\\n`` where the vocabulary has the token."""
+    if file_name and tokenizer.token_id(FILENAME) is not None:
+        return [Piece(FILENAME, True), Piece(file_name + "\n")]
+    return []
+
+
+# Instruction prompts (explain selection) ------------------------------------------------------
+def build_instruction_prompt(instruction: str, tokenizer: Tokenizer, budget: int = 2048,
+                             response_start: str = "") -> Prompt:
+    """An instruction in the model's own template; the response opened with ``response_start``.
+    Instructions longer than ``budget`` tokens are cut at the end (the question is kept at the top)."""
+    overhead = len(_encode(tokenizer, _chat(tokenizer, "", response_start)))
+    room = budget - overhead
+    if room <= 0:
+        raise TokenizerError(f"a budget of {budget} tokens leaves no room for the instruction")
+    ids = _plain_encoder(tokenizer).encode(instruction, add_special_tokens=False).ids
+    if len(ids) > room:
+        instruction = tokenizer.decode(ids[:room]).rstrip("\ufffd")
+    pieces = _chat(tokenizer, instruction, response_start)
+    stops = ("### Instruction",) if chat_template(tokenizer) == "alpaca" else ()
+    return Prompt(_encode(tokenizer, pieces), "".join(p.text for p in pieces), "explain", stops, 0, 0)
+
+
+def _chat(tokenizer: Tokenizer, instruction: str, response_start: str) -> list[Piece]:
+    if chat_template(tokenizer) == "chatml":
+        return [Piece(CHATML_START, True), Piece(f"system\n{CHATML_SYSTEM}"), Piece(CHATML_END, True), Piece("\n"),
+                Piece(CHATML_START, True), Piece(f"user\n{instruction}"), Piece(CHATML_END, True), Piece("\n"),
+                Piece(CHATML_START, True), Piece(f"assistant\n{response_start}")]
+    return [Piece(f"{ALPACA_HEADER}{instruction}{ALPACA_RESPONSE}\n{response_start}")]
+
+
+# The budget -----------------------------------------------------------------------------------
+def fit_context(prefix: str, suffix: str, tokenizer: Tokenizer, budget: int) -> tuple[str, str]:
+    """The tail of ``prefix`` and head of ``suffix`` that fit ``budget`` tokens: whole lines,
+    nearest the cursor first; the suffix gets at most a quarter, the prefix the rest. The cursor's
+    own line part is always kept (cut by tokens only if it alone exceeds the prefix budget)."""
+    suffix_lines = suffix.splitlines(keepends=True)
+    kept_suffix, used = _take_lines(suffix_lines, tokenizer, budget // 4 if prefix else budget)
+    prefix_lines = prefix.splitlines(keepends=True)
+    if prefix_lines and prefix_lines[-1].splitlines()[0] != prefix_lines[-1]:
+        prefix_lines.append("")  # the cursor is at the start of an empty line part
+    if not prefix_lines:
+        return "", "".join(kept_suffix)
+    room = budget - used
+    cursor_line = prefix_lines[-1]
+    cursor_ids = _plain_encoder(tokenizer).encode(cursor_line, add_special_tokens=False).ids
+    if len(cursor_ids) >= room:
+        return tokenizer.decode(cursor_ids[len(cursor_ids) - room:]).lstrip("\ufffd"), "".join(kept_suffix)
+    before, _ = _take_lines(prefix_lines[-2::-1], tokenizer, room - len(cursor_ids))
+    return "".join(reversed(before)) + cursor_line, "".join(kept_suffix)
+
+
+def _take_lines(lines: Sequence[str], tokenizer: Tokenizer, budget: int) -> tuple[list[str], int]:
+    """The leading ``lines`` whose token counts sum to at most ``budget``; and that sum. Every
+    line costs at least one token, so no more than ``budget`` lines are ever encoded."""
+    candidates = list(lines[: max(budget, 0)])
+    if not candidates:
+        return [], 0
+    counts = [len(e.ids) for e in _plain_encoder(tokenizer).encode_batch(candidates, add_special_tokens=False)]
+    taken, used = [], 0
+    for line, count in zip(candidates, counts):
+        if used + count > budget:
+            break
+        taken.append(line)
+        used += count
+    return taken, used
+
+
+# Encoding -------------------------------------------------------------------------------------
+def _encode(tokenizer: Tokenizer, pieces: Sequence[Piece]) -> list[int]:
+    """Special pieces by id, runs of text through the plain encoder (adjacent text pieces are
+    joined first, so that the ids equal the encoding of the text as one string)."""
+    ids: list[int] = []
+    run: list[str] = []
+    encoder = _plain_encoder(tokenizer)
+
+    def flush() -> None:
+        if run:
+            ids.extend(encoder.encode("".join(run), add_special_tokens=False).ids)
+            run.clear()
+
+    for piece in pieces:
+        if piece.special:
+            flush()
+            ids.append(tokenizer.require(piece.text))
+        elif piece.text:
+            run.append(piece.text)
+    flush()
+    return ids
+
+
+_plain_encoders: dict[int, tuple[Tokenizer, HFTokenizer]] = {}
+_plain_lock = threading.Lock()
+
+
+def _plain_encoder(tokenizer: Tokenizer) -> HFTokenizer:
+    """A copy of the tokenizer that encodes special spellings in the user's text as plain text
+    (a copy, because the flag is per tokenizer object and the engine's one is shared)."""
+    with _plain_lock:
+        entry = _plain_encoders.get(id(tokenizer))
+        if entry is None or entry[0] is not tokenizer:
+            plain = HFTokenizer.from_str(tokenizer.backend.to_str())
+            plain.encode_special_tokens = True
+            entry = _plain_encoders[id(tokenizer)] = (tokenizer, plain)
+        return entry[1]

@@ -1,0 +1,62 @@
+"""``wizardcoder-tpu serve``: logging to a file, the settings from the command line, then the
+server on stdio (the default) or TCP (loopback unless a host is given).
+
+stdout belongs to the protocol: the protocol gets the real stdout and ``sys.stdout`` is pointed
+at stderr, so that a stray print cannot corrupt a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..inference.paths import cache_dir
+from .server import create_server
+from .settings import from_command_line
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        host_port = parse_tcp(args.tcp) if getattr(args, "tcp", None) else None
+    except ValueError as exc:
+        print(f"wizardcoder-tpu serve: {exc}", file=sys.stderr)
+        return 2
+    log_file = setup_logging(getattr(args, "log_file", None), getattr(args, "log_level", "warning"))
+    server = create_server(from_command_line(args))
+    logging.getLogger(__name__).info("serving (log: %s) on %s", log_file, "tcp %s:%d" % host_port if host_port else "stdio")
+    if host_port is not None:
+        server.start_tcp(*host_port)
+        return 0
+    protocol_out = sys.stdout.buffer
+    sys.stdout = sys.stderr
+    server.start_io(sys.stdin.buffer, protocol_out)
+    return 0
+
+
+def parse_tcp(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``PORT``; the host defaults to the loopback address."""
+    host, _, port = value.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"--tcp expects HOST:PORT, got {value!r}") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"--tcp port {number} is out of range")
+    return host.strip("[]") or DEFAULT_HOST, number
+
+
+def setup_logging(path: str | None, level: str) -> Path:
+    """Log to ``path`` (default ``<cache>/server.log``); request ids and timings go there."""
+    log_file = Path(path).expanduser() if path else cache_dir() / "server.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("wizardcoder_tpu").setLevel(getattr(logging, level.upper(), logging.WARNING))
+    return log_file

@@ -1,0 +1,274 @@
+"""The language server: the state it owns and the LSP features it registers.
+
+Handlers here are thin: each converts its errors once (``boundary``) and maps between LSP types
+and the completion path (``completion.py``), the explain command (``explain.py``) and the model
+host (``model_host.py``). pygls owns the documents (incremental sync); this class owns the
+settings, the engine, the one inference worker, the result cache and the per-document request
+that a newer one supersedes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pygls.lsp.server import LanguageServer
+
+from ..inference.engine import CancelToken
+from ..inference.errors import InferenceError
+from . import completion, explain
+from .cache import CompletionCache
+from .errors import BadRequest, NotReady, to_response_error
+from .model_host import ModelHost
+from .protocol import WizardProtocol
+from .settings import Settings, merge
+from .status import STATS, Stats, Status
+from .worker import InferenceWorker
+
+__version__ = "0.1.0"
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class WizardServer(LanguageServer):
+    def __init__(self, settings: Settings):
+        super().__init__("wizardcoder-tpu", __version__, protocol_cls=WizardProtocol,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.settings = settings
+        self.host = ModelHost()
+        self.cache = CompletionCache()
+        self.stats = Stats()
+        self.status = Status(self)
+        self.worker = InferenceWorker(on_state=self._worker_state)
+        self.last_change: dict[str, float] = {}  # uri -> time.monotonic() of its last change
+        self._pending: dict[str, CancelToken] = {}  # uri -> the newest completion request's token
+        self._warned: set[str] = set()
+        self._model_key: tuple[str, str, bool] | None = None  # what the last load was asked for
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # Requests and the worker -------------------------------------------------------------------
+    def supersede(self, uri: str) -> CancelToken:
+        """A token for a new completion request on ``uri``; the previous one is cancelled."""
+        token = CancelToken()
+        previous = self._pending.get(uri)
+        if previous is not None:
+            previous.cancel()
+        self._pending[uri] = token
+        return token
+
+    def release(self, uri: str, token: CancelToken) -> None:
+        if self._pending.get(uri) is token:
+            del self._pending[uri]
+
+    def cancel_pending(self, uri: str) -> None:
+        """The document changed or closed: its in-flight completion is stale."""
+        token = self._pending.pop(uri, None)
+        if token is not None:
+            token.cancel()
+
+    async def run_job(self, fn: Callable[[CancelToken], T], cancel: CancelToken, label: str) -> T | None:
+        """``fn`` in the worker thread; None when it was skipped because ``cancel`` was set before
+        its turn (a superseded request). Cancelling the awaiting task raises as usual."""
+        future: Future[T] = self.worker.submit(fn, cancel, label)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if future.cancelled() and task is not None and not task.cancelling():
+                return None
+            raise
+
+    def _worker_state(self, state: str, label: str) -> None:
+        """From the worker thread: busy while a job runs, idle (or the load error) after."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._show_worker_state, state, label)
+
+    def _show_worker_state(self, state: str, label: str) -> None:
+        if self.host.loading:
+            return  # the status says "loading" until the load reports
+        if state == "busy":
+            self.status.set("busy", label)
+        elif not self.host.loading:
+            self.show_model_state()
+
+    def show_model_state(self) -> None:
+        if self.host.description:
+            note = f" (instead of the requested model: {self.host.error})" if self.host.error else ""
+            self.status.set("idle", f"ready: {self.host.description}{note}")
+        elif self.host.error:
+            self.status.set("error", self.host.error)
+
+    # The model ---------------------------------------------------------------------------------
+    async def load_model(self) -> None:
+        """Load what the settings ask for, in the worker; progress and status while it runs."""
+        settings = self.settings
+        self._model_key = settings.model_key
+        self.cache.forget()
+        token = f"wizardcoder-load-{time.monotonic_ns()}"
+        progress = await self._begin_progress(token, "Loading model")
+        self.host.loading = True
+        self.status.set("loading", f"loading {settings.model} on {settings.backend}")
+        assert self.loop is not None
+        loop = self.loop
+
+        def message(text: str) -> None:  # worker thread
+            loop.call_soon_threadsafe(self._loading_message, progress, token, text)
+
+        try:
+            report = await self.run_job(lambda cancel: self.host.load(settings, message), CancelToken(), "loading")
+        finally:
+            if progress:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd())
+        if report is not None and report.error:
+            self.status.set("error", report.error)
+        self.show_model_state()
+
+    def _loading_message(self, progress: bool, token: str, text: str) -> None:
+        if progress:
+            self.work_done_progress.report(token, types.WorkDoneProgressReport(message=text))
+        self.status.log(types.MessageType.Info, text)
+
+    async def _begin_progress(self, token: str, title: str) -> bool:
+        window = self.client_capabilities.window
+        if window is None or not window.work_done_progress:
+            return False
+        try:
+            await self.work_done_progress.create_async(token)
+        except Exception as exc:
+            log.warning("window/workDoneProgress/create failed: %s", exc)
+            return False
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title))
+        return True
+
+    def apply_settings(self, raw: Any) -> None:
+        before = self.settings
+        self.settings, problems = merge(before, raw)
+        for problem in problems:
+            self.status.log(types.MessageType.Warning, problem)
+        if self.settings != before:
+            self.cache.forget()
+        if self._model_key is not None and self.settings.model_key != self._model_key:
+            asyncio.ensure_future(self.load_model())
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.status.log(types.MessageType.Warning, message)
+
+    @property
+    def client_has_inline_completion(self) -> bool:
+        document = self.client_capabilities.text_document
+        return document is not None and document.inline_completion is not None
+
+
+@contextlib.contextmanager
+def boundary(ls: WizardServer, method: str) -> Iterator[None]:
+    """The one place where errors become LSP errors (and get logged with the request id)."""
+    try:
+        yield
+    except Exception as exc:
+        response = to_response_error(exc)
+        log.warning("request %s %s failed: %s", ls.protocol.msg_id, method, response.message)
+        if not isinstance(exc, (BadRequest, NotReady, InferenceError, JsonRpcException)):
+            log.exception("request %s %s: unexpected error", ls.protocol.msg_id, method)
+        raise response from exc
+
+
+def create_server(settings: Settings) -> WizardServer:
+    server = WizardServer(settings)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: WizardServer, params: types.InitializeParams) -> None:
+        ls.apply_settings(params.initialization_options)
+
+    @server.feature(types.INITIALIZED)
+    async def initialized(ls: WizardServer, params: types.InitializedParams) -> None:
+        ls.loop = asyncio.get_running_loop()
+        await ls.load_model()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: WizardServer, params: types.DidChangeConfigurationParams) -> None:
+        ls.apply_settings(params.settings)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: WizardServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.last_change[params.text_document.uri] = time.monotonic()
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: WizardServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.last_change[params.text_document.uri] = time.monotonic()
+        ls.cancel_pending(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: WizardServer, params: types.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        ls.last_change.pop(uri, None)
+        ls.cache.forget(uri)
+        ls.cancel_pending(uri)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: WizardServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        with boundary(ls, "inlineCompletion"):
+            found = await completion.complete(ls, params.text_document.uri, params.position, ls.protocol.msg_id)
+        if found is None:
+            return types.InlineCompletionList(items=[])
+        item = types.InlineCompletionItem(insert_text=found.result.text,
+                                          range=found.cursor.range_replacing(found.result.replace))
+        return types.InlineCompletionList(items=[item])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
+    async def completion_fallback(ls: WizardServer, params: types.CompletionParams) -> types.CompletionList:
+        if ls.client_has_inline_completion:  # that client shows inline completions; no second model run
+            return types.CompletionList(is_incomplete=False, items=[])
+        with boundary(ls, "completion"):
+            found = await completion.complete(ls, params.text_document.uri, params.position, ls.protocol.msg_id)
+        if found is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        return types.CompletionList(is_incomplete=True, items=[completion_item(ls, found)])
+
+    @server.command(explain.COMMAND)
+    async def explain_selection(ls: WizardServer, params: types.ExecuteCommandParams) -> dict[str, str]:
+        with boundary(ls, explain.COMMAND):
+            return await explain.explain_selection(ls, params)
+
+    @server.feature(STATS)
+    def stats(ls: WizardServer, params: Any) -> dict[str, Any]:
+        return ls.stats.snapshot(cacheHits=ls.cache.hits, skippedJobs=ls.worker.skipped,
+                                 model=ls.host.description, modelError=ls.host.error,
+                                 status={"state": ls.status.state, "message": ls.status.message},
+                                 positionEncoding=str(ls.workspace.position_encoding))
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: WizardServer, params: Any) -> None:
+        for token in list(ls._pending.values()):
+            token.cancel()
+        ls.worker.close()
+
+    return server
+
+
+def completion_item(ls: WizardServer, found: completion.Completion) -> types.CompletionItem:
+    """The model's completion as one completion item, marked as coming from the model."""
+    text = found.result.text
+    first_line = text.strip().split("\n", 1)[0]
+    label = first_line if len(first_line) <= 60 else first_line[:57] + "..."
+    language = found.cursor.language_id
+    return types.CompletionItem(
+        label=label or text.strip()[:60],
+        kind=types.CompletionItemKind.Text,
+        detail=f"WizardCoder model completion ({ls.host.description})",
+        label_details=types.CompletionItemLabelDetails(description="wizardcoder (model)"),
+        documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```{language}\n{text}\n```"),
+        text_edit=types.TextEdit(range=found.cursor.range_replacing(found.result.replace), new_text=text),
+        insert_text_format=types.InsertTextFormat.PlainText,
+        filter_text=text,
+        sort_text="0",
+        data={"source": "wizardcoder", "origin": found.source},
+    )
