@@ -96,16 +96,23 @@ def build_prompt(prefix: str, suffix: str, tokenizer: Tokenizer, mode: str = "au
     ``budget`` tokens (template included)."""
     mode = choose_mode(tokenizer, mode)
     template = _TEMPLATES[mode]
-    overhead = len(_encode(tokenizer, template(tokenizer, "", "", file_name, language_id)))
-    if overhead >= budget:
-        raise TokenizerError(f"a prompt budget of {budget} tokens leaves no room for code ({mode} template "
-                             f"alone takes {overhead}); raise promptTokens")
-    kept_prefix, kept_suffix = fit_context(prefix, suffix if mode != "prefix" else "", tokenizer,
-                                           budget - overhead)
-    pieces = template(tokenizer, kept_prefix, kept_suffix, file_name, language_id)
+    suffix = suffix if mode != "prefix" else ""
+    # The template's own tokens, measured in the form it takes for this text (the instruct one
+    # adds a block for a non-blank suffix; the probe's "x" makes the estimate err on the safe side).
+    overhead = len(_encode(tokenizer, template(tokenizer, "", "x" if suffix.strip() else "", file_name, language_id)))
+    room = budget - overhead
+    while True:
+        if room <= 0:
+            raise TokenizerError(f"a prompt budget of {budget} tokens leaves no room for code ({mode} template "
+                                 f"alone takes {overhead}); raise promptTokens")
+        kept_prefix, kept_suffix = fit_context(prefix, suffix, tokenizer, room)
+        pieces = template(tokenizer, kept_prefix, kept_suffix, file_name, language_id)
+        ids = _encode(tokenizer, pieces)
+        if len(ids) <= budget:  # pieces can merge into other tokens at their joins: check, never assume
+            break
+        room -= len(ids) - budget
     stops = () if language_id == "markdown" else ("```",)  # chat-tuned models close a code fence
-    return Prompt(_encode(tokenizer, pieces), "".join(p.text for p in pieces), mode, stops,
-                  len(kept_prefix), len(kept_suffix))
+    return Prompt(ids, "".join(p.text for p in pieces), mode, stops, len(kept_prefix), len(kept_suffix))
 
 
 def _fim(tokenizer: Tokenizer, prefix: str, suffix: str, file_name: str, language_id: str) -> list[Piece]:
