@@ -40,7 +40,7 @@ class Surroundings:
 
     line_prefix: str  # the cursor's line up to the cursor
     line_suffix: str  # the cursor's line after the cursor, without its line break
-    next_line: str = ""  # the first non-blank line after the cursor's line, stripped
+    next_line: str = ""  # the first non-blank line after the cursor's line, indentation kept
     next_char: str = ""  # the first non-whitespace character after the cursor
 
     @classmethod
@@ -48,7 +48,7 @@ class Surroundings:
         line_prefix = prefix[max(prefix.rfind("\n"), prefix.rfind("\r")) + 1:]
         head = suffix[:look_ahead]
         line_suffix, _, after = head.partition("\n")
-        next_line = next((line.strip() for line in after.split("\n") if line.strip()), "")
+        next_line = next((line.rstrip() for line in after.split("\n") if line.strip()), "")
         return cls(line_prefix, line_suffix.rstrip("\r"), next_line, head.lstrip()[:1])
 
 
@@ -100,23 +100,27 @@ def scope_end(text: str, around: Surroundings, partial_last_line: bool = False) 
     dedents below the cursor's block or repeats the next line of the file, or the position of a
     closing bracket that the text after the cursor already holds. None when it has not left it.
     The last line counts only when ``partial_last_line`` (it may be unfinished)."""
+    closer = _first_unmatched_closer(text, _string_state(around.line_prefix))
+    if closer is not None and text[closer] != around.next_char:
+        closer = None
     block = _block_indent(around.line_prefix)
     next_line = around.next_line
     lines = text.split("\n")
     start = len(lines[0]) + 1
     for number, line in enumerate(lines[1:], start=1):
+        if closer is not None and closer < start:
+            break  # the closer comes first: "beta)" before a dedented "print(result)"
         last = number == len(lines) - 1
         stripped = line.strip()
         if stripped:
             if _indent(line) < block:
                 return _line_start(text, start)
-            if stripped == next_line and (not last or partial_last_line):
+            # the same line, indentation included: a "}" closing the completion's own block is
+            # not the file's "}" one level out
+            if line.rstrip() == next_line and (not last or partial_last_line):
                 return _line_start(text, start)
         start += len(line) + 1
-    closer = _first_unmatched_closer(text, _string_state(around.line_prefix))
-    if closer is not None and text[closer] == around.next_char:
-        return closer
-    return None
+    return closer
 
 
 def _line_start(text: str, start: int) -> int:
