@@ -4,11 +4,22 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "bmodel_file.h"
 #include "engine.h"
 #include "errors.h"
 #include "runtime.h"
 
 namespace py = pybind11;
+
+namespace {
+
+const wct::Api& loaded_api() {
+  if (wct::loaded_from().empty())
+    throw wct::LibraryError("the Sophgo runtime is not loaded: call load_libraries(dirs) first");
+  return wct::load_api({});
+}
+
+}  // namespace
 
 void register_errors(py::module_& m) {
   // Base first: pybind11 tries translators newest first, so the subclasses must come later.
@@ -26,6 +37,22 @@ void register_runtime(py::module_& m) {
       "Load libbmlib + libbmrt from the first directory of `dirs` that has both; returns it. Once "
       "loaded, the process keeps that copy (later calls return the same directory).");
   m.def("loaded_from", &wct::loaded_from, "The directory the libraries came from, or ''.");
+  m.def("check_devices", [](const std::vector<int>& devices) {
+        const wct::Api& api = loaded_api();
+        py::gil_scoped_release release;
+        for (int id : devices) api.bm_dev_free(wct::open_device(api, id));
+      }, py::arg("devices"),
+      "Open and free each device; raises DeviceError. The cmodel's bmlib exits the process when it "
+      "cannot start its simulator, so callers run this in a child process first.");
+  m.def("inspect_bmodel", [](const std::string& path) {
+        wct::BmodelInfo info = wct::read_bmodel_info(path);
+        py::dict d;
+        d["chip"] = info.chip;
+        d["version"] = info.version;
+        d["device_num"] = info.device_num;
+        d["net_count"] = info.net_count;
+        return d;
+      }, py::arg("path"), "Header facts of a .bmodel (no libraries needed); raises ModelError if damaged.");
 }
 
 void register_engine(py::module_& m) {
@@ -39,11 +66,9 @@ void register_engine(py::module_& m) {
 
   py::class_<wct::Engine>(m, "Engine")
       .def(py::init([](const std::string& bmodel, const std::vector<int>& devices) {
-             if (wct::loaded_from().empty())
-               throw wct::LibraryError("the Sophgo runtime is not loaded: call load_libraries(dirs) first");
-             return new wct::Engine(wct::load_api({}), bmodel, devices);
+             return new wct::Engine(loaded_api(), bmodel, devices);
            }),
-           py::arg("bmodel"), py::arg("devices") = std::vector<int>{0}, py::call_guard<py::gil_scoped_release>())
+           py::arg("bmodel"), py::arg("devices") = std::vector<int>{}, py::call_guard<py::gil_scoped_release>())
       .def("close", &wct::Engine::close, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("closed", &wct::Engine::closed)
       .def_property_readonly("seq_len", &wct::Engine::seq_len)

@@ -7,9 +7,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <unordered_set>
 
+#include "bmodel_file.h"
 #include "errors.h"
 #include "runtime.h"
 
@@ -17,7 +17,6 @@ namespace wct {
 namespace {
 
 constexpr float kMaskHidden = -10000.0f;  // docs/tpu-pieces.md: additive, finite in float16
-constexpr uint32_t kBmodelMagic = 0xFF55AAEE;
 
 size_t dtype_size(bm_data_type_t t) {
   switch (t) {
@@ -92,23 +91,6 @@ float bf16_to_f32(uint16_t b) {
   float f;
   std::memcpy(&f, &x, 4);
   return f;
-}
-
-// The header checks bmrt makes too, done first so that the error names the file and the reason
-// (bmrt only logs "broken" and returns false).
-void check_bmodel_file(const std::string& path) {
-  std::ifstream file(path, std::ios::binary | std::ios::ate);
-  if (!file) throw ModelError(path + ": cannot open the bmodel (" + std::strerror(errno) + ")");
-  const auto size = static_cast<uint64_t>(file.tellg());
-  uint32_t header[4] = {0, 0, 0, 0};
-  file.seekg(0);
-  if (size < 64 || !file.read(reinterpret_cast<char*>(header), sizeof(header)))
-    throw ModelError(path + ": not a bmodel (" + std::to_string(size) + " bytes, shorter than its header)");
-  if (header[0] != kBmodelMagic) throw ModelError(path + ": not a bmodel (wrong magic number)");
-  const uint64_t need = static_cast<uint64_t>(header[1]) + header[2] + header[3];
-  if (size < need)
-    throw ModelError(path + ": truncated bmodel (" + std::to_string(size) + " bytes, its header says " +
-                     std::to_string(need) + "); copy or compile it again");
 }
 
 std::mutex g_live_mutex;
@@ -189,20 +171,13 @@ void Engine::release() {
 }
 
 void Engine::open(const std::string& bmodel_path, const std::vector<int>& devices_in) {
-  std::vector<int> devices = devices_in.empty() ? std::vector<int>{0} : devices_in;
-  check_bmodel_file(bmodel_path);
-  for (int id : devices) {
-    bm_handle_t handle = nullptr;
-    bm_status_t status = api_.bm_dev_request(&handle, id);
-    if (status != BM_SUCCESS || handle == nullptr) {
-      int visible = -1;
-      api_.bm_dev_getcount(&visible);
-      throw DeviceError("cannot open TPU device " + std::to_string(id) + " (bm_dev_request returned " +
-                        std::to_string(status) + "; " + std::to_string(visible) +
-                        " device(s) visible, from " + loaded_from() + ")");
-    }
-    handles_.push_back(handle);
-  }
+  info_ = read_bmodel_info(bmodel_path);
+  std::vector<int> devices = devices_in;
+  for (int d = 0; devices_in.empty() && d < info_.device_num; ++d) devices.push_back(d);  // as compiled
+  if (static_cast<int>(devices.size()) != info_.device_num)
+    throw ModelError(bmodel_path + ": compiled for " + std::to_string(info_.device_num) + " device(s), " +
+                     std::to_string(devices.size()) + " given");
+  for (int id : devices) handles_.push_back(open_device(api_, id));
   closed_ = false;
   bmrt_ = handles_.size() == 1 ? api_.bmrt_create(handles_[0])
                                : api_.bmrt_create_ex(handles_.data(), static_cast<int>(handles_.size()));
@@ -222,7 +197,7 @@ void Engine::open(const std::string& bmodel_path, const std::vector<int>& device
 // ---- the contract ---------------------------------------------------------------------------
 
 Engine::Net Engine::find_net(const std::string& name, const std::vector<std::string>& inputs,
-                             const std::vector<std::string>& outputs, bool required) {
+                             const std::string& optional, const std::vector<std::string>& outputs, bool required) {
   Net net;
   net.name = name;
   if (std::find(net_names_.begin(), net_names_.end(), name) == net_names_.end()) {
@@ -233,38 +208,45 @@ Engine::Net Engine::find_net(const std::string& name, const std::vector<std::str
   }
   net.info = api_.bmrt_get_network_info(bmrt_, name.c_str());
   if (!net.info || net.info->stage_num < 1) throw ModelError("net '" + name + "': no network info");
-  net.in_per = static_cast<int>(inputs.size());
   net.out_per = static_cast<int>(outputs.size());
-  if (net.info->input_num % net.in_per || net.info->output_num % net.out_per ||
-      net.info->input_num / net.in_per != net.info->output_num / net.out_per)
-    throw ModelError("net '" + name + "' has " + std::to_string(net.info->input_num) + " inputs and " +
-                     std::to_string(net.info->output_num) + " outputs; the contract says " +
-                     std::to_string(net.in_per) + " and " + std::to_string(net.out_per) + " per device");
-  net.groups = net.info->input_num / net.in_per;
+  const int in_num = net.info->input_num, out_num = net.info->output_num;
+  net.groups = out_num / net.out_per;
+  net.in_per = net.groups > 0 ? in_num / net.groups : 0;
+  // The inputs this net takes: all of them, or all but the optional one.
+  std::vector<std::string> present;
+  for (const auto& in : inputs)
+    if (net.in_per == static_cast<int>(inputs.size()) || in != optional) present.push_back(in);
+  if (net.groups < 1 || out_num % net.out_per || in_num % net.groups || net.in_per != static_cast<int>(present.size()))
+    throw ModelError("net '" + name + "' has " + std::to_string(in_num) + " inputs and " + std::to_string(out_num) +
+                     " outputs; the contract says " + std::to_string(inputs.size()) + " and " +
+                     std::to_string(outputs.size()) + " per device (docs/tpu-pieces.md)");
   // Bind by name when the compiler kept the contract's names, else by position.
-  auto order = [](const std::vector<std::string>& want, char const** have, int per) {
-    std::vector<int> idx;
-    for (const auto& w : want)
+  auto slots = [](const std::vector<std::string>& all, const std::vector<std::string>& have_names,
+                  char const** names, int per) {
+    std::vector<int> slot(all.size(), -1);
+    int found = 0;
+    for (size_t s = 0; s < all.size(); ++s)
       for (int i = 0; i < per; ++i)
-        if (have && have[i] && w == have[i]) idx.push_back(i);
-    if (idx.size() != want.size()) {
-      idx.clear();
-      for (int i = 0; i < per; ++i) idx.push_back(i);
+        if (names && names[i] && all[s] == names[i]) slot[s] = i, ++found;
+    if (found != per) {
+      std::fill(slot.begin(), slot.end(), -1);
+      for (size_t s = 0, i = 0; s < all.size(); ++s)
+        if (std::find(have_names.begin(), have_names.end(), all[s]) != have_names.end()) slot[s] = static_cast<int>(i++);
     }
-    return idx;
+    return slot;
   };
-  net.in_order = order(inputs, net.info->input_names, net.in_per);
-  net.out_order = order(outputs, net.info->output_names, net.out_per);
+  net.in_slot = slots(inputs, present, net.info->input_names, net.in_per);
+  net.out_slot = slots(outputs, outputs, net.info->output_names, net.out_per);
   return net;
 }
 
 void Engine::check_layout() {
   const int D = static_cast<int>(handles_.size());
   const std::vector<std::string> ids_pos = {"input_ids", "position_ids"};
-  embed_ = find_net("embed", ids_pos, {"hidden"}, true);
-  embed_cache_ = find_net("embed_cache", ids_pos, {"hidden"}, true);
-  lm_head_ = find_net("lm_head", {"hidden"}, {"token"}, true);
-  lm_logits_ = find_net("lm_head_logits", {"hidden"}, {"logits"}, false);
+  embed_ = find_net("embed", ids_pos, "", {"hidden"}, true);
+  embed_cache_ = find_net("embed_cache", ids_pos, "", {"hidden"}, true);
+  lm_head_ = find_net("lm_head", {"hidden"}, "", {"token"}, true);
+  lm_logits_ = find_net("lm_head_logits", {"hidden"}, "", {"logits"}, false);
   while (std::find(net_names_.begin(), net_names_.end(), "block_" + std::to_string(num_layers_)) != net_names_.end())
     ++num_layers_;
   if (num_layers_ == 0) throw ModelError("the bmodel has no block_0 net; see docs/tpu-pieces.md");
@@ -273,20 +255,20 @@ void Engine::check_layout() {
   const bool has_chunk = std::find(net_names_.begin(), net_names_.end(), "block_chunk_0") != net_names_.end();
   for (int i = 0; i < num_layers_; ++i) {
     const std::string s = std::to_string(i);
-    blocks_.push_back(find_net("block_" + s, {"hidden", "position_ids", "attention_mask"}, kv_out, true));
-    blocks_cache_.push_back(find_net("block_cache_" + s, past_in, kv_out, true));
-    if (has_chunk) blocks_chunk_.push_back(find_net("block_chunk_" + s, past_in, kv_out, true));
+    blocks_.push_back(find_net("block_" + s, {"hidden", "position_ids", "attention_mask"}, "position_ids", kv_out, true));
+    blocks_cache_.push_back(find_net("block_cache_" + s, past_in, "position_ids", kv_out, true));
+    if (has_chunk) blocks_chunk_.push_back(find_net("block_chunk_" + s, past_in, "position_ids", kv_out, true));
   }
 
   // Shapes, taken from stage 0 of each net and checked against each other.
   auto in_shape = [](const Net& n, int pos, int g) -> const bm_shape_t& {
-    return n.info->stages[0].input_shapes[g * n.in_per + n.in_order[pos]];
+    return n.info->stages[0].input_shapes[g * n.in_per + n.in_slot[pos]];
   };
   auto out_shape = [](const Net& n, int pos, int g) -> const bm_shape_t& {
-    return n.info->stages[0].output_shapes[g * n.out_per + n.out_order[pos]];
+    return n.info->stages[0].output_shapes[g * n.out_per + n.out_slot[pos]];
   };
-  auto in_type = [](const Net& n, int pos, int g) { return n.info->input_dtypes[g * n.in_per + n.in_order[pos]]; };
-  auto out_type = [](const Net& n, int pos, int g) { return n.info->output_dtypes[g * n.out_per + n.out_order[pos]]; };
+  auto in_type = [](const Net& n, int pos, int g) { return n.info->input_dtypes[g * n.in_per + n.in_slot[pos]]; };
+  auto out_type = [](const Net& n, int pos, int g) { return n.info->output_dtypes[g * n.out_per + n.out_slot[pos]]; };
   auto in_bytes = [&](const Net& n, int pos, int g) { return count(in_shape(n, pos, g)) * dtype_size(in_type(n, pos, g)); };
   auto out_bytes = [&](const Net& n, int pos, int g) { return count(out_shape(n, pos, g)) * dtype_size(out_type(n, pos, g)); };
   auto fail = [](const Net& n, const std::string& what) {
@@ -347,9 +329,9 @@ void Engine::check_layout() {
   }
 
   if (has_chunk) {
-    const bm_shape_t& pos = in_shape(blocks_chunk_[0], 1, 0);
-    chunk_len_ = static_cast<int>(count(pos));
-    if (chunk_len_ < 1 || static_cast<size_t>(chunk_len_) > N) fail(blocks_chunk_[0], "position_ids has shape " + shape_str(pos));
+    const bm_shape_t& hid = in_shape(blocks_chunk_[0], 0, 0);
+    chunk_len_ = static_cast<int>(count(hid) / H);
+    if (chunk_len_ < 1 || static_cast<size_t>(chunk_len_) > N) fail(blocks_chunk_[0], "hidden has shape " + shape_str(hid));
   }
   const size_t K = static_cast<size_t>(chunk_len_);
   kv_row_bytes_.assign(D, 0);
@@ -365,8 +347,10 @@ void Engine::check_layout() {
     const Net& b = blocks_[i];
     expect_hidden(b, true, 0, N);
     expect_hidden(b, false, 0, N);
-    expect_elems(b, true, 1, N, "position_ids");
-    expect_int(b, 1, "position_ids");
+    if (b.has_input(1)) {
+      expect_elems(b, true, 1, N, "position_ids");
+      expect_int(b, 1, "position_ids");
+    }
     expect_elems(b, true, 2, N * N, "attention_mask");
     expect_mask(b, 2);
     auto expect_kv = [&](const Net& n, bool input, int pos, size_t rows, const char* what) {
@@ -386,8 +370,10 @@ void Engine::check_layout() {
       if (n->groups != D) fail(*n, "spans an unexpected number of devices");
       expect_hidden(*n, true, 0, rows);
       expect_hidden(*n, false, 0, rows);
-      expect_elems(*n, true, 1, rows, "position_ids");
-      expect_int(*n, 1, "position_ids");
+      if (n->has_input(1)) {
+        expect_elems(*n, true, 1, rows, "position_ids");
+        expect_int(*n, 1, "position_ids");
+      }
       expect_elems(*n, true, 2, rows * (N + rows), "attention_mask");
       expect_mask(*n, 2);
       expect_kv(*n, true, 3, N, "past_k");
@@ -440,29 +426,29 @@ void Engine::allocate() {
 
 // ---- device primitives ------------------------------------------------------------------------
 
-bm_tensor_t Engine::in_tensor(const Net& net, int pos, int g, const Buf& buf) const {
-  const int idx = g * net.in_per + net.in_order[pos];
-  bm_tensor_t t{};
-  t.dtype = net.info->input_dtypes[idx];
-  t.shape = net.info->stages[0].input_shapes[idx];
+void Engine::bind_in(Launch& l, int slot, int g, const Buf& buf) const {
+  if (!l.net.has_input(slot)) return;
+  const int idx = g * l.net.in_per + l.net.in_slot[slot];
+  bm_tensor_t& t = l.in[idx];
+  t.dtype = l.net.info->input_dtypes[idx];
+  t.shape = l.net.info->stages[0].input_shapes[idx];  // may cover only the first rows of `buf`
   t.device_mem = buf.mem;
   t.st_mode = BM_STORE_1N;
-  return t;
 }
 
-bm_tensor_t Engine::out_tensor(const Net& net, int pos, int g, const Buf& buf) const {
-  const int idx = g * net.out_per + net.out_order[pos];
-  bm_tensor_t t{};
-  t.dtype = net.info->output_dtypes[idx];
-  t.shape = net.info->stages[0].output_shapes[idx];
+void Engine::bind_out(Launch& l, int slot, int g, const Buf& buf) const {
+  const int idx = g * l.net.out_per + l.net.out_slot[slot];
+  bm_tensor_t& t = l.out[idx];
+  t.dtype = l.net.info->output_dtypes[idx];
+  t.shape = l.net.info->stages[0].output_shapes[idx];
   t.device_mem = buf.mem;
   t.st_mode = BM_STORE_1N;
-  return t;
 }
 
-void Engine::launch(const Net& net, std::vector<bm_tensor_t>& in, std::vector<bm_tensor_t>& out) {
-  if (!api_.bmrt_launch_tensor_ex(bmrt_, net.name.c_str(), in.data(), static_cast<int>(in.size()), out.data(),
-                                  static_cast<int>(out.size()), /*user_mem=*/true, /*user_stmode=*/false))
+void Engine::launch(Launch& l) {
+  const Net& net = l.net;
+  if (!api_.bmrt_launch_tensor_ex(bmrt_, net.name.c_str(), l.in.data(), static_cast<int>(l.in.size()), l.out.data(),
+                                  static_cast<int>(l.out.size()), /*user_mem=*/true, /*user_stmode=*/false))
     throw DeviceError("bmrt_launch_tensor_ex('" + net.name + "') failed");
   // Launches are asynchronous on a real chip; the copies that follow must see their results, and
   // a device that went away shows up here rather than as garbage later.
@@ -482,8 +468,8 @@ void Engine::write(Buf& buf, const void* data, size_t bytes) {
 }
 
 // The mask in the dtype of `net`'s input `pos`, to every device.
-void Engine::write_mask(const Net& net, int pos, std::vector<float>& mask) {
-  const bm_data_type_t t = net.info->input_dtypes[net.in_order[pos]];
+void Engine::write_mask(const Net& net, std::vector<float>& mask) {
+  const bm_data_type_t t = net.info->input_dtypes[net.in_slot[2]];
   if (t == BM_FLOAT32) {
     for (auto& b : dev_) write(b.mask, mask.data(), mask.size() * 4);
     return;
@@ -505,6 +491,63 @@ void Engine::read(void* dst, Buf& src, size_t bytes) {
 
 // ---- the three ways in ------------------------------------------------------------------------
 
+// Host inputs to every device: ids and positions (the first `n` of the N-long buffers), mask.
+void Engine::write_inputs(const std::vector<int32_t>& ids, const std::vector<int32_t>& pos, const Net& masked,
+                          std::vector<float>& mask) {
+  for (auto& b : dev_) {
+    write(b.ids, ids.data(), ids.size() * 4);
+    write(b.pos, pos.data(), pos.size() * 4);
+  }
+  write_mask(masked, mask);
+}
+
+// `embed` or `embed_cache` from ids/pos into hidden[0].
+void Engine::run_embed(const Net& net) {
+  Launch l(net);
+  for (int g = 0; g < net.groups; ++g) {
+    bind_in(l, 0, g, dev_[g].ids);
+    bind_in(l, 1, g, dev_[g].pos);
+    bind_out(l, 0, g, dev_[g].hidden[0]);
+  }
+  launch(l);
+}
+
+// One net per layer over hidden[0] (ping-pong between the two hidden buffers). Prefill nets
+// (`at` < 0) write their N present rows straight into the caches; the others take the caches as
+// past and write `keep` rows of their present output into them at row `at`.
+void Engine::run_blocks(const std::vector<Net>& nets, int at, int keep) {
+  int cur = 0;
+  for (int i = 0; i < num_layers_; ++i) {
+    Launch l(nets[i]);
+    for (int g = 0; g < l.net.groups; ++g) {
+      DeviceBufs& b = dev_[g];
+      bind_in(l, 0, g, b.hidden[cur]);
+      bind_in(l, 1, g, b.pos);
+      bind_in(l, 2, g, b.mask);
+      bind_out(l, 0, g, b.hidden[1 - cur]);
+      if (at < 0) {
+        bind_out(l, 1, g, b.k_cache[i]);
+        bind_out(l, 2, g, b.v_cache[i]);
+      } else {
+        bind_in(l, 3, g, b.k_cache[i]);
+        bind_in(l, 4, g, b.v_cache[i]);
+        bind_out(l, 1, g, b.present_k);
+        bind_out(l, 2, g, b.present_v);
+      }
+    }
+    launch(l);
+    if (at >= 0) {
+      for (int g = 0; g < l.net.groups; ++g) {
+        const size_t row = kv_row_bytes_[g];
+        copy(dev_[g].k_cache[i], at * row, dev_[g].present_k, 0, keep * row);
+        copy(dev_[g].v_cache[i], at * row, dev_[g].present_v, 0, keep * row);
+      }
+    }
+    cur = 1 - cur;
+  }
+  cur_ = cur;
+}
+
 void Engine::prefill(const std::vector<int>& tokens) {
   const int N = seq_len_, n = static_cast<int>(tokens.size());
   std::vector<int32_t> ids(N, 0), pos(N);
@@ -513,37 +556,9 @@ void Engine::prefill(const std::vector<int>& tokens) {
   std::vector<float> mask(static_cast<size_t>(N) * N);
   for (int i = 0; i < N; ++i)
     for (int j = 0; j < N; ++j) mask[static_cast<size_t>(i) * N + j] = j <= i ? 0.0f : kMaskHidden;
-  for (auto& b : dev_) {
-    write(b.ids, ids.data(), N * 4);
-    write(b.pos, pos.data(), N * 4);
-  }
-  write_mask(blocks_[0], 2, mask);
-  const int D = static_cast<int>(dev_.size());
-  std::vector<bm_tensor_t> in(embed_.info->input_num), out(embed_.info->output_num);
-  for (int g = 0; g < D; ++g) {
-    in[g * 2 + embed_.in_order[0]] = in_tensor(embed_, 0, g, dev_[g].ids);
-    in[g * 2 + embed_.in_order[1]] = in_tensor(embed_, 1, g, dev_[g].pos);
-    out[g] = out_tensor(embed_, 0, g, dev_[g].hidden[0]);
-  }
-  launch(embed_, in, out);
-  int cur = 0;
-  for (int l = 0; l < num_layers_; ++l) {
-    const Net& net = blocks_[l];
-    in.assign(net.info->input_num, {});
-    out.assign(net.info->output_num, {});
-    for (int g = 0; g < D; ++g) {
-      DeviceBufs& b = dev_[g];
-      in[g * 3 + net.in_order[0]] = in_tensor(net, 0, g, b.hidden[cur]);
-      in[g * 3 + net.in_order[1]] = in_tensor(net, 1, g, b.pos);
-      in[g * 3 + net.in_order[2]] = in_tensor(net, 2, g, b.mask);
-      out[g * 3 + net.out_order[0]] = out_tensor(net, 0, g, b.hidden[1 - cur]);
-      out[g * 3 + net.out_order[1]] = out_tensor(net, 1, g, b.k_cache[l]);  // all N rows, straight into the cache
-      out[g * 3 + net.out_order[2]] = out_tensor(net, 2, g, b.v_cache[l]);
-    }
-    launch(net, in, out);
-    cur = 1 - cur;
-  }
-  cur_ = cur;
+  write_inputs(ids, pos, blocks_[0], mask);
+  run_embed(embed_);
+  run_blocks(blocks_, -1, 0);
   last_row_ = n - 1;
   length_ = n;
   stats_.prefills++;
@@ -551,55 +566,20 @@ void Engine::prefill(const std::vector<int>& tokens) {
   stats_.tokens_fed += n;
 }
 
-// `count` ≤ K tokens at positions length_ …, through embed (first K rows) and block_chunk_i.
+// `count` <= K tokens at positions length_ ..., through embed (its first K rows) and block_chunk_i.
 void Engine::chunk(const int* tokens, int count) {
   const int N = seq_len_, K = chunk_len_, L = length_;
   std::vector<int32_t> ids(N, 0), pos(N, 0);
   std::copy(tokens, tokens + count, ids.begin());
-  for (int t = 0; t < K; ++t) pos[t] = std::min(L + t, N - 1);
-  const int cols = N + K;
+  for (int t = 0; t < K; ++t) pos[t] = std::min(L + t, N - 1);  // padding rows: any valid position
+  const int cols = N + K;  // the N cached positions, then the chunk's own K
   std::vector<float> mask(static_cast<size_t>(K) * cols);
   for (int t = 0; t < K; ++t)
     for (int j = 0; j < cols; ++j)
       mask[static_cast<size_t>(t) * cols + j] = (j < N ? j < L : j - N <= t) ? 0.0f : kMaskHidden;
-  for (auto& b : dev_) {
-    write(b.ids, ids.data(), N * 4);
-    write(b.pos, pos.data(), N * 4);
-  }
-  write_mask(blocks_chunk_[0], 2, mask);
-  const int D = static_cast<int>(dev_.size());
-  std::vector<bm_tensor_t> in(embed_.info->input_num), out(embed_.info->output_num);
-  for (int g = 0; g < D; ++g) {
-    in[g * 2 + embed_.in_order[0]] = in_tensor(embed_, 0, g, dev_[g].ids);
-    in[g * 2 + embed_.in_order[1]] = in_tensor(embed_, 1, g, dev_[g].pos);
-    out[g] = out_tensor(embed_, 0, g, dev_[g].hidden[0]);
-  }
-  launch(embed_, in, out);
-  int cur = 0;
-  for (int l = 0; l < num_layers_; ++l) {
-    const Net& net = blocks_chunk_[l];
-    in.assign(net.info->input_num, {});
-    out.assign(net.info->output_num, {});
-    for (int g = 0; g < D; ++g) {
-      DeviceBufs& b = dev_[g];
-      in[g * 5 + net.in_order[0]] = in_tensor(net, 0, g, b.hidden[cur]);  // the first K rows
-      in[g * 5 + net.in_order[1]] = in_tensor(net, 1, g, b.pos);
-      in[g * 5 + net.in_order[2]] = in_tensor(net, 2, g, b.mask);
-      in[g * 5 + net.in_order[3]] = in_tensor(net, 3, g, b.k_cache[l]);
-      in[g * 5 + net.in_order[4]] = in_tensor(net, 4, g, b.v_cache[l]);
-      out[g * 3 + net.out_order[0]] = out_tensor(net, 0, g, b.hidden[1 - cur]);
-      out[g * 3 + net.out_order[1]] = out_tensor(net, 1, g, b.present_k);
-      out[g * 3 + net.out_order[2]] = out_tensor(net, 2, g, b.present_v);
-    }
-    launch(net, in, out);
-    for (int g = 0; g < D; ++g) {
-      const size_t row = kv_row_bytes_[g];
-      copy(dev_[g].k_cache[l], L * row, dev_[g].present_k, 0, count * row);
-      copy(dev_[g].v_cache[l], L * row, dev_[g].present_v, 0, count * row);
-    }
-    cur = 1 - cur;
-  }
-  cur_ = cur;
+  write_inputs(ids, pos, blocks_chunk_[0], mask);
+  run_embed(embed_);
+  run_blocks(blocks_chunk_, L, count);
   last_row_ = count - 1;
   length_ = L + count;
   stats_.chunks++;
@@ -609,48 +589,12 @@ void Engine::chunk(const int* tokens, int count) {
 
 void Engine::decode(int token) {
   const int N = seq_len_, L = length_;
-  const int32_t id = token, position = L;
   std::vector<float> mask(N + 1, kMaskHidden);
   std::fill(mask.begin(), mask.begin() + L, 0.0f);
   mask[N] = 0.0f;  // the token's own column
-  for (auto& b : dev_) {
-    write(b.ids, &id, 4);
-    write(b.pos, &position, 4);
-  }
-  write_mask(blocks_cache_[0], 2, mask);
-  const int D = static_cast<int>(dev_.size());
-  std::vector<bm_tensor_t> in(embed_cache_.info->input_num), out(embed_cache_.info->output_num);
-  for (int g = 0; g < D; ++g) {
-    in[g * 2 + embed_cache_.in_order[0]] = in_tensor(embed_cache_, 0, g, dev_[g].ids);
-    in[g * 2 + embed_cache_.in_order[1]] = in_tensor(embed_cache_, 1, g, dev_[g].pos);
-    out[g] = out_tensor(embed_cache_, 0, g, dev_[g].hidden[0]);
-  }
-  launch(embed_cache_, in, out);
-  int cur = 0;
-  for (int l = 0; l < num_layers_; ++l) {
-    const Net& net = blocks_cache_[l];
-    in.assign(net.info->input_num, {});
-    out.assign(net.info->output_num, {});
-    for (int g = 0; g < D; ++g) {
-      DeviceBufs& b = dev_[g];
-      in[g * 5 + net.in_order[0]] = in_tensor(net, 0, g, b.hidden[cur]);
-      in[g * 5 + net.in_order[1]] = in_tensor(net, 1, g, b.pos);
-      in[g * 5 + net.in_order[2]] = in_tensor(net, 2, g, b.mask);
-      in[g * 5 + net.in_order[3]] = in_tensor(net, 3, g, b.k_cache[l]);
-      in[g * 5 + net.in_order[4]] = in_tensor(net, 4, g, b.v_cache[l]);
-      out[g * 3 + net.out_order[0]] = out_tensor(net, 0, g, b.hidden[1 - cur]);
-      out[g * 3 + net.out_order[1]] = out_tensor(net, 1, g, b.present_k);
-      out[g * 3 + net.out_order[2]] = out_tensor(net, 2, g, b.present_v);
-    }
-    launch(net, in, out);
-    for (int g = 0; g < D; ++g) {
-      const size_t row = kv_row_bytes_[g];
-      copy(dev_[g].k_cache[l], L * row, dev_[g].present_k, 0, row);
-      copy(dev_[g].v_cache[l], L * row, dev_[g].present_v, 0, row);
-    }
-    cur = 1 - cur;
-  }
-  cur_ = cur;
+  write_inputs({token}, {L}, blocks_cache_[0], mask);
+  run_embed(embed_cache_);
+  run_blocks(blocks_cache_, L, 1);
   last_row_ = 0;
   length_ = L + 1;
   stats_.decodes++;
@@ -683,17 +627,22 @@ void Engine::feed(const std::vector<int>& ids) {
   }
 }
 
-int Engine::head_token() {
-  std::vector<bm_tensor_t> in(lm_head_.info->input_num), out(lm_head_.info->output_num);
-  for (int g = 0; g < lm_head_.groups; ++g) {
+// The last position's hidden row into `net`'s input on each device it spans, then launch it.
+void Engine::run_head(const Net& net, Buf DeviceBufs::*output) {
+  Launch l(net);
+  for (int g = 0; g < net.groups; ++g) {
     copy(dev_[g].lm_in, 0, dev_[g].hidden[cur_], static_cast<size_t>(last_row_) * hidden_row_bytes_, hidden_row_bytes_);
-    in[g] = in_tensor(lm_head_, 0, g, dev_[g].lm_in);
-    out[g] = out_tensor(lm_head_, 0, g, dev_[g].lm_token);
+    bind_in(l, 0, g, dev_[g].lm_in);
+    bind_out(l, 0, g, dev_[g].*output);
   }
-  launch(lm_head_, in, out);
+  launch(l);
+}
+
+int Engine::head_token() {
+  run_head(lm_head_, &DeviceBufs::lm_token);
   uint32_t raw = 0;
   read(&raw, dev_[0].lm_token, 4);
-  if (out[0].dtype == BM_FLOAT32) {  // a top-1 index the compiler kept as float
+  if (lm_head_.info->output_dtypes[lm_head_.out_slot[0]] == BM_FLOAT32) {  // a top-1 index kept as float
     float f;
     std::memcpy(&f, &raw, 4);
     return static_cast<int>(f);
@@ -702,21 +651,15 @@ int Engine::head_token() {
 }
 
 std::vector<float> Engine::head_logits() {
-  if (!lm_logits_.info) throw ModelError("the bmodel has no lm_head_logits net; logits are not available");
-  std::vector<bm_tensor_t> in(lm_logits_.info->input_num), out(lm_logits_.info->output_num);
-  for (int g = 0; g < lm_logits_.groups; ++g) {
-    copy(dev_[g].lm_in, 0, dev_[g].hidden[cur_], static_cast<size_t>(last_row_) * hidden_row_bytes_, hidden_row_bytes_);
-    in[g] = in_tensor(lm_logits_, 0, g, dev_[g].lm_in);
-    out[g] = out_tensor(lm_logits_, 0, g, dev_[g].lm_logits);
-  }
-  launch(lm_logits_, in, out);
+  run_head(lm_logits_, &DeviceBufs::lm_logits);
+  const bm_data_type_t t = lm_logits_.info->output_dtypes[lm_logits_.out_slot[0]];
   std::vector<float> logits(vocab_);
-  if (out[0].dtype == BM_FLOAT32) {
+  if (t == BM_FLOAT32) {
     read(logits.data(), dev_[0].lm_logits, logits.size() * 4);
   } else {
     std::vector<uint16_t> half(vocab_);
     read(half.data(), dev_[0].lm_logits, half.size() * 2);
-    for (int i = 0; i < vocab_; ++i) logits[i] = out[0].dtype == BM_FLOAT16 ? f16_to_f32(half[i]) : bf16_to_f32(half[i]);
+    for (int i = 0; i < vocab_; ++i) logits[i] = t == BM_FLOAT16 ? f16_to_f32(half[i]) : bf16_to_f32(half[i]);
   }
   return logits;
 }

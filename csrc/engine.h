@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bmodel_file.h"
 #include "bmrt_api.h"
 
 namespace wct {
@@ -38,7 +39,8 @@ struct EngineStats {
 
 class Engine {
  public:
-  // Opens `devices` (one handle each; the bmodel must span that many), loads the bmodel, checks
+  // Opens `devices` (one handle each; the bmodel must span that many; empty = 0 … its device
+  // count - 1), loads the bmodel, checks
   // every net against the contract and allocates the device buffers. Throws ModelError /
   // DeviceError; nothing is left held when it throws.
   Engine(const Api& api, const std::string& bmodel_path, const std::vector<int>& devices);
@@ -60,6 +62,7 @@ class Engine {
   int vocab_size() const { return vocab_; }  // 0 when the bmodel has no lm_head_logits
   int device_count() const { return static_cast<int>(handles_.size()); }
   std::vector<std::string> net_names() const { return net_names_; }
+  const BmodelInfo& bmodel_info() const { return info_; }
 
   int length() const { return length_; }
   void truncate(int length);  // forget positions from `length` on (they are masked, not cleared)
@@ -88,7 +91,15 @@ class Engine {
     const bm_net_info_t* info = nullptr;
     int groups = 1;  // devices the net spans: its inputs/outputs repeat once per device
     int in_per = 0, out_per = 0;
-    std::vector<int> in_order, out_order;  // contract position -> index within a device's group
+    // Contract slot (the order in docs/tpu-pieces.md) -> index within one device's group, or -1
+    // for an input the net does not take (GPTBigCode blocks take no position_ids).
+    std::vector<int> in_slot, out_slot;
+    bool has_input(int slot) const { return in_slot[slot] >= 0; }
+  };
+  struct Launch {  // the tensors of one launch
+    const Net& net;
+    std::vector<bm_tensor_t> in, out;
+    explicit Launch(const Net& n) : net(n), in(n.info->input_num), out(n.info->output_num) {}
   };
   struct DeviceBufs {  // one set per device
     Buf ids, pos, mask, hidden[2], present_k, present_v;
@@ -98,25 +109,30 @@ class Engine {
 
   void open(const std::string& bmodel_path, const std::vector<int>& devices);
   void release();
-  Net find_net(const std::string& name, const std::vector<std::string>& inputs,
+  Net find_net(const std::string& name, const std::vector<std::string>& inputs, const std::string& optional,
                const std::vector<std::string>& outputs, bool required);
   void check_layout();
   void allocate();
   Buf alloc(int dev, size_t bytes, const char* what);
 
-  bm_tensor_t in_tensor(const Net& net, int pos, int dev, const Buf& buf) const;
-  bm_tensor_t out_tensor(const Net& net, int pos, int dev, const Buf& buf) const;
-  void launch(const Net& net, std::vector<bm_tensor_t>& in, std::vector<bm_tensor_t>& out);
+  void bind_in(Launch& l, int slot, int dev, const Buf& buf) const;  // no-op for an absent input
+  void bind_out(Launch& l, int slot, int dev, const Buf& buf) const;
+  void launch(Launch& l);
   void write(Buf& buf, const void* data, size_t bytes);
-  void write_mask(const Net& net, int pos, std::vector<float>& mask);
+  void write_mask(const Net& net, std::vector<float>& mask);
   void copy(Buf& dst, size_t dst_offset, Buf& src, size_t src_offset, size_t bytes);
   void read(void* dst, Buf& src, size_t bytes);
 
+  void write_inputs(const std::vector<int32_t>& ids, const std::vector<int32_t>& pos, const Net& masked,
+                    std::vector<float>& mask);
+  void run_embed(const Net& net);
+  void run_blocks(const std::vector<Net>& nets, int at, int keep);
   // Each leaves the last position's hidden state in hidden[cur_] row `last_row_`.
   void prefill(const std::vector<int>& ids);
   void chunk(const int* ids, int count);
   void decode(int token);
   void feed(const std::vector<int>& ids);
+  void run_head(const Net& net, Buf DeviceBufs::*output);
   int head_token();
   std::vector<float> head_logits();
   void require_open() const;
@@ -125,6 +141,7 @@ class Engine {
   std::vector<bm_handle_t> handles_;
   void* bmrt_ = nullptr;
   bool closed_ = true;
+  BmodelInfo info_;
   std::vector<std::string> net_names_;
   Net embed_, embed_cache_, lm_head_, lm_logits_;
   std::vector<Net> blocks_, blocks_cache_, blocks_chunk_;

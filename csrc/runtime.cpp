@@ -120,6 +120,21 @@ std::string loaded_from() {
   return g_dir;
 }
 
+bm_handle_t open_device(const Api& api, int id) {
+  int visible = 0;
+  const bm_status_t counted = api.bm_dev_getcount(&visible);
+  if (counted != BM_SUCCESS || id < 0 || id >= visible)
+    throw DeviceError("cannot open TPU device " + std::to_string(id) + ": " + std::to_string(visible) +
+                      " device(s) visible (bm_dev_getcount returned " + std::to_string(counted) + ", runtime from " +
+                      loaded_from() + ")");
+  bm_handle_t handle = nullptr;
+  const bm_status_t status = api.bm_dev_request(&handle, id);
+  if (status != BM_SUCCESS || handle == nullptr)
+    throw DeviceError("cannot open TPU device " + std::to_string(id) + " (bm_dev_request returned " +
+                      std::to_string(status) + ", runtime from " + loaded_from() + ")");
+  return handle;
+}
+
 void at_exit_before_bmlib(void (*fn)()) {
   std::lock_guard<std::mutex> lock(g_mutex);
   for (auto hook : g_exit_hooks)

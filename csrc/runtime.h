@@ -17,6 +17,10 @@ const Api& load_api(const std::vector<std::string>& dirs);
 // The directory the libraries came from, or "" before load_api succeeded.
 std::string loaded_from();
 
+// bm_dev_request on device `id`, after checking that the id exists: bmlib asserts (and exits the
+// process) on an id past its device count instead of returning an error. Throws DeviceError.
+bm_handle_t open_device(const Api& api, int id);
+
 // Called at exit before bmlib's own static destructors (which crash when a device is still
 // held): the engine registers its cleanup here.
 void at_exit_before_bmlib(void (*fn)());

@@ -25,6 +25,14 @@ def load_libraries(dirs: Sequence[str]) -> str:
 def loaded_from() -> str:
     """The directory the libraries came from, or ''."""
 
+def check_devices(devices: Sequence[int]) -> None:
+    """Open and free each device; raises DeviceError. The cmodel's bmlib exits the process when it
+    cannot start its simulator: run this in a child process first (backends/tpu_probe.py)."""
+
+def inspect_bmodel(path: str) -> dict[str, str | int]:
+    """Header facts (chip, version, device_num, net_count) without the libraries; raises
+    ModelError for a file that is not a bmodel, truncated, or damaged where bmrt would crash."""
+
 class EngineStats:
     @property
     def tokens_fed(self) -> int: ...
@@ -41,8 +49,9 @@ class EngineStats:
     def launches(self) -> int: ...
 
 class Engine:
-    def __init__(self, bmodel: str, devices: Sequence[int] = [0]) -> None:
-        """Open ``devices``, load ``bmodel``, check its nets, allocate the device buffers."""
+    def __init__(self, bmodel: str, devices: Sequence[int] = []) -> None:
+        """Open ``devices`` (empty: 0 .. the bmodel's device count - 1), load ``bmodel``, check
+        its nets, allocate the device buffers."""
     def close(self) -> None: ...
     @property
     def closed(self) -> bool: ...
