@@ -11,14 +11,21 @@ The Sophgo libraries are found at run time, first hit wins: an explicit director
 libraries (an importable ``tpu_mlir``, or the venv that ``wizardcoder-tpu compile`` keeps in the
 cache). No library or no device raises ``TPUUnavailableError``: the server reports it and can
 fall back to the CPU.
+
+Sophgo's runtime sometimes ends the process instead of returning an error (tpu_probe.py lists
+when), so the device is opened in a child process first, and a bmodel file is loaded there once.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -29,8 +36,11 @@ from ..engine import Backend, Engine
 from ..errors import BackendError, ModelLoadError
 from ..paths import cache_dir
 from ..tokenizer import Tokenizer
+from .tpu_probe import PROBE_MARK, STEP_DEVICES, STEP_LOADED
 
 SYSTEM_LIBSOPHON = "/opt/sophon/libsophon-current/lib"
+# Loading a 15B bmodel onto a PCIe card takes minutes; the cmodel's tiny test models a second.
+PROBE_TIMEOUT_S = float(os.environ.get("WIZARDCODER_TPU_PROBE_TIMEOUT", "900"))
 
 
 class TPUUnavailableError(ModelLoadError):
@@ -86,6 +96,55 @@ def load_libraries(lib_dir: str | os.PathLike | None = None) -> str:
         raise TPUUnavailableError(str(exc)) from None
 
 
+def probe(bmodel: Path, devices: Sequence[int], library_dir: str) -> None:
+    """Open ``devices`` in a child process first, and load ``bmodel`` there too the first time this
+    file is seen (tpu_probe.py says why). Raises TPUUnavailableError when the device cannot be
+    opened, ModelLoadError when the bmodel cannot be loaded; returns when both are safe."""
+    marker = cache_dir() / "tpu-probed" / _probe_key(bmodel, devices, library_dir)
+    load = not marker.exists()
+    command = [sys.executable, "-m", "wizardcoder_tpu.inference.backends.tpu_probe", "--lib-dir", library_dir,
+               "--devices", ",".join(str(d) for d in devices)] + (["--bmodel", str(bmodel)] if load else [])
+    doing = "opening the device and loading the bmodel" if load else "opening the device"
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise TPUUnavailableError(f"{doing} took over {PROBE_TIMEOUT_S:.0f} s (in a child process); "
+                                  "set WIZARDCODER_TPU_PROBE_TIMEOUT for a slower device") from None
+    marks = [json.loads(line[len(PROBE_MARK):]) for line in done.stdout.splitlines() if line.startswith(PROBE_MARK)]
+    steps = {m.get("step") for m in marks}
+    for mark in marks:
+        if "error" in mark:
+            if mark["error"] in ("LibraryError", "DeviceError"):
+                raise TPUUnavailableError(mark["message"])
+            raise ModelLoadError(mark["message"])
+    if done.returncode == 0 and STEP_DEVICES in steps and (not load or STEP_LOADED in steps):
+        if load:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"bmodel": str(bmodel), "devices": list(devices), "lib_dir": library_dir}))
+        return
+    died = (f"crashed ({signal.Signals(-done.returncode).name})" if done.returncode < 0
+            else f"exited with status {done.returncode}")
+    said = _tail(done.stdout + "\n" + done.stderr)
+    if STEP_DEVICES not in steps:
+        raise TPUUnavailableError(f"cannot open TPU device(s) {list(devices)}: the Sophgo runtime from {library_dir} "
+                                  f"{died} while opening them (in a child process; it said: {said})")
+    raise ModelLoadError(f"{bmodel}: corrupt bmodel: the Sophgo runtime {died} while loading it (in a child "
+                         f"process; it said: {said}); copy or compile it again")
+
+
+def _probe_key(bmodel: Path, devices: Sequence[int], library_dir: str) -> str:
+    """Names one file content (by path, size, mtime and inode), device set and runtime."""
+    st = bmodel.stat()
+    ident = f"{bmodel.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{list(devices)}|{library_dir}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    kept = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(PROBE_MARK)]
+    return " | ".join(kept[-lines:])[-400:] or "nothing"
+
+
 class TPUBackend(Backend):
     name = "tpu"
 
@@ -96,11 +155,16 @@ class TPUBackend(Backend):
         self.library_dir = load_libraries(lib_dir)
         bmrt = _module()
         try:
+            bmrt.inspect_bmodel(str(bmodel))  # not a bmodel, truncated: said precisely, no device needed
+        except bmrt.ModelError as exc:
+            raise ModelLoadError(str(exc)) from None
+        probe(Path(bmodel), list(devices), self.library_dir)
+        try:
             self._engine = bmrt.Engine(str(bmodel), list(devices))
         except bmrt.DeviceError as exc:
             raise TPUUnavailableError(f"{bmodel}: {exc}") from None
         except bmrt.Error as exc:
-            raise ModelLoadError(f"{bmodel}: {exc}") from None
+            raise ModelLoadError(str(exc)) from None
         self.path = Path(bmodel)
         self.max_context = self._engine.seq_len
         self.vocab_size = self._engine.vocab_size
