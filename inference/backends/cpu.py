@@ -24,7 +24,7 @@ from ..model.decoder import build_cpu_decoder, kv_names
 from ..paths import cache_dir
 from ..weights import Checkpoint
 
-GRAPH_VERSION = "1"  # bump when build_cpu_decoder changes what it emits
+GRAPH_VERSION = "2"  # bump when build_cpu_decoder changes what it emits
 
 
 def decoder_path(checkpoint: Checkpoint) -> Path:

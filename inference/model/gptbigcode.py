@@ -41,7 +41,7 @@ def embed(g: GraphBuilder, c: ModelConfig, w: WeightView, input_ids: str, positi
     return g.add(tokens, positions)
 
 
-def position_context(g: GraphBuilder, c: ModelConfig, position_ids: str) -> None:
+def position_context(g: GraphBuilder, c: ModelConfig, position_ids: str, rows: int | None = None) -> None:
     return None  # positions were added to the embeddings
 
 

@@ -40,13 +40,26 @@ def inverse_frequencies(c: ModelConfig) -> np.ndarray:
     return (np.float32(1.0) / np.power(np.float32(c.rope_theta), exponents)).astype(np.float32)
 
 
-def position_context(g: GraphBuilder, c: ModelConfig, position_ids: str) -> tuple[str, str]:
-    """cos and sin of shape [1, T, 1, head_dim], shared by every layer."""
-    positions = g.op("Cast", g.op("Unsqueeze", position_ids, g.const([-1])), to=1)  # [1, T, 1] float
-    freqs = g.mul(positions, g.const(inverse_frequencies(c)[None, None, :], np.float32))  # [1, T, d/2]
-    angles = g.op("Concat", freqs, freqs, axis=-1)  # [1, T, d]
-    angles = g.op("Unsqueeze", angles, g.const([2]))  # [1, T, 1, d]
-    return g.op("Cos", angles), g.op("Sin", angles)
+def rotary_table(c: ModelConfig, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin for positions 0 … rows-1, [rows, head_dim] float32, as transformers computes
+    them (float32 angles, rotate-half layout)."""
+    positions = np.arange(rows, dtype=np.float32)[:, None]
+    angles = positions * inverse_frequencies(c)[None, :]  # [rows, d/2]
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def position_context(g: GraphBuilder, c: ModelConfig, position_ids: str, rows: int | None = None) -> tuple[str, str]:
+    """cos and sin of shape [1, T, 1, head_dim], shared by every layer, gathered by position from
+    a table of ``rows`` positions (default: the model's context).
+
+    A table rather than Cos/Sin of in-graph angles: on the TPU the pieces run in float16, where an
+    angle like 1000.3 rad keeps only ~0.5 rad of precision; the table is exact in float32 and
+    rounds only the final cos/sin values."""
+    cos, sin = rotary_table(c, rows or c.max_positions)
+    ids = g.op("Unsqueeze", position_ids, g.const([-1]))  # [1, T, 1]
+    return (g.op("Gather", g.weight(g.fresh("rope_cos"), cos), ids, axis=0),  # [1, T, 1, d]
+            g.op("Gather", g.weight(g.fresh("rope_sin"), sin), ids, axis=0))
 
 
 def rotate(g: GraphBuilder, c: ModelConfig, x: str, ctx: tuple[str, str]) -> str:
