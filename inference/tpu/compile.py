@@ -1,0 +1,286 @@
+"""``wizardcoder-tpu compile``: an export directory → one ``.bmodel`` (+ manifest + tokenizer).
+
+Per piece, in its own work directory: ``model_transform.py`` (ONNX → top MLIR),
+``model_deploy.py --chip bm1684x`` (→ a one-net bmodel), then a check on the cmodel simulator
+against onnxruntime (``validate.py``). Then ``model_tool --combine`` merges the pieces, in
+manifest order, into one bmodel.
+
+- Parallel: ``jobs`` pieces at a time (each tool holds about one piece's weights, in f32, a few
+  times over: for WizardCoder-15B ~1.4 GB per block, so the default of 2 fits 64 GB easily).
+- Resumable: a piece whose stamp carries the current key (a hash of its ONNX and weights, the
+  options and the tool versions) is skipped; an interrupted compile redoes only unfinished pieces.
+- Disk: a piece's intermediates (f32 weight copies) are deleted once its bmodel passed the check.
+- The tools run through ``tool_server.py``: tpu-mlir's imports (~12 s) are paid once, not per piece.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InferenceError
+from .manifest import MANIFEST, Manifest, sha256_file
+from .toolchain import TPU_MLIR_VERSION, Toolchain, ensure_toolchain
+
+COMPILE_VERSION = "1"  # bump when what a piece's compile produces changes
+CHIP = "bm1684x"
+GROUP_SIZE = 64
+# --quantize → model_deploy's mode: weights in int8/int4 (per group of 64 for int4), activations f16.
+MODES = {"f16": "F16", "int8": "W8F16", "int4": "W4F16"}
+NUM_DEVICES = (1, 2, 4, 8)
+STAMP = "done.json"
+TRANSFORM_TIMEOUT = 1800.0
+DEPLOY_TIMEOUT = 3600.0  # a WizardCoder-15B block in int4 on 2 cores is minutes; 1 h is the stuck bound
+
+
+class CompileError(InferenceError):
+    """A compile cannot proceed, or a compiled piece does not match its ONNX."""
+
+
+@dataclass(frozen=True)
+class Options:
+    quantize: str = "f16"
+    num_device: int = 1
+    validate: bool = True
+
+    @property
+    def mode(self) -> str:
+        return MODES[self.quantize]
+
+    def deploy_args(self) -> list[str]:
+        args = ["--quantize", self.mode, "--chip", CHIP]
+        if self.quantize == "int4":
+            args += ["--q_group_size", str(GROUP_SIZE)]
+        if self.num_device > 1:
+            args += ["--num_device", str(self.num_device)]
+        return args
+
+    @property
+    def tag(self) -> str:
+        return f"{self.quantize}-{self.num_device}dev"
+
+
+def check_options(quantize: str, num_device: int, jobs: int) -> Options:
+    if quantize not in MODES:
+        raise CompileError(f"--quantize must be one of {', '.join(MODES)}, not {quantize!r}")
+    if num_device not in NUM_DEVICES:
+        raise CompileError(f"--num-device must be one of {', '.join(map(str, NUM_DEVICES))}, not {num_device}")
+    if jobs < 1:
+        raise CompileError(f"--jobs must be at least 1, not {jobs}")
+    return Options(quantize, num_device)
+
+
+def input_shapes(piece: dict) -> str:
+    return "[" + ",".join("[" + ",".join(map(str, t["shape"])) + "]" for t in piece["inputs"]) + "]"
+
+
+def piece_key(manifest: Manifest, piece: dict, options: Options) -> str:
+    """What a piece's bmodel depends on; the manifest already holds the files' sha256."""
+    parts = [COMPILE_VERSION, TPU_MLIR_VERSION, CHIP, options.tag, options.mode, str(options.validate),
+             manifest.files[piece["onnx"]]["sha256"], manifest.files[piece["weights"]]["sha256"], input_shapes(piece)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class _Compiler:
+    """One compile run: the work list, the shared tool server and simulator, the progress line."""
+
+    def __init__(self, export_dir: Path, manifest: Manifest, options: Options, out: Path, work: Path,
+                 tc: Toolchain, say: Callable[[str], None]):
+        self.export_dir, self.m, self.options, self.out, self.work, self.tc, self.say = (
+            export_dir, manifest, options, out, work, tc, say)
+        self.lock = threading.Lock()
+        self.sim_lock = threading.Lock()
+        self.done = 0
+        self.tools = None
+        self.sim = None
+        self.ort = None
+
+    def pending(self) -> list[dict]:
+        """Pieces without a current stamp (the rest are reported as skipped)."""
+        todo = []
+        for piece in self.m.pieces:
+            stamp = _read_json(self.work / piece["name"] / STAMP)
+            bmodel = self.work / piece["name"] / f"{piece['name']}.bmodel"
+            if stamp and stamp.get("key") == piece_key(self.m, piece, self.options) and bmodel.exists():
+                self.done += 1
+            else:
+                todo.append(piece)
+        return todo
+
+    def piece(self, piece: dict) -> dict:
+        name = piece["name"]
+        d = self.work / name
+        shutil.rmtree(d, ignore_errors=True)  # leftovers of an interrupted run
+        d.mkdir(parents=True)
+        log = d / "compile.log"
+        onnx_path = (self.export_dir / piece["onnx"]).resolve()
+        t_transform = self.tools.run(
+            "model_transform.py", ["--model_name", name, "--model_def", str(onnx_path), "--input_shapes",
+                                   input_shapes(piece), "--mlir", f"{name}.mlir"], d, log, TRANSFORM_TIMEOUT)
+        t_deploy = self.tools.run("model_deploy.py", ["--mlir", f"{name}.mlir", *self.options.deploy_args(),
+                                                      "--model", f"{name}.bmodel"], d, log, DEPLOY_TIMEOUT)
+        scores = self.check(piece, d / f"{name}.bmodel") if self.options.validate else {}
+        for f in d.iterdir():  # keep the bmodel, the log and the stamp; the rest are f32 weight copies
+            if f.name not in (f"{name}.bmodel", "compile.log", STAMP):
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+        stamp = {"key": piece_key(self.m, piece, self.options), "transform_s": round(t_transform, 2),
+                 "deploy_s": round(t_deploy, 2), "similarity": scores}
+        _write_json(d / STAMP, stamp)
+        with self.lock:
+            self.done += 1
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            self.say(f"[{self.done}/{len(self.m.pieces)}] {name}: transform {t_transform:.1f} s, deploy "
+                     f"{t_deploy:.1f} s" + (f", similarity {shown}" if shown else ""))
+        return stamp
+
+    def check(self, piece: dict, bmodel: Path) -> dict[str, float]:
+        """The piece on the simulator against onnxruntime; raises below the threshold."""
+        from .validate import THRESHOLDS, compare, piece_inputs
+
+        name = piece["name"]
+        feeds = piece_inputs(piece, self.m)
+        reference = self.ort.run(name, feeds)
+        ref_logits = None
+        if piece["kind"] == "lm_head":
+            ref_logits = self.ort.run("lm_head_logits", feeds)["logits"]
+        with self.sim_lock:
+            model, _ = self.sim.load(bmodel)
+            try:
+                got = self.sim.run(model, name, feeds)
+            finally:
+                self.sim.unload(model)
+        outputs = {t["name"]: value.reshape(t["shape"]) for t, value in zip(piece["outputs"], got)}
+        scores = compare(outputs, reference, ref_logits)
+        threshold = THRESHOLDS[self.options.quantize]
+        bad = {k: v for k, v in scores.items() if not v >= threshold}
+        if bad:
+            raise CompileError(f"{name} ({self.options.tag}) differs from onnxruntime on the simulator: "
+                               + ", ".join(f"{k} similarity {v:.4f} < {threshold}" for k, v in bad.items())
+                               + f" (work dir {bmodel.parent})")
+        return scores
+
+
+def default_out(export_dir: Path, quantize: str, num_device: int) -> Path:
+    return export_dir / f"bmodel-{quantize}-{num_device}dev"
+
+
+def compile_export(export_dir: str | Path, quantize: str = "f16", num_device: int = 1, jobs: int = 2,
+                   out: str | Path | None = None, validate: bool = True,
+                   log: Callable[[str], None] | None = None) -> Path:
+    """Compile an export into ``out`` (default ``EXPORT/bmodel-{quantize}-{n}dev``); returns the
+    ``.bmodel`` path, with ``manifest.json`` and ``tokenizer.json`` beside it.
+
+    ``validate`` runs each 1-device piece on the cmodel simulator against onnxruntime (a
+    multi-device bmodel needs as many devices, which the simulator does not give)."""
+    say = log or (lambda msg: print(f"compile: {msg}", file=sys.stderr, flush=True))
+    options = check_options(quantize, num_device, jobs)
+    options = Options(options.quantize, options.num_device, validate and num_device == 1)
+    export_dir = Path(export_dir)
+    manifest = Manifest.load(export_dir)
+    manifest.verify_sizes(export_dir)
+    out = Path(out) if out else default_out(export_dir, quantize, num_device)
+    work = export_dir / ".compile" / options.tag
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tc = ensure_toolchain()
+    started = time.monotonic()
+
+    c = _Compiler(export_dir, manifest, options, out, work, tc, say)
+    todo = c.pending()
+    if c.done:
+        say(f"{c.done} of {len(manifest.pieces)} pieces current, skipped")
+    if todo:
+        _compile_pieces(c, todo, jobs)
+    bmodel = _combine(c)
+    say(f"{bmodel} ({bmodel.stat().st_size / 2**20:.1f} MiB) in {time.monotonic() - started:.1f} s")
+    return bmodel
+
+
+def _compile_pieces(c: _Compiler, todo: list[dict], jobs: int) -> None:
+    from .cmodel import CmodelServer
+    from .stepper import OrtPieces
+    from .tool_server import ToolServer
+
+    c.say(f"compiling {len(todo)} pieces ({c.options.tag}, {c.options.mode}), {jobs} at a time")
+    with ToolServer(c.tc, c.work / "tool-server.log") as tools:
+        c.tools = tools
+        c.ort = OrtPieces(c.export_dir) if c.options.validate else None
+        c.sim = CmodelServer(c.tc, c.work / "cmodel.log") if c.options.validate else None
+        try:
+            with ThreadPoolExecutor(jobs) as pool:
+                futures = [pool.submit(c.piece, p) for p in todo]
+                errors = [f.exception() for f in futures]
+        finally:
+            if c.sim:
+                c.sim.close()
+    failed = [e for e in errors if e is not None]
+    if failed:
+        if len(failed) > 1:
+            c.say(f"{len(failed)} pieces failed; the first:")
+        raise failed[0]
+
+
+def _combine(c: _Compiler) -> Path:
+    m, options = c.m, c.options
+    name = f"{m.architecture}-seq{m.seq_len}-{options.quantize}-{options.num_device}dev.bmodel"
+    bmodel = c.out / name
+    stamps = {p["name"]: _read_json(c.work / p["name"] / STAMP) for p in m.pieces}
+    key = hashlib.sha256("|".join(s["key"] for s in stamps.values()).encode()).hexdigest()
+    previous = Manifest.load(c.out) if (c.out / MANIFEST).exists() else None
+    if not (previous and previous.compiled.get("key") == key and bmodel.exists()
+            and bmodel.stat().st_size == previous.files.get(name, {}).get("bytes")):
+        t0 = time.monotonic()
+        tmp = bmodel.with_name(bmodel.name + ".partial")
+        parts = [str(c.work / p["name"] / f"{p['name']}.bmodel") for p in m.pieces]
+        c.tc.run([str(c.tc.script("model_tool")), "--combine", *parts, "-o", str(tmp)], c.work,
+                 c.work / "combine.log", timeout=TRANSFORM_TIMEOUT)
+        os.replace(tmp, bmodel)
+        c.say(f"combined {len(parts)} nets into {bmodel.name} ({time.monotonic() - t0:.1f} s)")
+    files = {name: {"sha256": sha256_file(bmodel), "bytes": bmodel.stat().st_size}}
+    if m.tokenizer:
+        shutil.copyfile(c.export_dir / m.tokenizer, c.out / m.tokenizer)
+        files[m.tokenizer] = m.files[m.tokenizer]
+    compiled = {
+        "key": key, "bmodel": name, "chip": CHIP, "quantize": options.quantize, "mode": options.mode,
+        "q_group_size": GROUP_SIZE if options.quantize == "int4" else None, "num_device": options.num_device,
+        "tpu_mlir": TPU_MLIR_VERSION, "export_key": m.export_key,
+        "outputs": "by position: tpu-mlir renames a net's outputs (hidden_out → …_f32); the order is the table's",
+        "validated": options.validate,
+        "pieces": {p: {k: s[k] for k in ("transform_s", "deploy_s", "similarity")} for p, s in stamps.items()},
+    }
+    Manifest(**{**m.__dict__, "files": files, "compiled": compiled}).save(c.out)
+    return bmodel
+
+
+def bmodel_info(bmodel: str | Path, toolchain: Toolchain | None = None, timeout: float = 300) -> str:
+    """``model_tool --info``: nets, stages, shapes and device memory of a bmodel."""
+    import subprocess
+
+    tc = toolchain or ensure_toolchain()
+    done = subprocess.run([str(tc.script("model_tool")), "--info", str(bmodel)], env=tc.env(), capture_output=True,
+                          text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise CompileError(f"model_tool --info {bmodel} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout

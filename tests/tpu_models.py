@@ -1,0 +1,76 @@
+"""Tiny models exported and compiled once, cached by content, for every test that needs a bmodel.
+
+``tiny_bmodel("gpt_bigcode_mq" | "llama_gqa", quantize="f16", num_device=1)`` returns the path of
+a compiled ``.bmodel`` with ``manifest.json`` (and no tokenizer: the tiny checkpoints have none)
+beside it. Everything lands under ``<cache>/test-bmodels/tiny-<kind>-<key>``, the key a hash of
+the checkpoint's bytes, the static lengths and the tool versions, so a warm cache compiles
+nothing and a change to any of them compiles afresh.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from wizardcoder_tpu.inference.paths import cache_dir
+
+SEQ_LEN = 64
+CHUNK_LEN = 16
+KINDS = ("gpt_bigcode_mq", "gpt_bigcode_mha", "llama_gqa")
+
+
+@functools.cache
+def tiny_checkpoint(kind: str) -> Path:
+    """The same random checkpoint as conftest's ``tiny_model_factory`` (same seed and config)."""
+    from conftest import _save_random_model
+
+    return _save_random_model(kind, Path(tempfile.mkdtemp(prefix=f"tiny-{kind}-")))
+
+
+def _content_key(checkpoint: Path) -> str:
+    from wizardcoder_tpu.inference.tpu.compile import COMPILE_VERSION
+    from wizardcoder_tpu.inference.tpu.export import EXPORT_VERSION
+    from wizardcoder_tpu.inference.tpu.toolchain import TPU_MLIR_VERSION
+
+    digest = hashlib.sha256(f"{EXPORT_VERSION}|{COMPILE_VERSION}|{TPU_MLIR_VERSION}|{SEQ_LEN}|{CHUNK_LEN}".encode())
+    for f in sorted(checkpoint.iterdir()):
+        if f.name in ("config.json", "model.safetensors"):
+            digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def tiny_export(kind: str) -> Path:
+    """The exported pieces of a tiny model (``manifest.json`` + ONNX + weights), cached."""
+    from wizardcoder_tpu.inference.tpu.export import export
+
+    checkpoint = tiny_checkpoint(kind)
+    target = cache_dir() / "test-bmodels" / f"tiny-{kind}-{_content_key(checkpoint)}"
+    if (target / "manifest.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".tiny-{kind}-", dir=target.parent))
+    try:
+        export(checkpoint, SEQ_LEN, work, chunk_len=CHUNK_LEN, log=lambda m: None)
+        try:
+            os.rename(work, target)  # another process may have won the race: keep its copy
+        except OSError:
+            if not (target / "manifest.json").exists():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def tiny_bmodel(kind: str, quantize: str = "f16", num_device: int = 1) -> Path:
+    """A tiny model compiled for the BM1684X (validated on the simulator when 1-device)."""
+    from wizardcoder_tpu.inference.tpu.compile import compile_export
+
+    export_dir = tiny_export(kind)
+    with open(export_dir / f".lock-{quantize}-{num_device}", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two test processes: the second waits, then finds it current
+        return compile_export(export_dir, quantize=quantize, num_device=num_device, jobs=2, log=lambda m: None)
