@@ -94,11 +94,16 @@ def _column(line_text: str, position: types.Position, codec: PositionCodec) -> i
         units += codec.client_num_units(ch)
         if units > position.character:
             raise BadRequest(f"character {position.character} of line {position.line} falls inside a character "
-                             f"({codec.encoding} code units)")
+                             f"({encoding_name(codec.encoding)} code units)")
     if units == position.character:
         return len(line_text)
     raise BadRequest(f"character {position.character} is past the end of line {position.line}, which has "
-                     f"{units} {codec.encoding} code units")
+                     f"{units} {encoding_name(codec.encoding)} code units")
+
+
+def encoding_name(encoding: types.PositionEncodingKind | str) -> str:
+    """The encoding as LSP spells it ("utf-16"); str() of the enum gives its Python name."""
+    return getattr(encoding, "value", encoding)
 
 
 def file_name(uri: str) -> str:

@@ -25,6 +25,7 @@ from ..inference.engine import CancelToken
 from ..inference.errors import InferenceError
 from . import completion, explain
 from .cache import CompletionCache
+from .documents import encoding_name
 from .errors import BadRequest, NotReady, to_response_error
 from .model_host import ModelHost
 from .protocol import WizardProtocol
@@ -243,7 +244,7 @@ def create_server(settings: Settings) -> WizardServer:
         return ls.stats.snapshot(cacheHits=ls.cache.hits, skippedJobs=ls.worker.skipped,
                                  model=ls.host.description, modelError=ls.host.error,
                                  status={"state": ls.status.state, "message": ls.status.message},
-                                 positionEncoding=str(ls.workspace.position_encoding))
+                                 positionEncoding=encoding_name(ls.workspace.position_encoding))
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: WizardServer, params: Any) -> None:
@@ -265,10 +266,20 @@ def completion_item(ls: WizardServer, found: completion.Completion) -> types.Com
         kind=types.CompletionItemKind.Text,
         detail=f"WizardCoder model completion ({ls.host.description})",
         label_details=types.CompletionItemLabelDetails(description="wizardcoder (model)"),
-        documentation=types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```{language}\n{text}\n```"),
+        documentation=(types.MarkupContent(kind=types.MarkupKind.Markdown, value=f"```{language}\n{text}\n```")
+                       if _client_shows_markdown_documentation(ls) else text),
         text_edit=types.TextEdit(range=found.cursor.range_replacing(found.result.replace), new_text=text),
         insert_text_format=types.InsertTextFormat.PlainText,
         filter_text=text,
         sort_text="0",
         data={"source": "wizardcoder", "origin": found.source},
     )
+
+
+def _client_shows_markdown_documentation(ls: WizardServer) -> bool:
+    """Markdown documentation only for a client that lists it in ``completionItem.documentationFormat``
+    (plain text otherwise, as the specification asks)."""
+    document = ls.client_capabilities.text_document
+    item = document.completion.completion_item if document is not None and document.completion else None
+    formats = item.documentation_format if item is not None else None
+    return bool(formats) and types.MarkupKind.Markdown in formats
