@@ -1,0 +1,121 @@
+"""The VS Code extension end to end: built and packaged from editor-client/vscode, installed as a
+.vsix into a real VS Code 1.100.3 (code-server 4.100.3) driven by Debian's chromium through
+playwright-core, against the real `wizardcoder-tpu serve --stdio` and the real default model.
+No mocks.
+
+The browser work is editor-client/vscode/e2e/run.mjs: it types in a Python file, waits for the
+ghost text, accepts it with Tab, saves with Ctrl+S and reads the file from disk, then runs
+"WizardCoder: Explain Selection" and reads the streamed markdown from the webview. It writes
+result.json, which this test checks again.
+
+Needs node >= 20 and npm (the npm registry, once), and apt for chromium/ripgrep on first run
+(e2e/setup.sh caches code-server under ~/.cache/wizardcoder-tpu/editors). Set
+WIZARDCODER_CAPTURE_DIR to keep the screenshots of the ghost text and the explanation
+(docs/img/vscode-*.png are those).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTENSION = ROOT / "editor-client" / "vscode"
+VSIX = EXTENSION / "out" / "wizardcoder-tpu.vsix"
+SOURCE = 'def fibonacci(n: int) -> int:\n    """Return the n-th Fibonacci number."""\n'  # as in run.mjs
+TYPED = "    if n"
+
+pytestmark = pytest.mark.slow
+
+
+def run(argv: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, cwd=EXTENSION, capture_output=True, text=True, timeout=timeout, **kwargs)
+    assert done.returncode == 0, f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def server_command() -> list[str]:
+    """The real server from this environment ($WIZARDCODER_SERVER_COMMAND, a JSON list, overrides it)."""
+    if os.environ.get("WIZARDCODER_SERVER_COMMAND"):
+        return json.loads(os.environ["WIZARDCODER_SERVER_COMMAND"])
+    exe = Path(sys.executable).parent / "wizardcoder-tpu"
+    if not exe.exists():
+        pytest.fail(f"{exe} is missing: `pip install -e .` first")
+    return [str(exe), "serve", "--stdio"]
+
+
+@pytest.fixture(scope="module")
+def built() -> Path:
+    """`npm ci`, the unit tests' compile, the bundle and the .vsix, as CI builds them."""
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not on PATH: the VS Code extension needs Node >= 20 and npm")
+    run(["npm", "ci", "--no-audit", "--no-fund"], timeout=900)
+    if VSIX.exists():
+        VSIX.unlink()
+    run(["npm", "run", "package"], timeout=600)
+    assert VSIX.stat().st_size > 10_000, VSIX
+    return VSIX
+
+
+@pytest.fixture(scope="module")
+def editors() -> dict[str, str]:
+    """code-server and chromium, installed (or found in the cache) by e2e/setup.sh."""
+    done = run(["bash", "e2e/setup.sh"], timeout=1800)
+    found = dict(line.split("=", 1) for line in done.stdout.strip().splitlines() if "=" in line)
+    assert Path(found["CODE_SERVER_ENTRY"]).is_file(), found
+    assert Path(found["CHROMIUM"]).is_file(), found
+    return found
+
+
+def test_unit_tests(built):
+    done = run(["npm", "test"], timeout=300)
+    assert "# fail 0" in done.stdout, done.stdout[-3000:]
+    assert "# pass 0" not in done.stdout, done.stdout[-3000:]
+
+
+def test_ghost_text_accept_and_explain(built, editors, tmp_path):
+    out = tmp_path / "e2e"
+    argv = ["node", "e2e/run.mjs", "--vsix", str(built), "--out", str(out)]
+    if os.environ.get("WIZARDCODER_CAPTURE_DIR"):
+        argv += ["--shots", str(Path(os.environ["WIZARDCODER_CAPTURE_DIR"]).resolve())]
+    env = {**os.environ, **editors, "WIZARDCODER_SERVER_COMMAND": json.dumps(server_command())}
+    done = subprocess.run(argv, cwd=EXTENSION, env=env, capture_output=True, text=True, timeout=900)
+    result_file = out / "result.json"
+    assert result_file.exists(), f"run.mjs wrote no result ({done.returncode}):\n{done.stderr[-6000:]}"
+    result = json.loads(result_file.read_text())
+    log = (out / "code-server.log").read_text()[-3000:] if (out / "code-server.log").exists() else ""
+    assert done.returncode == 0 and result["ok"], (f"{result.get('error')}\nstatus bar: {result.get('statusBar')}\n"
+                                                   f"notifications: {result.get('notifications')}\n"
+                                                   f"{done.stderr[-4000:]}\ncode-server log:\n{log}")
+
+    # The status bar item reported the model loaded.
+    assert "idle" in result["status"]["label"] and "SmolLM2" in result["status"]["label"], result["status"]
+
+    # The ghost text, then the file as saved after Tab: the typed text followed by exactly what was shown.
+    ghost = result["ghost"]
+    shown = [ghost["first"], *ghost["rest"]]
+    assert any(line.strip() for line in shown), ghost
+    saved = result["saved"]
+    assert saved.startswith(SOURCE + TYPED), saved
+    added = saved[len(SOURCE + TYPED):].split("\n")
+    assert [line.rstrip() for line in added[:len(shown)]] == [line.rstrip() for line in shown], (added, shown)
+    assert not any(line.strip() for line in added[len(shown):]), added
+    assert Path(result["screenshot"]).stat().st_size > 10_000
+
+    # The explanation streamed into the webview, rendered as markdown, and finished.
+    explanation = result["explanation"]
+    assert explanation["phase"] == "done", explanation
+    assert len(explanation["text"].strip()) >= 20 and explanation["streamed"], explanation
+    assert explanation["rendered"], explanation
+
+    timings = result["timings"]
+    print(f"\nvscode: {timings['total']:.1f} s in all; server idle at {timings['server idle']:.1f} s, ghost text "
+          f"{timings['ghost text shown'] - timings['typed']:.1f} s after typing, explanation "
+          f"{timings['explanation done'] - timings['explain requested']:.1f} s; ghost {shown!r}")
