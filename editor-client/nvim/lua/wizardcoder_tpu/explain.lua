@@ -1,10 +1,15 @@
 --- :WizardcoderExplain — send `wizardcoder.explainSelection` and stream the markdown into a float.
 ---
 --- The server reports the whole explanation so far on the request's workDoneToken (not a delta),
---- so each report replaces the window's text. Closing the window cancels the request.
+--- so each report replaces the window's text. The window closes like a hover: when the cursor
+--- moves in the explained buffer, on entering insert mode, or on entering another buffer
+--- (`<C-w>w` enters the window itself, `q` closes it there). Closing it cancels the request.
 local M = {}
 
 local counter = 0
+--- The float of the last explanation (one at a time).
+---@type integer?
+local current_win
 
 --- Byte column {col} (0-based) of line {row} (0-based) in the client's position encoding.
 ---@param bufnr integer
@@ -100,9 +105,13 @@ end
 ---@param opts table the `explain` options
 ---@return integer win
 function M.run(client, bufnr, range, opts)
+  if current_win and vim.api.nvim_win_is_valid(current_win) then
+    vim.api.nvim_win_close(current_win, true)
+  end
   counter = counter + 1
   local token = ('wizardcoder-explain-%d-%d'):format(vim.uv.os_getpid(), counter)
   local win, buf = open_float(opts)
+  current_win = win
   set_text(win, buf, '_Explaining…_', opts.max_height)
 
   local done = false
@@ -138,10 +147,18 @@ function M.run(client, bufnr, range, opts)
     return win
   end
 
+  local group = vim.api.nvim_create_augroup('wizardcoder_tpu.explain', { clear = true })
+  local function close()
+    if vim.api.nvim_win_is_valid(win) then
+      pcall(vim.api.nvim_win_close, win, true)
+    end
+  end
   vim.api.nvim_create_autocmd('WinClosed', {
+    group = group,
     pattern = tostring(win),
     once = true,
     callback = function()
+      pcall(vim.api.nvim_del_augroup_by_id, group)
       if not done then
         done = true
         pcall(vim.api.nvim_del_autocmd, progress)
@@ -149,6 +166,24 @@ function M.run(client, bufnr, range, opts)
       end
     end,
   })
+  -- Armed after this command returns, so that its own cursor placement does not count.
+  vim.schedule(function()
+    if not vim.api.nvim_win_is_valid(win) then
+      return
+    end
+    -- nested: the window's WinClosed (which cancels the request) must fire from these too.
+    vim.api.nvim_create_autocmd({ 'CursorMoved', 'InsertEnter' },
+      { group = group, buffer = bufnr, nested = true, callback = close })
+    vim.api.nvim_create_autocmd('BufEnter', {
+      group = group,
+      nested = true,
+      callback = function(ev)
+        if ev.buf ~= bufnr and ev.buf ~= buf then
+          close()
+        end
+      end,
+    })
+  end)
   return win
 end
 
