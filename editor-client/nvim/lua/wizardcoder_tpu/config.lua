@@ -13,6 +13,7 @@
 ---     mode          "auto" | "fim" | "instruct" | "prefix"
 ---     languages     filetypes to complete in; empty means all. Also limits which buffers the
 ---                   client attaches to.
+---     explainMaxNewTokens  tokens of a :WizardcoderExplain answer at most
 ---   root_markers  files that mark a workspace root (the server works without one).
 ---   keymaps       insert-mode keys; false or "" turns one off.
 ---     accept        accept the shown suggestion (falls back to the key itself when none shows)
@@ -33,6 +34,7 @@ M.defaults = {
     promptTokens = 1024,
     mode = 'auto',
     languages = {},
+    explainMaxNewTokens = 256,
   },
   root_markers = { '.git' },
   keymaps = {
