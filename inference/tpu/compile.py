@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -258,6 +259,7 @@ def _combine(c: _Compiler) -> Path:
                  c.work / "combine.log", timeout=TRANSFORM_TIMEOUT)
         os.replace(tmp, bmodel)
         c.say(f"combined {len(parts)} nets into {bmodel.name} ({time.monotonic() - t0:.1f} s)")
+    nets = check_interfaces(bmodel, m, c.tc)
     files = {name: {"sha256": sha256_file(bmodel), "bytes": bmodel.stat().st_size}}
     if m.tokenizer:
         shutil.copyfile(c.export_dir / m.tokenizer, c.out / m.tokenizer)
@@ -267,11 +269,52 @@ def _combine(c: _Compiler) -> Path:
         "q_group_size": GROUP_SIZE if options.quantize == "int4" else None, "num_device": options.num_device,
         "tpu_mlir": TPU_MLIR_VERSION, "export_key": m.export_key,
         "outputs": "by position: tpu-mlir renames a net's outputs (hidden_out → …_f32); the order is the table's",
+        "nets": nets,
         "validated": options.validate,
         "pieces": {p: {k: s[k] for k in ("transform_s", "deploy_s", "similarity")} for p, s in stamps.items()},
     }
     Manifest(**{**m.__dict__, "files": files, "compiled": compiled}).save(c.out)
     return bmodel
+
+
+def net_interfaces(info: str) -> dict[str, dict]:
+    """``model_tool --info`` text → {net: {"stages", "devices", "inputs": [names], "outputs": [names]}}
+    (names of the first stage; ``devices`` as the tool reports it, 1 when it says nothing)."""
+    nets: dict[str, dict] = {}
+    devices = 1
+    current: dict | None = None
+    for line in info.splitlines():
+        line = line.strip()
+        if found := re.match(r"device num\s*:\s*(\d+)", line, re.I):
+            devices = int(found.group(1))
+        elif found := re.match(r"net \d+: \[(\S+)\]", line):
+            current = nets.setdefault(found.group(1), {"stages": 0, "inputs": [], "outputs": []})
+        elif current is not None and line.startswith("stage "):
+            current["stages"] += 1
+        elif current is not None and current["stages"] == 1 and line.startswith(("input: ", "output: ")):
+            side, rest = line.split(": ", 1)
+            current[side + "s"].append(rest.split(",")[0])
+    for net in nets.values():
+        net["devices"] = devices
+    return nets
+
+
+def check_interfaces(bmodel: Path, m: Manifest, tc: Toolchain) -> dict[str, dict]:
+    """The combined bmodel has every piece as a one-stage net with the manifest's inputs, in order,
+    and as many outputs: what the C++ engine relies on (tpu-mlir drops unread inputs, renames
+    outputs and can reorder nothing else)."""
+    nets = net_interfaces(bmodel_info(bmodel, tc))
+    expected = [p["name"] for p in m.pieces]
+    if sorted(nets) != sorted(expected):
+        raise CompileError(f"{bmodel}: nets {sorted(nets)}, the manifest lists {sorted(expected)}")
+    for piece in m.pieces:
+        net = nets[piece["name"]]
+        inputs = [t["name"] for t in piece["inputs"]]
+        if net["stages"] != 1 or net["inputs"] != inputs or len(net["outputs"]) != len(piece["outputs"]):
+            raise CompileError(f"{bmodel}: net {piece['name']} has {net['stages']} stage(s), inputs {net['inputs']} "
+                               f"and {len(net['outputs'])} outputs; the manifest says inputs {inputs} and "
+                               f"{len(piece['outputs'])} outputs")
+    return nets
 
 
 def bmodel_info(bmodel: str | Path, toolchain: Toolchain | None = None, timeout: float = 300) -> str:

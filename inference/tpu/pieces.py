@@ -54,9 +54,10 @@ class PieceSpec:
 
 
 def uses_position_ids_in_blocks(c: ModelConfig) -> bool:
-    """Rotary architectures need positions inside each block; GPTBigCode adds learned position
-    embeddings once, in ``embed``, so its blocks take no ``position_ids`` (a graph input nothing
-    reads would be dropped by the compiler anyway)."""
+    """Rotary architectures need positions inside each block and not in ``embed``; GPTBigCode adds
+    learned position embeddings once, in ``embed``, so its blocks take no ``position_ids``. A
+    piece declares only the inputs it reads: tpu-mlir drops a graph input nothing reads, and the
+    bmodel's nets must have exactly the inputs the manifest lists."""
     return c.arch == "llama"
 
 
@@ -67,13 +68,16 @@ def piece_specs(c: ModelConfig, seq_len: int, chunk_len: int) -> list[PieceSpec]
     kv = lambda rows: (1, rows, c.num_kv_heads, c.head_dim)  # noqa: E731
     i32, f32 = "int32", "float32"
     T = TensorSpec
-    specs = [
-        PieceSpec("embed", "embed", None, "globals",
-                  (T("input_ids", i32, (1, n)), T("position_ids", i32, (1, n))), (T("hidden", f32, (1, n, h)),)),
-        PieceSpec("embed_cache", "embed_cache", None, "globals",
-                  (T("input_ids", i32, (1, 1)), T("position_ids", i32, (1, 1))), (T("hidden", f32, (1, 1, h)),)),
-    ]
     rope = uses_position_ids_in_blocks(c)
+
+    def embed_inputs(t: int) -> tuple[TensorSpec, ...]:  # learned positions are added here; RoPE's are not
+        ids = T("input_ids", i32, (1, t))
+        return (ids,) if rope else (ids, T("position_ids", i32, (1, t)))
+
+    specs = [
+        PieceSpec("embed", "embed", None, "globals", embed_inputs(n), (T("hidden", f32, (1, n, h)),)),
+        PieceSpec("embed_cache", "embed_cache", None, "globals", embed_inputs(1), (T("hidden", f32, (1, 1, h)),)),
+    ]
     for i in range(c.num_layers):
         for kind, name, t, past in (("block", f"block_{i}", n, 0), ("block_cache", f"block_cache_{i}", 1, n),
                                     ("block_chunk", f"block_chunk_{i}", k, n)):
@@ -107,7 +111,7 @@ def build_piece(spec: PieceSpec, c: ModelConfig, fetch: Callable[[str], np.ndarr
         g.output(value, name, _NP[t.dtype], t.shape)
 
     if spec.kind in ("embed", "embed_cache"):
-        emit(arch.embed(g, c, w, ins["input_ids"], ins["position_ids"]), "hidden")
+        emit(arch.embed(g, c, w, ins["input_ids"], ins.get("position_ids")), "hidden")
     elif spec.kind.startswith("block"):
         # Positions of the static pieces never pass seq_len + chunk_len: a rotary table that long
         # (not the model's whole context) keeps every block small.
@@ -119,7 +123,7 @@ def build_piece(spec: PieceSpec, c: ModelConfig, fetch: Callable[[str], np.ndarr
         emit(layer.k_new, "present_k")
         emit(layer.v_new, "present_v")
     elif spec.kind in ("lm_head", "lm_head_logits"):
-        logits = lm_head(g, c, w, g.reshape(ins["hidden"], [1, c.hidden_size]))  # [1, vocab]
+        logits = lm_head(g, c, w, ins["hidden"])  # [1, vocab]
         if spec.kind == "lm_head_logits":
             emit(logits, "logits")
         else:

@@ -54,7 +54,7 @@ class OrtPieces:
 
 
 def _filter(manifest: Manifest, net: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Only the inputs the piece declares (GPTBigCode blocks take no position_ids)."""
+    """Only the inputs the piece declares (GPTBigCode blocks and Llama embeddings take no position_ids)."""
     return {t["name"]: feeds[t["name"]] for t in manifest.piece(net)["inputs"]}
 
 
