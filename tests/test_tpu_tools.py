@@ -1,0 +1,236 @@
+"""The TPU model tools: ``export`` → static ONNX pieces, ``compile`` → one bmodel, and that bmodel
+on the cmodel simulator (tpu-mlir's own runtime) against onnxruntime and the CPU backend.
+
+Slow tests compile with tpu-mlir; their bmodels are cached under ``<cache>/test-bmodels`` keyed
+by content (``tpu_models.py``), so a warm run compiles nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from reference import backend_greedy
+from tpu_models import CHUNK_LEN, SEQ_LEN, tiny_bmodel, tiny_checkpoint, tiny_export
+from wizardcoder_tpu.cli import main as cli_main
+from wizardcoder_tpu.inference.backends.cpu import CPUBackend
+from wizardcoder_tpu.inference.paths import cache_dir
+from wizardcoder_tpu.inference.tpu.manifest import Manifest
+from wizardcoder_tpu.inference.tpu.stepper import OrtPieces, generate
+from wizardcoder_tpu.inference.tpu.validate import THRESHOLDS, compare, piece_inputs
+from wizardcoder_tpu.inference.weights import open_checkpoint
+
+TINY = ("gpt_bigcode_mq", "llama_gqa")
+NEW_TOKENS = 12
+
+
+def _piece_names(num_layers: int) -> list[str]:
+    blocks = [f"{kind}_{i}" for i in range(num_layers) for kind in ("block", "block_cache", "block_chunk")]
+    return ["embed", "embed_cache", *blocks, "lm_head", "lm_head_logits"]
+
+
+def _prompt(vocab: int, length: int = 21) -> list[int]:
+    return np.random.RandomState(11).randint(0, vocab, length).tolist()
+
+
+def _cpu_greedy(kind: str, prompt: list[int]) -> list[int]:
+    return backend_greedy(CPUBackend(open_checkpoint(tiny_checkpoint(kind))), prompt, NEW_TOKENS)
+
+
+def _wizardcoder_tpu(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wizardcoder_tpu.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+# --- export (onnxruntime only: fast) ---------------------------------------------------------------
+
+def test_export_cli_writes_static_pieces_and_resumes(tiny_model_factory, tmp_path, capsys):
+    checkpoint = tiny_model_factory("llama_gqa")
+    out = tmp_path / "export"
+    args = ["export", str(checkpoint), "--seq-len", str(SEQ_LEN), "--chunk-len", str(CHUNK_LEN), "--out", str(out)]
+    assert cli_main(args) == 0
+    manifest = Manifest.load(out)
+    assert manifest.seq_len == SEQ_LEN and manifest.chunk_len == CHUNK_LEN and manifest.architecture == "llama"
+    assert [p["name"] for p in manifest.pieces] == _piece_names(3)
+    for piece in manifest.pieces:
+        model = onnx.load(out / piece["onnx"], load_external_data=False)
+        for value, spec in zip(model.graph.input, piece["inputs"]):
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value.type.tensor_type.shape.dim]
+            assert (value.name, dims) == (spec["name"], spec["shape"]), piece["name"]
+        assert [o.name for o in model.graph.output] == [t["name"] for t in piece["outputs"]]
+    # the three blocks of a layer share one weights file
+    assert {p["weights"] for p in manifest.pieces if p["layer"] == 1} == {"layer_1.weights"}
+
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    assert "is current; nothing to do" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", TINY)
+def test_pieces_on_onnxruntime_generate_like_the_cpu_backend(kind):
+    """The pieces compose into the same model as the CPU graph, through prefill, chunks and decode."""
+    export_dir = tiny_export(kind)
+    manifest = Manifest.load(export_dir)
+    prompt = _prompt(manifest.model_config.vocab_size)
+    expected = _cpu_greedy(kind, prompt)
+    pieces = OrtPieces(export_dir)
+    assert generate(pieces, manifest, prompt, NEW_TOKENS) == expected
+    assert generate(pieces, manifest, prompt, NEW_TOKENS, prefill_len=3) == expected  # 3 + chunks of 16 and 2
+
+
+# --- bad input: clear errors -----------------------------------------------------------------------
+
+def test_export_rejects_an_unknown_architecture(tiny_model_factory, tmp_path):
+    source = tiny_model_factory("gpt_bigcode_mq")
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    config = json.loads((source / "config.json").read_text()) | {"model_type": "bert", "architectures": ["BertModel"]}
+    (bert / "config.json").write_text(json.dumps(config))
+    (bert / "model.safetensors").symlink_to(source / "model.safetensors")
+    done = _wizardcoder_tpu("export", str(bert), "--seq-len", "64", "--out", str(tmp_path / "out"))
+    assert done.returncode == 1
+    assert "model_type 'bert' is not supported" in done.stderr and "gpt_bigcode, llama" in done.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_export_rejects_a_seq_len_above_the_model_maximum(tiny_model_factory, tmp_path):
+    done = _wizardcoder_tpu("export", str(tiny_model_factory("llama_gqa")), "--seq-len", "4096",
+                            "--out", str(tmp_path / "out"))
+    assert done.returncode == 1
+    assert "--seq-len 4096 is above the model's maximum of 1024 positions" in done.stderr
+
+
+def test_compile_without_an_export_says_to_export_first(tmp_path):
+    done = _wizardcoder_tpu("compile", str(tmp_path))
+    assert done.returncode == 1
+    assert "no manifest (run `wizardcoder-tpu export` first)" in done.stderr
+
+
+def test_compile_without_a_buildable_toolchain_says_why(tmp_path):
+    """A fresh cache (no tpu-mlir venv) and no usable Python 3.10: one clear line, no traceback."""
+    export_dir = tiny_export("gpt_bigcode_mq")  # from the real cache, before the override below
+    missing = tmp_path / "no-python3.10"
+    done = _wizardcoder_tpu("compile", str(export_dir), "--out", str(tmp_path / "out"),
+                            env={"WIZARDCODER_TPU_CACHE": str(tmp_path / "cache"),
+                                 "WIZARDCODER_TPU_PYTHON310": str(missing)})
+    assert done.returncode == 1, done.stderr
+    assert f"WIZARDCODER_TPU_PYTHON310={missing} is not an executable Python 3.10" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "cache" / "tpu-mlir-1.30.2" / "venv").exists()
+
+
+# --- compile (tpu-mlir, the cmodel simulator: slow, cached) ---------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantize", ["f16", "int4"])
+@pytest.mark.parametrize("kind", TINY)
+def test_tiny_model_compiles_and_every_piece_matches_onnxruntime(kind, quantize):
+    from wizardcoder_tpu.inference.tpu.cmodel import CmodelPieces
+    from wizardcoder_tpu.inference.tpu.compile import bmodel_info
+
+    started = time.monotonic()
+    bmodel = tiny_bmodel(kind, quantize)
+    print(f"{kind} {quantize}: {time.monotonic() - started:.1f} s (0 when cached)")
+    manifest = Manifest.load(bmodel.parent)
+    assert manifest.compiled["quantize"] == quantize and manifest.compiled["chip"] == "bm1684x"
+    assert manifest.compiled["mode"] == {"f16": "F16", "int4": "W4F16"}[quantize]
+    assert manifest.compiled["q_group_size"] == (64 if quantize == "int4" else None)
+    names = _piece_names(manifest.model_config.num_layers)
+    info = bmodel_info(bmodel)
+    assert sorted(re.findall(r"net \d+: \[(\w+)\]", info)) == sorted(names), info
+
+    # Independently of the compile's own check: other inputs, the combined bmodel.
+    threshold = THRESHOLDS[quantize]
+    reference = OrtPieces(tiny_export(kind))
+    with CmodelPieces(bmodel) as sim:
+        for name in names:
+            piece = manifest.piece(name)
+            feeds = piece_inputs(piece, manifest, seed=1)
+            logits = reference.run("lm_head_logits", feeds)["logits"] if name == "lm_head" else None
+            scores = compare(sim.run(name, feeds), reference.run(name, feeds), logits)
+            assert all(s >= threshold for s in scores.values()), f"{name}: {scores}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", TINY)
+def test_tiny_model_on_the_cmodel_generates_like_the_cpu_backend(kind):
+    from wizardcoder_tpu.inference.tpu.cmodel import CmodelPieces
+
+    bmodel = tiny_bmodel(kind, "f16")
+    manifest = Manifest.load(bmodel.parent)
+    prompt = _prompt(manifest.model_config.vocab_size)
+    expected = _cpu_greedy(kind, prompt)
+    with CmodelPieces(bmodel) as sim:
+        assert generate(sim, manifest, prompt, NEW_TOKENS) == expected
+        assert generate(sim, manifest, prompt, NEW_TOKENS, prefill_len=3) == expected
+
+
+@pytest.mark.slow
+def test_two_device_compile():
+    from wizardcoder_tpu.inference.tpu.compile import bmodel_info
+
+    bmodel = tiny_bmodel("gpt_bigcode_mq", "f16", num_device=2)
+    manifest = Manifest.load(bmodel.parent)
+    assert manifest.compiled["num_device"] == 2
+    info = bmodel_info(bmodel)
+    assert sorted(re.findall(r"net \d+: \[(\w+)\]", info)) == sorted(_piece_names(3)), info
+    assert re.search(r"device num\s*:\s*2", info, re.I), info
+
+
+@pytest.mark.slow
+def test_an_interrupted_compile_redoes_only_the_unfinished_piece():
+    from wizardcoder_tpu.inference.tpu.compile import STAMP, compile_export
+
+    bmodel = tiny_bmodel("gpt_bigcode_mq", "f16")
+    export_dir = tiny_export("gpt_bigcode_mq")
+    piece_dir = export_dir / ".compile" / "f16-1dev" / "block_cache_1"
+    (piece_dir / STAMP).unlink()  # as if killed between its deploy and its stamp
+    said: list[str] = []
+    assert compile_export(export_dir, "f16", log=said.append) == bmodel
+    assert "12 of 13 pieces current, skipped" in said
+    assert any(m.startswith("[13/13] block_cache_1: transform") for m in said), said
+    assert (piece_dir / STAMP).exists()
+
+    said.clear()
+    started = time.monotonic()
+    compile_export(export_dir, "f16", log=said.append)
+    assert "13 of 13 pieces current, skipped" in said and not any("combined" in m for m in said), said
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_default_model_exports_and_compiles_in_f16(default_model, capsys):
+    """SmolLM2-135M, the whole path through the CLI: export (with its tokenizer) and an F16 compile."""
+    from wizardcoder_tpu.inference.tpu.compile import bmodel_info
+    from wizardcoder_tpu.inference.tpu.export import EXPORT_VERSION
+
+    seq_len = 128
+    key = f"{default_model.name}-{default_model.stat().st_size}-e{EXPORT_VERSION}-seq{seq_len}"
+    export_dir = cache_dir() / "test-bmodels" / f"smollm2-{key}"
+    started = time.monotonic()
+    assert cli_main(["export", str(default_model), "--seq-len", str(seq_len), "--out", str(export_dir)]) == 0
+    exported = time.monotonic()
+    assert cli_main(["compile", str(export_dir), "--quantize", "f16", "--jobs", "2"]) == 0
+    compiled = time.monotonic()
+    bmodel = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    with capsys.disabled():
+        print(f"\nSmolLM2-135M seq {seq_len}: export {exported - started:.1f} s, compile {compiled - exported:.1f} s "
+              f"(both 0 when cached), bmodel {bmodel.stat().st_size / 2**20:.0f} MiB")
+    assert bmodel.suffix == ".bmodel" and bmodel.exists()
+    assert (bmodel.parent / "tokenizer.json").exists() and (bmodel.parent / "manifest.json").exists()
+    manifest = Manifest.load(bmodel.parent)
+    assert manifest.config["num_layers"] == 30 and manifest.config["vocab_size"] == 49152
+    assert manifest.compiled["validated"]
+    worst = min(s for p in manifest.compiled["pieces"].values() for s in p["similarity"].values())
+    assert worst >= THRESHOLDS["f16"]
+    info = bmodel_info(bmodel)
+    assert sorted(re.findall(r"net \d+: \[(\w+)\]", info)) == sorted(_piece_names(30))
