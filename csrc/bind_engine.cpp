@@ -23,7 +23,10 @@ const wct::Api& loaded_api() {
 
 void register_errors(py::module_& m) {
   // Base first: pybind11 tries translators newest first, so the subclasses must come later.
-  static py::exception<wct::Error> error(m, "Error", PyExc_RuntimeError);
+  // register_exception keeps each type in storage that is never destroyed (a function-local static
+  // py::exception would drop its reference at exit without the GIL), and translates wct::Error
+  // itself too, so a plain Error reaches Python as _bmrt.Error, not a bare RuntimeError.
+  auto& error = py::register_exception<wct::Error>(m, "Error", PyExc_RuntimeError);
   py::register_exception<wct::LibraryError>(m, "LibraryError", error);
   py::register_exception<wct::ModelError>(m, "ModelError", error);
   py::register_exception<wct::DeviceError>(m, "DeviceError", error);
