@@ -243,8 +243,10 @@ Engine::Net Engine::find_net(const std::string& name, const std::vector<std::str
 void Engine::check_layout() {
   const int D = static_cast<int>(handles_.size());
   const std::vector<std::string> ids_pos = {"input_ids", "position_ids"};
-  embed_ = find_net("embed", ids_pos, "", {"hidden"}, true);
-  embed_cache_ = find_net("embed_cache", ids_pos, "", {"hidden"}, true);
+  // position_ids is optional: a Llama embed does not use it (RoPE is in the blocks) and tpu-mlir
+  // drops an unused input.
+  embed_ = find_net("embed", ids_pos, "position_ids", {"hidden"}, true);
+  embed_cache_ = find_net("embed_cache", ids_pos, "position_ids", {"hidden"}, true);
   lm_head_ = find_net("lm_head", {"hidden"}, "", {"token"}, true);
   lm_logits_ = find_net("lm_head_logits", {"hidden"}, "", {"logits"}, false);
   while (std::find(net_names_.begin(), net_names_.end(), "block_" + std::to_string(num_layers_)) != net_names_.end())
@@ -299,9 +301,11 @@ void Engine::check_layout() {
   const size_t N = static_cast<size_t>(seq_len_);
   if (N < 2) fail(embed_, "input_ids has shape " + shape_str(ids) + ", expected [1,N]");
   expect_elems(embed_, true, 0, N, "input_ids");
-  expect_elems(embed_, true, 1, N, "position_ids");
   expect_int(embed_, 0, "input_ids");
-  expect_int(embed_, 1, "position_ids");
+  if (embed_.has_input(1)) {
+    expect_elems(embed_, true, 1, N, "position_ids");
+    expect_int(embed_, 1, "position_ids");
+  }
   const size_t hidden_bytes = out_bytes(embed_, 0, 0);
   if (hidden_bytes % N) fail(embed_, "hidden is not N rows");
   hidden_row_bytes_ = hidden_bytes / N;
@@ -317,7 +321,7 @@ void Engine::check_layout() {
   };
   expect_elems(embed_cache_, true, 0, 1, "input_ids");
   expect_int(embed_cache_, 0, "input_ids");
-  expect_int(embed_cache_, 1, "position_ids");
+  if (embed_cache_.has_input(1)) expect_int(embed_cache_, 1, "position_ids");
   expect_hidden(embed_cache_, false, 0, 1);
   expect_hidden(lm_head_, true, 0, 1);
   expect_elems(lm_head_, false, 0, 1, "token");
