@@ -110,60 +110,67 @@ class Nvim:
 
 @pytest.fixture
 def nvim(tmp_path):
-    binary = find_nvim()
-    sample = tmp_path / "work" / "sample.py"
-    sample.parent.mkdir()
-    sample.write_text(SOURCE)
-    server_log = tmp_path / "server.log"
-    cmd = [*server_command(), "--log-file", str(server_log), "--log-level", "info"]
-    init = tmp_path / "init.lua"
-    init.write_text(f"""
+    """Start Neovim on a Python file with the plugin set up by ``launch(settings)``; quit it after."""
+    started: list[tuple[Nvim, object]] = []
+
+    def launch(settings: dict | None = None) -> tuple[Nvim, Path]:
+        binary = find_nvim()
+        sample = tmp_path / "work" / "sample.py"
+        sample.parent.mkdir()
+        sample.write_text(SOURCE)
+        server_log = tmp_path / "server.log"
+        cmd = [*server_command(), "--log-file", str(server_log), "--log-level", "info"]
+        options = {"cmd": cmd, "settings": settings or {}}
+        init = tmp_path / "init.lua"
+        init.write_text(f"""
 vim.opt.runtimepath:prepend({json.dumps(str(PLUGIN))})
 vim.o.expandtab = true
 vim.o.shiftwidth = 4
 vim.o.laststatus = 2
 vim.o.statusline = "%f %{{v:lua.require'wizardcoder_tpu'.statusline()}}"
-require('wizardcoder_tpu').setup({{ cmd = {{ {', '.join(json.dumps(a) for a in cmd)} }} }})
+require('wizardcoder_tpu').setup(vim.json.decode({json.dumps(json.dumps(options))}))
 vim.api.nvim_create_autocmd('VimEnter', {{ once = true, command = 'luafile ' .. {json.dumps(str(HARNESS))} }})
 """)
-    sock = tmp_path / "nvim.sock"
-    env = dict(os.environ)
-    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
-        env[var] = str(tmp_path / var.lower())
-    log = open(tmp_path / "nvim.log", "w")
-    # -u: the plugin is set up the way a user's init.lua does it, before the file is read.
-    process = subprocess.Popen([binary, "--headless", "-u", str(init), "-i", "NONE", "--listen", str(sock),
-                                str(sample)], cwd=sample.parent, env=env, stdin=subprocess.DEVNULL,
-                               stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        assert process.poll() is None, (tmp_path / "nvim.log").read_text()
-        assert time.monotonic() < deadline, "Neovim did not open its socket"
-        time.sleep(0.05)
-    editor = Nvim(binary, sock, process, [tmp_path / "nvim.log", server_log])
-    try:
-        yield editor, sample
-    finally:
+        sock = tmp_path / "nvim.sock"
+        env = dict(os.environ)
+        for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+            env[var] = str(tmp_path / var.lower())
+        log = open(tmp_path / "nvim.log", "w")
+        # -u: the plugin is set up the way a user's init.lua does it, before the file is read.
+        process = subprocess.Popen([binary, "--headless", "-u", str(init), "-i", "NONE", "--listen", str(sock),
+                                    str(sample)], cwd=sample.parent, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        editor = Nvim(binary, sock, process, [tmp_path / "nvim.log", server_log])
+        started.append((editor, log))
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert process.poll() is None, (tmp_path / "nvim.log").read_text()
+            assert time.monotonic() < deadline, "Neovim did not open its socket"
+            time.sleep(0.05)
+        return editor, sample
+
+    yield launch
+    for editor, log in started:
         try:
             editor.send("<Esc>:qa!<CR>")
-            process.wait(timeout=10)
+            editor.process.wait(timeout=10)
         except Exception:  # noqa: BLE001 - a hung editor is killed below
-            process.kill()
+            editor.process.kill()
         log.close()
 
 
 def test_ghost_text_accept_and_explain(nvim):
-    editor, sample = nvim
+    editor, sample = nvim()
     started = time.monotonic()
 
     # The plugin started the server for the Python buffer and the model loaded.
-    state = editor.wait("the server to be idle", lambda s: s["status"] != None and s["status"]["state"] == "idle",  # noqa: E711
-                        timeout=300)
+    state = editor.wait("the server to be idle", lambda s: (s["status"] or {}).get("state") == "idle", timeout=300)
     assert state["filetype"] == "python"
     assert state["attached"] and state["inline_enabled"], state
     assert state["tab_mapping"] == "WizardCoder: accept the suggestion"
     assert state["statusline"] == "WizardCoder"
-    assert state["statuses"][-1] == {"state": "idle", "statusline": "sample.py WizardCoder"}, state["statuses"]
+    last = state["statuses"][-1]
+    assert (last["state"], last["statusline"]) == ("idle", "sample.py WizardCoder"), state["statuses"]
     original = SOURCE.splitlines()
     assert state["lines"] == original
 
@@ -196,8 +203,9 @@ def test_ghost_text_accept_and_explain(nvim):
     assert accepted["ghost"] is None or accepted["ghost"]["first"] != ghost["first"]
     # The statusline followed the server: busy while the model ran, idle again after.
     seen = [(s["state"], s["statusline"]) for s in accepted["statuses"]]
-    assert ("busy", "sample.py WizardCoder ●") in seen, seen
-    assert seen.index(("busy", "sample.py WizardCoder ●")) < len(seen) - 1 - seen[::-1].index(("idle", "sample.py WizardCoder")), seen
+    busy, idle = ("busy", "sample.py WizardCoder ●"), ("idle", "sample.py WizardCoder")
+    assert busy in seen, seen
+    assert seen.index(busy) < len(seen) - 1 - seen[::-1].index(idle), seen  # an idle after the first busy
 
     # Explain a visual selection: a floating markdown window fills with the streamed text.
     editor.send("<Esc>ggVj:WizardcoderExplain<CR>")
@@ -233,8 +241,10 @@ def test_ghost_text_accept_and_explain(nvim):
     assert len(ok_lines) >= 3, health  # Neovim, the executable, the running server (and the model)
 
     # Closing the float while the model still writes cancels the request ($/cancelRequest).
+    # (Once the model writes: a request cancelled before its turn never reaches the model.)
     editor.send("ggVj:WizardcoderExplain<CR>")
-    editor.wait("a second explanation to start", lambda s: s["pending_explain"] == 1 and s["floats"], timeout=10)
+    editor.wait("a second explanation to stream", lambda s: s["pending_explain"] == 1 and s["floats"]
+                and s["reports"] > state["reports"], timeout=120)
     editor.send("j")
     cancelled = editor.wait("the cancelled explanation to end",
                             lambda s: s["pending_explain"] == 0 and not s["floats"], timeout=10)
@@ -248,3 +258,16 @@ def test_ghost_text_accept_and_explain(nvim):
     assert stopped(done)[0] != "cancelled" and stopped(done)[1] == "cancelled", done["stats"]
     print(f"\nnvim: first ghost text {first_ghost_ms:.0f} ms after start; ghost {ghost!r}; "
           f"explanation {len(text)} chars in {state['reports']} reports")
+
+
+def test_statusline_and_health_show_a_server_error(nvim, tmp_path):
+    """A model file that does not exist: the server reports an error (then serves the default model
+    instead, saying so); the statusline showed the error, and :checkhealth flags the setting."""
+    missing = tmp_path / "missing.gguf"
+    editor, _ = nvim({"model": str(missing)})
+    state = editor.wait("the server's error", lambda s: any(x["state"] == "error" for x in s["statuses"]), timeout=120)
+    (error,) = [x for x in state["statuses"] if x["state"] == "error"]
+    assert error["statusline"] == "sample.py WizardCoder ✗", state["statuses"]
+    assert "missing.gguf" in error["message"], error
+    health = editor.lua("WizardcoderTest.health()")
+    assert "ERROR" in health and f"model not found: {missing}" in health, health

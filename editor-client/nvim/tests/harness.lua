@@ -39,7 +39,8 @@ vim.api.nvim_create_autocmd('User', {
   pattern = 'WizardcoderStatus',
   callback = function(ev)
     local rendered = vim.api.nvim_eval_statusline(vim.o.statusline, { winid = vim.fn.bufwinid(M.bufnr) }).str
-    table.insert(M.statuses, { state = ev.data and ev.data.state or vim.NIL, statusline = rendered })
+    table.insert(M.statuses, { state = ev.data and ev.data.state or vim.NIL, statusline = rendered,
+      message = ev.data and ev.data.message or vim.NIL })
   end,
 })
 
