@@ -5,7 +5,8 @@ Neovim listens on a socket; the test types with `nvim --server SOCK --remote-sen
 so InsertEnter / CursorMovedI fire as they do for a person) and reads the editor's state with
 `--remote-expr` through editor-client/nvim/tests/harness.lua.
 
-Set WIZARDCODER_CAPTURE_DIR to keep an HTML capture of the ghost text (docs/img/ holds one).
+Set WIZARDCODER_CAPTURE_DIR to keep an HTML capture of the ghost text (:TOhtml). The README's
+terminal capture, docs/img/nvim-ghost-text.*, comes from editor-client/nvim/tests/capture_ghost_text.py.
 """
 
 from __future__ import annotations
