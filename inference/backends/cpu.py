@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from ..model.decoder import build_cpu_decoder, kv_names
 from ..paths import cache_dir
 from ..weights import Checkpoint
 
-GRAPH_VERSION = "2"  # bump when build_cpu_decoder changes what it emits
+GRAPH_VERSION = "3"  # bump when build_cpu_decoder or the way it is saved changes
 
 
 def decoder_path(checkpoint: Checkpoint) -> Path:
@@ -33,16 +35,32 @@ def decoder_path(checkpoint: Checkpoint) -> Path:
 
 
 def ensure_decoder(checkpoint: Checkpoint) -> Path:
-    """The cached decoder graph for ``checkpoint``, built (weights as external data) if absent."""
+    """The cached decoder graph for ``checkpoint``, built (weights as external data) if absent.
+
+    Built in a private folder that is renamed into place whole: onnx appends external data to
+    an existing file, so two servers starting at once on a shared cache, writing one folder,
+    used to interleave their weights (a graph whose offsets pointed into the other's bytes:
+    fluent garbage from a correct model)."""
     path = decoder_path(checkpoint)
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = build_cpu_decoder(checkpoint.config, checkpoint.tensor)
-    tmp = path.with_suffix(".tmp")
-    onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="decoder.weights", size_threshold=1024)
-    os.replace(tmp, path)  # readers see a whole graph or none
+    folder = path.parent
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not path.exists():
+        shutil.rmtree(folder, ignore_errors=True)  # a folder without a graph: an older, interrupted build
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        model = build_cpu_decoder(checkpoint.config, checkpoint.tensor)
+        onnx.save_model(model, str(work / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="decoder.weights", size_threshold=1024)
+        del model
+        try:
+            os.rename(work, folder)  # readers see a whole graph or none
+        except OSError:
+            if not path.exists():  # not another builder's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return path
 
 
