@@ -55,8 +55,16 @@ def setup_logging(path: str | None, level: str) -> Path:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    handler.addFilter(_client_gone)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("wizardcoder_tpu").setLevel(getattr(logging, level.upper(), logging.WARNING))
     return log_file
+
+
+def _client_gone(record: logging.LogRecord) -> bool:
+    """Drop pygls' tracebacks for replies written after the editor closed the pipe (Neovim sends
+    ``shutdown`` and exits without waiting): the session is over, nothing failed."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, (BrokenPipeError, ConnectionResetError))
