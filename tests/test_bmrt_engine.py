@@ -187,7 +187,10 @@ emit(out)
     assert "truncated bmodel" in out["truncated"]
     assert "wrong magic number" in out["magic"]
     assert "corrupt bmodel" in out["description"]
-    assert "crashed (SIGSEGV) while loading it" in out["segfault"]
+    # SIGSEGV; under ASan, whose handler reports the fault in libbmrt and aborts, SIGABRT.
+    assert "crashed (SIGSEGV) while loading it" in out["segfault"] or (
+        os.environ.get(SANITIZED_MODULE) and "crashed (SIGABRT) while loading it" in out["segfault"]
+        and "bmodel::Binary::size" in out["segfault"])
     assert "no net 'embed'" in out["contract"]
     assert 0 <= out["after"] < 512
 
@@ -324,16 +327,18 @@ def test_engine_tests_pass_under_asan_and_ubsan(tmp_path):
         pytest.skip("already the sanitized run")
     started = time.monotonic()
     module = build_sanitized_module(tmp_path / "build")
+    # Every engine path (prefill, chunks from empty, decode, cancel, each failure) in ~5 minutes:
+    # the Llama parity and prefix-reuse runs repeat these C++ paths and would double the time.
     tests = ["test_missing_libraries_are_a_clear_error", "test_device_that_cannot_be_opened_is_a_clear_error",
-             "test_corrupt_bmodels_are_clear_errors", "test_greedy_tokens_equal_the_cpu_backend",
-             "test_prefix_reuse_through_chunks_equals_a_cold_prefill", "test_cancel_stops_within_one_step"]
+             "test_corrupt_bmodels_are_clear_errors", "test_greedy_tokens_equal_the_cpu_backend[gpt_bigcode_mq]",
+             "test_cancel_stops_within_one_step"]
     sanitized = run_json("from wizardcoder_tpu import _bmrt\nemit(_bmrt.__file__)", {SANITIZED_MODULE: str(module)})
     assert sanitized == str(module)  # the children below really run the sanitized build
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__,
-                           "-k", " or ".join(tests)], env={**os.environ, SANITIZED_MODULE: str(module)},
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           *(f"{__file__}::{t}" for t in tests)], env={**os.environ, SANITIZED_MODULE: str(module)},
                           cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-8000:] + done.stderr[-4000:]
-    assert f"{len(tests) + len(KINDS) - 1} passed" in done.stdout, done.stdout[-2000:]
+    assert f"{len(tests)} passed" in done.stdout, done.stdout[-2000:]
     assert time.monotonic() - started < 600
 
 
