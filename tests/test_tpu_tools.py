@@ -38,12 +38,36 @@ def _piece_names(num_layers: int) -> list[str]:
     return ["embed", "embed_cache", *blocks, "lm_head", "lm_head_logits"]
 
 
-def _prompt(vocab: int, length: int = 21) -> list[int]:
-    return np.random.RandomState(11).randint(0, vocab, length).tolist()
+def _info_nets(info: str) -> list[str]:
+    """Net names as ``model_tool --info`` prints them (``net 3: [block_0]  static`` on one device,
+    ``net: [block_0]  cascade`` on several)."""
+    return sorted(re.findall(r"^net(?: \d+)?: \[(\w+)\]", info, re.M))
 
 
-def _cpu_greedy(kind: str, prompt: list[int]) -> list[int]:
-    return backend_greedy(CPUBackend(open_checkpoint(tiny_checkpoint(kind))), prompt, NEW_TOKENS)
+MIN_GAP = 0.05  # logits; the tiny models' logits have a std of ~2.4
+
+
+def _decisive_greedy(kind: str, length: int = 21) -> tuple[list[int], list[int]]:
+    """A random prompt whose CPU greedy continuation never hinges on a near-tie, and that
+    continuation. At a tie (seen: a top-2 gap of 0.0034) float16 on the device may pick the other
+    token with a 0.99999-similar hidden state; that proves nothing either way, so the prompt
+    avoids it, and token-for-token equality is then a fair demand."""
+    checkpoint = open_checkpoint(tiny_checkpoint(kind))
+    backend, vocab = CPUBackend(checkpoint), checkpoint.config.vocab_size
+    for seed in range(11, 41):
+        prompt = np.random.RandomState(seed).randint(0, vocab, length).tolist()
+        backend.truncate(0)
+        tokens, gaps, feed = [], [], prompt
+        while len(tokens) < NEW_TOKENS:
+            logits = backend.forward(feed)
+            top2 = np.sort(logits)[-2:]
+            gaps.append(float(top2[1] - top2[0]))
+            tokens.append(int(np.argmax(logits)))
+            feed = [tokens[-1]]
+        if min(gaps) >= MIN_GAP:
+            assert tokens == backend_greedy(backend, prompt, NEW_TOKENS)  # the engine's own loop agrees
+            return prompt, tokens
+    raise AssertionError(f"no prompt of {kind} without a near-tie in 30 seeds")
 
 
 def _wizardcoder_tpu(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -80,8 +104,7 @@ def test_pieces_on_onnxruntime_generate_like_the_cpu_backend(kind):
     """The pieces compose into the same model as the CPU graph, through prefill, chunks and decode."""
     export_dir = tiny_export(kind)
     manifest = Manifest.load(export_dir)
-    prompt = _prompt(manifest.model_config.vocab_size)
-    expected = _cpu_greedy(kind, prompt)
+    prompt, expected = _decisive_greedy(kind)
     pieces = OrtPieces(export_dir)
     assert generate(pieces, manifest, prompt, NEW_TOKENS) == expected
     assert generate(pieces, manifest, prompt, NEW_TOKENS, prefill_len=3) == expected  # 3 + chunks of 16 and 2
@@ -134,11 +157,14 @@ def test_compile_without_a_buildable_toolchain_says_why(tmp_path):
 @pytest.mark.parametrize("quantize", ["f16", "int4"])
 @pytest.mark.parametrize("kind", TINY)
 def test_tiny_model_compiles_and_every_piece_matches_onnxruntime(kind, quantize):
+    """F16 on conftest's tiny models; int4 on the same models at a trained model's weight scale
+    (``tpu_models.tiny_checkpoint``: at conftest's std 0.2 even an exact int4 rounding misses 0.95)."""
     from wizardcoder_tpu.inference.tpu.cmodel import CmodelPieces
     from wizardcoder_tpu.inference.tpu.compile import bmodel_info
 
+    weight_scale = 0.1 if quantize == "int4" else 1.0
     started = time.monotonic()
-    bmodel = tiny_bmodel(kind, quantize)
+    bmodel = tiny_bmodel(kind, quantize, weight_scale=weight_scale)
     print(f"{kind} {quantize}: {time.monotonic() - started:.1f} s (0 when cached)")
     manifest = Manifest.load(bmodel.parent)
     assert manifest.compiled["quantize"] == quantize and manifest.compiled["chip"] == "bm1684x"
@@ -146,17 +172,18 @@ def test_tiny_model_compiles_and_every_piece_matches_onnxruntime(kind, quantize)
     assert manifest.compiled["q_group_size"] == (64 if quantize == "int4" else None)
     names = _piece_names(manifest.model_config.num_layers)
     info = bmodel_info(bmodel)
-    assert sorted(re.findall(r"net \d+: \[(\w+)\]", info)) == sorted(names), info
+    assert _info_nets(info) == sorted(names), info
+    assert info.count("stage 0") == len(names) and "stage 1" not in info  # one static stage per net
 
     # Independently of the compile's own check: other inputs, the combined bmodel.
     threshold = THRESHOLDS[quantize]
-    reference = OrtPieces(tiny_export(kind))
+    reference = OrtPieces(tiny_export(kind, weight_scale))
     with CmodelPieces(bmodel) as sim:
         for name in names:
             piece = manifest.piece(name)
             feeds = piece_inputs(piece, manifest, seed=1)
             logits = reference.run("lm_head_logits", feeds)["logits"] if name == "lm_head" else None
-            scores = compare(sim.run(name, feeds), reference.run(name, feeds), logits)
+            scores = compare(sim.run(name, feeds), reference.run(name, feeds), logits, feeds)
             assert all(s >= threshold for s in scores.values()), f"{name}: {scores}"
 
 
@@ -167,11 +194,10 @@ def test_tiny_model_on_the_cmodel_generates_like_the_cpu_backend(kind):
 
     bmodel = tiny_bmodel(kind, "f16")
     manifest = Manifest.load(bmodel.parent)
-    prompt = _prompt(manifest.model_config.vocab_size)
-    expected = _cpu_greedy(kind, prompt)
-    with CmodelPieces(bmodel) as sim:
+    prompt, expected = _decisive_greedy(kind)
+    with CmodelPieces(bmodel) as sim:  # ~0.1-1.5 s per net on the simulator: the chunk path decodes less
         assert generate(sim, manifest, prompt, NEW_TOKENS) == expected
-        assert generate(sim, manifest, prompt, NEW_TOKENS, prefill_len=3) == expected
+        assert generate(sim, manifest, prompt, 4, prefill_len=3) == expected[:4]  # 3 + chunks of 16 and 2
 
 
 @pytest.mark.slow
@@ -182,8 +208,10 @@ def test_two_device_compile():
     manifest = Manifest.load(bmodel.parent)
     assert manifest.compiled["num_device"] == 2
     info = bmodel_info(bmodel)
-    assert sorted(re.findall(r"net \d+: \[(\w+)\]", info)) == sorted(_piece_names(3)), info
-    assert re.search(r"device num\s*:\s*2", info, re.I), info
+    assert _info_nets(info) == sorted(_piece_names(3)), info
+    assert re.search(r"device num\s*:\s*2", info), info
+    assert info.count("cascade") == len(_piece_names(3))  # each net split over the two devices
+    assert manifest.compiled["nets"]["block_cache_0"]["devices"] == 2
 
 
 @pytest.mark.slow
@@ -213,7 +241,7 @@ def test_default_model_exports_and_compiles_in_f16(default_model, capsys):
     from wizardcoder_tpu.inference.tpu.compile import bmodel_info
     from wizardcoder_tpu.inference.tpu.export import EXPORT_VERSION
 
-    seq_len = 128
+    seq_len = 64  # a prefill block of 128 rows takes ~10 s on the simulator, 64 rows half that
     key = f"{default_model.name}-{default_model.stat().st_size}-e{EXPORT_VERSION}-seq{seq_len}"
     export_dir = cache_dir() / "test-bmodels" / f"smollm2-{key}"
     started = time.monotonic()
@@ -229,8 +257,7 @@ def test_default_model_exports_and_compiles_in_f16(default_model, capsys):
     assert (bmodel.parent / "tokenizer.json").exists() and (bmodel.parent / "manifest.json").exists()
     manifest = Manifest.load(bmodel.parent)
     assert manifest.config["num_layers"] == 30 and manifest.config["vocab_size"] == 49152
-    assert manifest.compiled["validated"]
+    assert manifest.compiled["validate"] == "all"
     worst = min(s for p in manifest.compiled["pieces"].values() for s in p["similarity"].values())
     assert worst >= THRESHOLDS["f16"]
-    info = bmodel_info(bmodel)
-    assert sorted(re.findall(r"net \d+: \[(\w+)\]", info)) == sorted(_piece_names(30))
+    assert _info_nets(bmodel_info(bmodel)) == sorted(_piece_names(30))

@@ -25,11 +25,24 @@ KINDS = ("gpt_bigcode_mq", "gpt_bigcode_mha", "llama_gqa")
 
 
 @functools.cache
-def tiny_checkpoint(kind: str) -> Path:
-    """The same random checkpoint as conftest's ``tiny_model_factory`` (same seed and config)."""
+def tiny_checkpoint(kind: str, weight_scale: float = 1.0) -> Path:
+    """The same random checkpoint as conftest's ``tiny_model_factory`` (same seed and config),
+    its matrices (embeddings, projections) multiplied by ``weight_scale``.
+
+    conftest draws weights with std 0.2 so that greedy argmax is decisive; int4 tests use
+    ``weight_scale=0.1`` (std 0.02, transformers' own default and a trained model's scale): at
+    std 0.2 even an exact group-64 int4 rounding of the tiny Llama's block 0, done in numpy,
+    keeps only 0.92 cosine similarity, so no int4 compiler could meet the 0.95 bar there."""
     from conftest import _save_random_model
 
-    return _save_random_model(kind, Path(tempfile.mkdtemp(prefix=f"tiny-{kind}-")))
+    path = _save_random_model(kind, Path(tempfile.mkdtemp(prefix=f"tiny-{kind}-")))
+    if weight_scale != 1.0:
+        from safetensors.numpy import load_file, save_file
+
+        weights = load_file(path / "model.safetensors")
+        scaled = {k: (v * v.dtype.type(weight_scale) if v.ndim == 2 else v) for k, v in weights.items()}
+        save_file(scaled, path / "model.safetensors", metadata={"format": "pt"})
+    return path
 
 
 def _content_key(checkpoint: Path) -> str:
@@ -44,11 +57,11 @@ def _content_key(checkpoint: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def tiny_export(kind: str) -> Path:
+def tiny_export(kind: str, weight_scale: float = 1.0) -> Path:
     """The exported pieces of a tiny model (``manifest.json`` + ONNX + weights), cached."""
     from wizardcoder_tpu.inference.tpu.export import export
 
-    checkpoint = tiny_checkpoint(kind)
+    checkpoint = tiny_checkpoint(kind, weight_scale)
     target = cache_dir() / "test-bmodels" / f"tiny-{kind}-{_content_key(checkpoint)}"
     if (target / "manifest.json").exists():
         return target
@@ -66,11 +79,11 @@ def tiny_export(kind: str) -> Path:
     return target
 
 
-def tiny_bmodel(kind: str, quantize: str = "f16", num_device: int = 1) -> Path:
+def tiny_bmodel(kind: str, quantize: str = "f16", num_device: int = 1, weight_scale: float = 1.0) -> Path:
     """A tiny model compiled for the BM1684X (validated on the simulator when 1-device)."""
     from wizardcoder_tpu.inference.tpu.compile import compile_export
 
-    export_dir = tiny_export(kind)
+    export_dir = tiny_export(kind, weight_scale)
     with open(export_dir / f".lock-{quantize}-{num_device}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test processes: the second waits, then finds it current
         return compile_export(export_dir, quantize=quantize, num_device=num_device, jobs=2, log=lambda m: None)

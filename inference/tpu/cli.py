@@ -38,7 +38,9 @@ def add_subcommands(sub) -> None:
                           help="split each net over this many chips (default 1)")
     compile_.add_argument("--jobs", type=int, default=2, help="pieces compiled at once (default 2)")
     compile_.add_argument("--out", help="output directory (default DIR/bmodel-QUANTIZE-Ndev)")
-    compile_.add_argument("--no-validate", action="store_true", help="skip the simulator check of each piece")
+    compile_.add_argument("--validate", default="all", choices=("all", "decode", "none"),
+                          help="check pieces on the cmodel simulator against onnxruntime: all (default); decode: "
+                               "all but the N-row and K-row blocks, whose simulation is slow for big models; none")
     compile_.set_defaults(func=_compile)
 
 
@@ -66,7 +68,7 @@ def _compile(args: argparse.Namespace) -> int:
 
     try:
         bmodel = compile_export(args.dir, quantize=args.quantize, num_device=args.num_device, jobs=args.jobs,
-                                out=args.out, validate=not args.no_validate)
+                                out=args.out, validate=args.validate)
     except InferenceError as exc:
         print(f"wizardcoder-tpu compile: {exc}", file=sys.stderr)
         return 1

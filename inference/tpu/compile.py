@@ -32,7 +32,7 @@ from ..errors import InferenceError
 from .manifest import MANIFEST, Manifest, sha256_file
 from .toolchain import TPU_MLIR_VERSION, Toolchain, ensure_toolchain
 
-COMPILE_VERSION = "1"  # bump when what a piece's compile produces changes
+COMPILE_VERSION = "3"  # bump when what a piece's compile produces changes
 CHIP = "bm1684x"
 GROUP_SIZE = 64
 # --quantize → model_deploy's mode: weights in int8/int4 (per group of 64 for int4), activations f16.
@@ -47,11 +47,14 @@ class CompileError(InferenceError):
     """A compile cannot proceed, or a compiled piece does not match its ONNX."""
 
 
+VALIDATE = ("all", "decode", "none")
+
+
 @dataclass(frozen=True)
 class Options:
     quantize: str = "f16"
     num_device: int = 1
-    validate: bool = True
+    validate: str = "all"  # all | decode (skip block_i / block_chunk_i: their simulation grows with rows) | none
 
     @property
     def mode(self) -> str:
@@ -69,15 +72,26 @@ class Options:
     def tag(self) -> str:
         return f"{self.quantize}-{self.num_device}dev"
 
+    def checks(self, piece: dict) -> bool:
+        """Whether ``piece`` is run on the simulator. A multi-device bmodel needs that many
+        devices, which the cmodel does not give; ``decode`` skips the N-row and K-row blocks (on
+        the cmodel a SmolLM2 block of 128 rows takes ~10 s, a WizardCoder-15B block of 512 rows
+        would take about an hour)."""
+        if self.num_device > 1 or self.validate == "none":
+            return False
+        return self.validate == "all" or piece["kind"] not in ("block", "block_chunk")
 
-def check_options(quantize: str, num_device: int, jobs: int) -> Options:
+
+def check_options(quantize: str, num_device: int, jobs: int, validate: str = "all") -> Options:
     if quantize not in MODES:
         raise CompileError(f"--quantize must be one of {', '.join(MODES)}, not {quantize!r}")
     if num_device not in NUM_DEVICES:
         raise CompileError(f"--num-device must be one of {', '.join(map(str, NUM_DEVICES))}, not {num_device}")
     if jobs < 1:
         raise CompileError(f"--jobs must be at least 1, not {jobs}")
-    return Options(quantize, num_device)
+    if validate not in VALIDATE:
+        raise CompileError(f"--validate must be one of {', '.join(VALIDATE)}, not {validate!r}")
+    return Options(quantize, num_device, validate)
 
 
 def input_shapes(piece: dict) -> str:
@@ -85,8 +99,9 @@ def input_shapes(piece: dict) -> str:
 
 
 def piece_key(manifest: Manifest, piece: dict, options: Options) -> str:
-    """What a piece's bmodel depends on; the manifest already holds the files' sha256."""
-    parts = [COMPILE_VERSION, TPU_MLIR_VERSION, CHIP, options.tag, options.mode, str(options.validate),
+    """What a piece's bmodel depends on; the manifest already holds the files' sha256. (Not the
+    validation mode: a check is added to a stamp without rebuilding.)"""
+    parts = [COMPILE_VERSION, TPU_MLIR_VERSION, CHIP, options.tag, options.mode,
              manifest.files[piece["onnx"]]["sha256"], manifest.files[piece["weights"]]["sha256"], input_shapes(piece)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
@@ -105,26 +120,33 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 class _Compiler:
-    """One compile run: the work list, the shared tool server and simulator, the progress line."""
+    """One compile run: the work list, the shared tool server, a simulator per worker thread."""
 
     def __init__(self, export_dir: Path, manifest: Manifest, options: Options, out: Path, work: Path,
                  tc: Toolchain, say: Callable[[str], None]):
         self.export_dir, self.m, self.options, self.out, self.work, self.tc, self.say = (
             export_dir, manifest, options, out, work, tc, say)
         self.lock = threading.Lock()
-        self.sim_lock = threading.Lock()
         self.done = 0
         self.tools = None
-        self.sim = None
         self.ort = None
+        self._local = threading.local()
+        self.sims: list = []
+
+    def built(self, piece: dict) -> dict | None:
+        """The piece's stamp if its bmodel is current."""
+        stamp = _read_json(self.work / piece["name"] / STAMP)
+        bmodel = self.work / piece["name"] / f"{piece['name']}.bmodel"
+        if stamp and stamp.get("key") == piece_key(self.m, piece, self.options) and bmodel.exists():
+            return stamp
+        return None
 
     def pending(self) -> list[dict]:
-        """Pieces without a current stamp (the rest are reported as skipped)."""
+        """Pieces to build or to check (the rest are reported as skipped)."""
         todo = []
         for piece in self.m.pieces:
-            stamp = _read_json(self.work / piece["name"] / STAMP)
-            bmodel = self.work / piece["name"] / f"{piece['name']}.bmodel"
-            if stamp and stamp.get("key") == piece_key(self.m, piece, self.options) and bmodel.exists():
+            stamp = self.built(piece)
+            if stamp and (stamp.get("similarity") or not self.options.checks(piece)):
                 self.done += 1
             else:
                 todo.append(piece)
@@ -133,28 +155,56 @@ class _Compiler:
     def piece(self, piece: dict) -> dict:
         name = piece["name"]
         d = self.work / name
+        stamp = self.built(piece)
+        if stamp is None:
+            stamp = self.build(piece, d)
+            _write_json(d / STAMP, stamp)
+            steps = f"transform {stamp['transform_s']:.1f} s, deploy {stamp['deploy_s']:.1f} s"
+        else:
+            steps = "built before"
+        if self.options.checks(piece) and not stamp.get("similarity"):
+            t0 = time.monotonic()
+            stamp["similarity"] = self.check(piece, d / f"{name}.bmodel")
+            stamp["check_s"] = round(time.monotonic() - t0, 2)
+            _write_json(d / STAMP, stamp)
+            steps += f", check {stamp['check_s']:.1f} s"
+        with self.lock:
+            self.done += 1
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in stamp.get("similarity", {}).items())
+            self.say(f"[{self.done}/{len(self.m.pieces)}] {name}: {steps}" + (f", similarity {shown}" if shown else ""))
+        return stamp
+
+    def build(self, piece: dict, d: Path) -> dict:
+        """model_transform + model_deploy in a fresh work directory; only the bmodel is kept."""
+        name = piece["name"]
         shutil.rmtree(d, ignore_errors=True)  # leftovers of an interrupted run
         d.mkdir(parents=True)
         log = d / "compile.log"
         onnx_path = (self.export_dir / piece["onnx"]).resolve()
+        # --do_onnx_sim "": no onnxsim/ConstantFolding pass. The pieces have nothing to fold, and
+        # the pass copies the whole graph through protobuf (a 2 GB limit, minutes for a 15B block);
+        # it took 60% of the transform time of SmolLM2's lm_head. (The flag is argparse type=bool.)
         t_transform = self.tools.run(
             "model_transform.py", ["--model_name", name, "--model_def", str(onnx_path), "--input_shapes",
-                                   input_shapes(piece), "--mlir", f"{name}.mlir"], d, log, TRANSFORM_TIMEOUT)
+                                   input_shapes(piece), "--do_onnx_sim", "", "--mlir", f"{name}.mlir"],
+            d, log, TRANSFORM_TIMEOUT)
         t_deploy = self.tools.run("model_deploy.py", ["--mlir", f"{name}.mlir", *self.options.deploy_args(),
                                                       "--model", f"{name}.bmodel"], d, log, DEPLOY_TIMEOUT)
-        scores = self.check(piece, d / f"{name}.bmodel") if self.options.validate else {}
-        for f in d.iterdir():  # keep the bmodel, the log and the stamp; the rest are f32 weight copies
-            if f.name not in (f"{name}.bmodel", "compile.log", STAMP):
+        for f in d.iterdir():  # keep the bmodel and the log; the rest are f32 weight copies
+            if f.name not in (f"{name}.bmodel", "compile.log"):
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
-        stamp = {"key": piece_key(self.m, piece, self.options), "transform_s": round(t_transform, 2),
-                 "deploy_s": round(t_deploy, 2), "similarity": scores}
-        _write_json(d / STAMP, stamp)
-        with self.lock:
-            self.done += 1
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
-            self.say(f"[{self.done}/{len(self.m.pieces)}] {name}: transform {t_transform:.1f} s, deploy "
-                     f"{t_deploy:.1f} s" + (f", similarity {shown}" if shown else ""))
-        return stamp
+        return {"key": piece_key(self.m, piece, self.options), "transform_s": round(t_transform, 2),
+                "deploy_s": round(t_deploy, 2), "similarity": {}}
+
+    def simulator(self):
+        """This worker thread's own simulator process: checks run in parallel like the builds."""
+        if getattr(self._local, "sim", None) is None:
+            from .cmodel import CmodelServer
+
+            self._local.sim = CmodelServer(self.tc, self.work / f"cmodel-{threading.get_ident()}.log")
+            with self.lock:
+                self.sims.append(self._local.sim)
+        return self._local.sim
 
     def check(self, piece: dict, bmodel: Path) -> dict[str, float]:
         """The piece on the simulator against onnxruntime; raises below the threshold."""
@@ -166,14 +216,14 @@ class _Compiler:
         ref_logits = None
         if piece["kind"] == "lm_head":
             ref_logits = self.ort.run("lm_head_logits", feeds)["logits"]
-        with self.sim_lock:
-            model, _ = self.sim.load(bmodel)
-            try:
-                got = self.sim.run(model, name, feeds)
-            finally:
-                self.sim.unload(model)
+        sim = self.simulator()
+        model, _ = sim.load(bmodel)
+        try:
+            got = sim.run(model, name, feeds)
+        finally:
+            sim.unload(model)
         outputs = {t["name"]: value.reshape(t["shape"]) for t, value in zip(piece["outputs"], got)}
-        scores = compare(outputs, reference, ref_logits)
+        scores = compare(outputs, reference, ref_logits, feeds)
         threshold = THRESHOLDS[self.options.quantize]
         bad = {k: v for k, v in scores.items() if not v >= threshold}
         if bad:
@@ -188,16 +238,16 @@ def default_out(export_dir: Path, quantize: str, num_device: int) -> Path:
 
 
 def compile_export(export_dir: str | Path, quantize: str = "f16", num_device: int = 1, jobs: int = 2,
-                   out: str | Path | None = None, validate: bool = True,
+                   out: str | Path | None = None, validate: str = "all",
                    log: Callable[[str], None] | None = None) -> Path:
     """Compile an export into ``out`` (default ``EXPORT/bmodel-{quantize}-{n}dev``); returns the
     ``.bmodel`` path, with ``manifest.json`` and ``tokenizer.json`` beside it.
 
-    ``validate`` runs each 1-device piece on the cmodel simulator against onnxruntime (a
-    multi-device bmodel needs as many devices, which the simulator does not give)."""
+    ``validate``: ``all`` runs each piece on the cmodel simulator against onnxruntime, ``decode``
+    all but the N-row and K-row blocks, ``none`` nothing (multi-device bmodels are never run: the
+    simulator has one device)."""
     say = log or (lambda msg: print(f"compile: {msg}", file=sys.stderr, flush=True))
-    options = check_options(quantize, num_device, jobs)
-    options = Options(options.quantize, options.num_device, validate and num_device == 1)
+    options = check_options(quantize, num_device, jobs, validate)
     export_dir = Path(export_dir)
     manifest = Manifest.load(export_dir)
     manifest.verify_sizes(export_dir)
@@ -220,22 +270,22 @@ def compile_export(export_dir: str | Path, quantize: str = "f16", num_device: in
 
 
 def _compile_pieces(c: _Compiler, todo: list[dict], jobs: int) -> None:
-    from .cmodel import CmodelServer
     from .stepper import OrtPieces
     from .tool_server import ToolServer
 
-    c.say(f"compiling {len(todo)} pieces ({c.options.tag}, {c.options.mode}), {jobs} at a time")
+    c.say(f"compiling {len(todo)} pieces ({c.options.tag}, {c.options.mode}, validate {c.options.validate}), "
+          f"{jobs} at a time")
+    errors: list[BaseException | None] = []
     with ToolServer(c.tc, c.work / "tool-server.log") as tools:
         c.tools = tools
-        c.ort = OrtPieces(c.export_dir) if c.options.validate else None
-        c.sim = CmodelServer(c.tc, c.work / "cmodel.log") if c.options.validate else None
+        c.ort = OrtPieces(c.export_dir)
         try:
             with ThreadPoolExecutor(jobs) as pool:
                 futures = [pool.submit(c.piece, p) for p in todo]
                 errors = [f.exception() for f in futures]
         finally:
-            if c.sim:
-                c.sim.close()
+            for sim in c.sims:
+                sim.close()
     failed = [e for e in errors if e is not None]
     if failed:
         if len(failed) > 1:
@@ -270,30 +320,39 @@ def _combine(c: _Compiler) -> Path:
         "tpu_mlir": TPU_MLIR_VERSION, "export_key": m.export_key,
         "outputs": "by position: tpu-mlir renames a net's outputs (hidden_out → …_f32); the order is the table's",
         "nets": nets,
-        "validated": options.validate,
-        "pieces": {p: {k: s[k] for k in ("transform_s", "deploy_s", "similarity")} for p, s in stamps.items()},
+        "validate": options.validate,
+        "pieces": {p: {k: s.get(k) for k in ("transform_s", "deploy_s", "check_s", "similarity")}
+                   for p, s in stamps.items()},
     }
     Manifest(**{**m.__dict__, "files": files, "compiled": compiled}).save(c.out)
     return bmodel
 
 
 def net_interfaces(info: str) -> dict[str, dict]:
-    """``model_tool --info`` text → {net: {"stages", "devices", "inputs": [names], "outputs": [names]}}
-    (names of the first stage; ``devices`` as the tool reports it, 1 when it says nothing)."""
+    """``model_tool --info`` text → {net: {"stages", "devices", "inputs": [names], "outputs": [names]}}.
+
+    Two layouts: a 1-device net lists ``stage N`` blocks (names of the first are kept); a
+    multi-device net is a ``cascade`` with no stages and every tensor once per device
+    (``devid(1) hidden``; device 0's are kept, and it counts as one stage)."""
     nets: dict[str, dict] = {}
     devices = 1
     current: dict | None = None
     for line in info.splitlines():
         line = line.strip()
-        if found := re.match(r"device num\s*:\s*(\d+)", line, re.I):
+        if found := re.search(r"device num\s*:\s*(\d+)", line, re.I):
             devices = int(found.group(1))
-        elif found := re.match(r"net \d+: \[(\S+)\]", line):
-            current = nets.setdefault(found.group(1), {"stages": 0, "inputs": [], "outputs": []})
+        if found := re.match(r"net(?: \d+)?: \[(\S+)\]\s*(\w*)", line):
+            cascade = found.group(2) == "cascade"
+            current = nets.setdefault(found.group(1), {"stages": int(cascade), "inputs": [], "outputs": []})
         elif current is not None and line.startswith("stage "):
             current["stages"] += 1
         elif current is not None and current["stages"] == 1 and line.startswith(("input: ", "output: ")):
             side, rest = line.split(": ", 1)
-            current[side + "s"].append(rest.split(",")[0])
+            device = re.match(r"devid\((\d+)\)\s+", rest)
+            if device:
+                rest = rest[device.end():]
+            if not device or device.group(1) == "0":
+                current[side + "s"].append(rest.split(",")[0])
     for net in nets.values():
         net["devices"] = devices
     return nets
