@@ -120,7 +120,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 class _Compiler:
-    """One compile run: the work list, the shared tool server, a simulator per worker thread."""
+    """One compile run: the work list, the shared tool server, the progress line."""
 
     def __init__(self, export_dir: Path, manifest: Manifest, options: Options, out: Path, work: Path,
                  tc: Toolchain, say: Callable[[str], None]):
@@ -130,8 +130,6 @@ class _Compiler:
         self.done = 0
         self.tools = None
         self.ort = None
-        self._local = threading.local()
-        self.sims: list = []
 
     def built(self, piece: dict) -> dict | None:
         """The piece's stamp if its bmodel is current."""
@@ -190,21 +188,11 @@ class _Compiler:
             d, log, TRANSFORM_TIMEOUT)
         t_deploy = self.tools.run("model_deploy.py", ["--mlir", f"{name}.mlir", *self.options.deploy_args(),
                                                       "--model", f"{name}.bmodel"], d, log, DEPLOY_TIMEOUT)
-        for f in d.iterdir():  # keep the bmodel and the log; the rest are f32 weight copies
-            if f.name not in (f"{name}.bmodel", "compile.log"):
+        for f in d.iterdir():  # keep the bmodel and the logs; the rest are f32 weight copies
+            if f.name not in (f"{name}.bmodel", "compile.log", "cmodel.log"):
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
         return {"key": piece_key(self.m, piece, self.options), "transform_s": round(t_transform, 2),
                 "deploy_s": round(t_deploy, 2), "similarity": {}}
-
-    def simulator(self):
-        """This worker thread's own simulator process: checks run in parallel like the builds."""
-        if getattr(self._local, "sim", None) is None:
-            from .cmodel import CmodelServer
-
-            self._local.sim = CmodelServer(self.tc, self.work / f"cmodel-{threading.get_ident()}.log")
-            with self.lock:
-                self.sims.append(self._local.sim)
-        return self._local.sim
 
     def check(self, piece: dict, bmodel: Path) -> dict[str, float]:
         """The piece on the simulator against onnxruntime; raises below the threshold."""
@@ -213,15 +201,18 @@ class _Compiler:
         name = piece["name"]
         feeds = piece_inputs(piece, self.m)
         reference = self.ort.run(name, feeds)
+        self.ort.release(name)  # one piece's weights in memory at a time, not the model's
         ref_logits = None
         if piece["kind"] == "lm_head":
             ref_logits = self.ort.run("lm_head_logits", feeds)["logits"]
-        sim = self.simulator()
-        model, _ = sim.load(bmodel)
-        try:
+            self.ort.release("lm_head_logits")
+        # A simulator per check, closed at once: an open cmodel device spins a thread at ~80% of a
+        # core even while idle, which an idle simulator per worker would steal from the tools.
+        from .cmodel import CmodelServer
+
+        with CmodelServer(self.tc, bmodel.parent / "cmodel.log") as sim:
+            model, _ = sim.load(bmodel)
             got = sim.run(model, name, feeds)
-        finally:
-            sim.unload(model)
         outputs = {t["name"]: value.reshape(t["shape"]) for t, value in zip(piece["outputs"], got)}
         scores = compare(outputs, reference, ref_logits, feeds)
         threshold = THRESHOLDS[self.options.quantize]
@@ -279,13 +270,9 @@ def _compile_pieces(c: _Compiler, todo: list[dict], jobs: int) -> None:
     with ToolServer(c.tc, c.work / "tool-server.log") as tools:
         c.tools = tools
         c.ort = OrtPieces(c.export_dir)
-        try:
-            with ThreadPoolExecutor(jobs) as pool:
-                futures = [pool.submit(c.piece, p) for p in todo]
-                errors = [f.exception() for f in futures]
-        finally:
-            for sim in c.sims:
-                sim.close()
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = [pool.submit(c.piece, p) for p in todo]
+            errors = [f.exception() for f in futures]
     failed = [e for e in errors if e is not None]
     if failed:
         if len(failed) > 1:

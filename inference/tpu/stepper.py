@@ -52,6 +52,10 @@ class OrtPieces:
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds)))
 
+    def release(self, net: str) -> None:
+        """Forget a session (a WizardCoder-15B block holds 1.5 GB of f32 weights)."""
+        self._sessions.pop(net, None)
+
 
 def _filter(manifest: Manifest, net: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Only the inputs the piece declares (GPTBigCode blocks and Llama embeddings take no position_ids)."""
