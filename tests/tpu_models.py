@@ -9,6 +9,7 @@ nothing and a change to any of them compiles afresh.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import functools
 import hashlib
@@ -36,6 +37,7 @@ def tiny_checkpoint(kind: str, weight_scale: float = 1.0) -> Path:
     from conftest import _save_random_model
 
     path = _save_random_model(kind, Path(tempfile.mkdtemp(prefix=f"tiny-{kind}-")))
+    atexit.register(shutil.rmtree, path, True)  # the cache keys on its bytes; the folder itself is throwaway
     if weight_scale != 1.0:
         from safetensors.numpy import load_file, save_file
 
