@@ -173,9 +173,11 @@ def build_sanitized_module(build_dir: Path) -> Path:
     """``_bmrt`` built with -DWIZARDCODER_SANITIZE=ON by cmake directly (no wheel, no install)."""
     import pybind11
 
-    subprocess.run(["cmake", "-S", str(REPO), "-B", str(build_dir), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Debug",
+    # cmake's default generator (make): the image has no ninja unless someone installed it.
+    subprocess.run(["cmake", "-S", str(REPO), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Debug",
                     "-DWIZARDCODER_SANITIZE=ON", f"-DPython_EXECUTABLE={sys.executable}",
                     f"-Dpybind11_DIR={pybind11.get_cmake_dir()}"], check=True, capture_output=True, timeout=300)
-    subprocess.run(["ninja", "-C", str(build_dir)], check=True, capture_output=True, timeout=600)
+    subprocess.run(["cmake", "--build", str(build_dir), "--parallel", "2"], check=True, capture_output=True,
+                   timeout=600)
     (module,) = build_dir.glob("csrc/_bmrt*.so")
     return module
