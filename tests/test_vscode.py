@@ -20,10 +20,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from editor_support import server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENSION = ROOT / "editor-client" / "vscode"
@@ -38,16 +39,6 @@ def run(argv: list[str], timeout: float, **kwargs) -> subprocess.CompletedProces
     done = subprocess.run(argv, cwd=EXTENSION, capture_output=True, text=True, timeout=timeout, **kwargs)
     assert done.returncode == 0, f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     return done
-
-
-def server_command() -> list[str]:
-    """The real server from this environment ($WIZARDCODER_SERVER_COMMAND, a JSON list, overrides it)."""
-    if os.environ.get("WIZARDCODER_SERVER_COMMAND"):
-        return json.loads(os.environ["WIZARDCODER_SERVER_COMMAND"])
-    exe = Path(sys.executable).parent / "wizardcoder-tpu"
-    if not exe.exists():
-        pytest.fail(f"{exe} is missing: `pip install -e .` first")
-    return [str(exe), "serve", "--stdio"]
 
 
 @pytest.fixture(scope="module")
