@@ -364,10 +364,10 @@ LSP_SETTINGS = {"maxNewTokens": 8, "debounceMs": 0}
 CODE = "import os\n\ndef add(a, b):\n    return "
 
 
-@pytest.mark.slow
-async def test_language_server_serves_inline_completion_on_the_tpu(tmp_path):
-    model = tpu_model_dir(tmp_path / "model")
-    client = await _server(tmp_path / "server.log", "--backend", "tpu", "--model", str(model))
+async def _complete_once(tmp_path: Path, *server_args: str, env: dict[str, str] | None = None):
+    """One server session: start, one inline completion at the end of ``CODE``, the stats, shut
+    down. Returns (status recorder, completion, stats)."""
+    client = await _server(tmp_path / "server.log", *server_args, env=env)
     try:
         recorder, _ = await start(client, LSP_SETTINGS)
         open_document(client, "file:///tmp/add.py", CODE)
@@ -376,6 +376,12 @@ async def test_language_server_serves_inline_completion_on_the_tpu(tmp_path):
         await client.shutdown_session()
     finally:
         await client.stop()
+    return recorder, result, served
+
+@pytest.mark.slow
+async def test_language_server_serves_inline_completion_on_the_tpu(tmp_path):
+    model = tpu_model_dir(tmp_path / "model")
+    _, result, served = await _complete_once(tmp_path, "--backend", "tpu", "--model", str(model))
     assert served["model"] == f"{tiny_bmodel('gpt_bigcode_mq').stem} on tpu", served
     assert served["modelError"] == ""
     assert served["engineCalls"] == 1 and served["generations"][0]["tokens"] >= 1, served
@@ -387,16 +393,8 @@ async def test_language_server_says_the_device_cannot_be_opened_and_falls_back_t
     model = tpu_model_dir(tmp_path / "model")
     # The cmodel is the device here: a simulator that cannot start is a device that cannot open.
     env = {**os.environ, "TPUKERNEL_FIRMWARE_PATH": str(tmp_path / "missing" / "libcmodel_bm1684x.so")}
-    client = await _server(tmp_path / "server.log", "--backend", "tpu", "--model", str(model), "--fallback-cpu",
-                           env=env)
-    try:
-        recorder, _ = await start(client, LSP_SETTINGS)
-        open_document(client, "file:///tmp/add.py", CODE)
-        result = await inline(client, "file:///tmp/add.py", 3, 11)
-        served = await stats(client)
-        await client.shutdown_session()
-    finally:
-        await client.stop()
+    recorder, result, served = await _complete_once(tmp_path, "--backend", "tpu", "--model", str(model),
+                                                    "--fallback-cpu", env=env)
     assert "cannot open TPU device(s) [0]" in served["modelError"], served
     assert "not able to open libcmodel.so" in served["modelError"]
     assert served["model"].endswith("on cpu") and "SmolLM2" in served["model"], served

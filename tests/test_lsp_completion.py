@@ -122,18 +122,26 @@ async def wait_for_generation(client: LanguageClient, request_id: object) -> dic
     raise AssertionError(f"no generation recorded for request {request_id!r}")
 
 
-async def test_newer_request_supersedes_and_stops_the_engine(client: LanguageClient):
-    uri = "file:///tmp/count.py"
+async def start_long_completion(client: LanguageClient, uri: str, trigger: types.InlineCompletionTriggerKind,
+                                msg_id: str) -> tuple[types.InlineCompletionParams, asyncio.Future]:
+    """Open ``LONG`` at ``uri`` and send a 200-token completion request as ``msg_id``; returns once
+    the model is a few tokens into it (the settings go back to the module's afterwards)."""
     open_document(client, uri, LONG)
     params = types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(6, 0),
-        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
+        context=types.InlineCompletionContext(trigger_kind=trigger))
     set_max_new_tokens(client, 200)  # long enough that only a cancellation ends it early
     mark = len(client.recorder.statuses)
-    stale = asyncio.ensure_future(client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="stale"))
+    request = asyncio.ensure_future(client.protocol.send_request_async(
+        types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id))
     await client.recorder.wait_for(lambda s: s["state"] == "busy", timeout=60, start=mark)
-    set_max_new_tokens(client, SETTINGS["maxNewTokens"])  # busy: the stale request has read its settings
+    set_max_new_tokens(client, SETTINGS["maxNewTokens"])  # busy: the request has read its settings
     await asyncio.sleep(0.5)  # a few tokens into the generation
+    return params, request
+
+async def test_newer_request_supersedes_and_stops_the_engine(client: LanguageClient):
+    params, stale = await start_long_completion(client, "file:///tmp/count.py",
+                                                types.InlineCompletionTriggerKind.Automatic, "stale")
     fresh = asyncio.ensure_future(client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="fresh"))
     assert list((await stale).items) == []  # the superseded request answers with nothing
     assert isinstance(await asyncio.wait_for(fresh, timeout=120), types.InlineCompletionList)
@@ -143,18 +151,8 @@ async def test_newer_request_supersedes_and_stops_the_engine(client: LanguageCli
 
 
 async def test_cancel_request_reaches_the_engine(client: LanguageClient):
-    uri = "file:///tmp/count_cancel.py"
-    open_document(client, uri, LONG)
-    params = types.InlineCompletionParams(
-        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(6, 0),
-        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
-    set_max_new_tokens(client, 200)
-    mark = len(client.recorder.statuses)
-    request = asyncio.ensure_future(client.protocol.send_request_async(
-        types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="cancel-me"))
-    await client.recorder.wait_for(lambda s: s["state"] == "busy", timeout=60, start=mark)
-    set_max_new_tokens(client, SETTINGS["maxNewTokens"])
-    await asyncio.sleep(0.5)
+    _, request = await start_long_completion(client, "file:///tmp/count_cancel.py",
+                                             types.InlineCompletionTriggerKind.Invoked, "cancel-me")
     client.cancel_request(types.CancelParams(id="cancel-me"))
     with pytest.raises(JsonRpcRequestCancelled):
         await request
