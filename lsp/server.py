@@ -22,6 +22,7 @@ from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 
 from ..inference.engine import CancelToken
+from .. import __version__
 from ..inference.errors import InferenceError
 from . import completion, explain
 from .cache import CompletionCache
@@ -32,8 +33,6 @@ from .protocol import WizardProtocol
 from .settings import Settings, merge
 from .status import STATS, Stats, Status
 from .worker import InferenceWorker
-
-__version__ = "0.1.0"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 

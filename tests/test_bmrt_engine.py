@@ -400,3 +400,22 @@ async def test_language_server_says_the_device_cannot_be_opened_and_falls_back_t
     assert served["model"].endswith("on cpu") and "SmolLM2" in served["model"], served
     assert any("cannot open TPU device" in s["message"] for s in recorder.statuses), recorder.statuses
     assert served["engineCalls"] == 1 and result.items, (served, result)
+
+
+@pytest.mark.slow
+def test_cli_tpu_path_from_the_repository_root_equals_another_folder(tmp_path):
+    """`python -m` puts the current folder first on sys.path: from the repository root, a folder
+    of the checkout named like the package would hide the installed one, in this process and in
+    the TPU probe child alike. The same command must print the same completion from both."""
+    model = tpu_model_dir(tmp_path / "model")
+    repo_root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "wizardcoder_tpu", "complete", "--backend", "tpu", "--model", str(model),
+               "--completion-only", "--max-tokens", "6", "def add(a, b):"]
+    printed = {}
+    for cwd in (repo_root, tmp_path):
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (cwd, done.stderr[-2000:])
+        assert "No module named" not in done.stderr
+        printed[cwd] = done.stdout
+    assert printed[repo_root] == printed[tmp_path]
+    assert "stop:" in done.stderr

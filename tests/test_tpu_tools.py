@@ -21,7 +21,7 @@ import pytest
 
 from reference import backend_greedy
 from tpu_models import CHUNK_LEN, SEQ_LEN, tiny_bmodel, tiny_checkpoint, tiny_export
-from wizardcoder_tpu.cli import main as cli_main
+from wizardcoder_tpu.cli.main import main as cli_main
 from wizardcoder_tpu.inference.backends.cpu import CPUBackend
 from wizardcoder_tpu.inference.paths import cache_dir
 from wizardcoder_tpu.inference.tpu.manifest import Manifest
@@ -71,7 +71,7 @@ def _decisive_greedy(kind: str, length: int = 21) -> tuple[list[int], list[int]]
 
 
 def _wizardcoder_tpu(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wizardcoder_tpu.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "wizardcoder_tpu", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
 
 

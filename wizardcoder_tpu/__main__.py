@@ -1,3 +1,0 @@
-from wizardcoder_tpu.cli import main
-
-raise SystemExit(main())
