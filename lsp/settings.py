@@ -39,6 +39,9 @@ def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), minimu
 
 @dataclass(frozen=True)
 class Settings:
+    """The table. A new setting is a new field: a type from ``KINDS``, then ``setting(default,
+    meaning, ...)``; run ``python scripts/gen_settings.py`` and the clients and docs know it."""
+
     model: str = setting("default", "`default` (SmolLM2-135M-Instruct), a `.gguf` file, a checkpoint directory, "
                          "or a `.bmodel` (tpu backend).")
     backend: str = setting("cpu", "Where the model runs.", choices=("cpu", "tpu"))

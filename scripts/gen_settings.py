@@ -51,6 +51,15 @@ Rows = Mapping[str, Setting]
 
 
 # The parts ------------------------------------------------------------------------------------
+def plain(value: Any) -> Any:
+    """A default as JSON has it (a tuple of strings is a list)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def json_literal(value: Any) -> str:
+    return json.dumps(plain(value))
+
+
 def json_schema(row: Setting) -> dict[str, Any]:
     """The JSON schema of a setting, as VS Code's configuration takes it."""
     schema: dict[str, Any] = {"type": "array", "items": {"type": "string"}} if row.kind == "string[]" else {"type": row.kind}
@@ -60,7 +69,7 @@ def json_schema(row: Setting) -> dict[str, Any]:
         schema["minLength"] = 1
     if row.kind == "integer":
         schema["minimum"], schema["maximum"] = row.minimum, row.maximum
-    schema["default"] = list(row.default) if row.kind == "string[]" else row.default
+    schema["default"] = plain(row.default)
     return schema
 
 
@@ -103,12 +112,12 @@ def ts_block(rows: Rows) -> list[str]:
             rule["minimum"], rule["maximum"] = row.minimum, row.maximum
         lines.append("  { " + ", ".join(f"{name}: {json.dumps(value)}" for name, value in rule.items()) + " },")
     lines += ["];", "", "export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({"]
-    lines += [f"  {key}: {json.dumps(list(row.default) if row.kind == 'string[]' else row.default)}," for key, row in rows.items()]
+    lines += [f"  {key}: {json_literal(row.default)}," for key, row in rows.items()]
     lines += ["});", "",
-              f"export const DEFAULT_SERVER_COMMAND: readonly string[] = Object.freeze({json.dumps(list(SERVER_COMMAND.default))});",
+              f"export const DEFAULT_SERVER_COMMAND: readonly string[] = Object.freeze({json_literal(SERVER_COMMAND.default)});",
               "",
               "/** Keys whose change needs a restart of the client (the rest go over didChangeConfiguration). */",
-              f"export const RESTART_KEYS: readonly string[] = {json.dumps(list(VSCODE_RESTART_KEYS))};"]
+              f"export const RESTART_KEYS: readonly string[] = {json_literal(VSCODE_RESTART_KEYS)};"]
     return lines
 
 
@@ -121,15 +130,6 @@ def lua_literal(value: Any) -> str:
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     items = [lua_literal(item) for item in value]
     return "{ " + ", ".join(items) + " }" if items else "{}"
-
-
-def accepted(row: Setting, literal: Callable[[Any], str]) -> str:
-    """What the server accepts of a setting, in words: its range or choices."""
-    if row.choices:
-        return " | ".join(literal(choice) for choice in row.choices)
-    if row.kind == "integer":
-        return f"{row.minimum} to {row.maximum}"
-    return {"string": "non-empty", "boolean": "", "string[]": ""}[row.kind]
 
 
 def in_words(row: Setting, literal: Callable[[Any], str]) -> str:
@@ -155,16 +155,12 @@ def lua_block(rows: Rows) -> list[str]:
 
 def markdown_table(rows: Rows, key_prefix: str, literal: Callable[[Any], str]) -> list[str]:
     """A table of the settings for a document; ``literal`` writes a value as its reader types it."""
-    lines = ["| key | type | default | accepts | meaning |", "|---|---|---|---|---|"]
+    lines = ["| key | default | accepts | meaning |", "|---|---|---|---|"]
     for key, row in rows.items():
-        cells = [f"`{key_prefix}{key}`", row.kind, f"`{literal(row.default)}`",
-                 accepted(row, lambda value: f"`{literal(value)}`"), row.meaning]
+        cells = [f"`{key_prefix}{key}`", f"`{literal(row.default)}`", in_words(row, lambda value: f"`{literal(value)}`"),
+                 row.meaning]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return lines
-
-
-def json_literal(value: Any) -> str:
-    return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
 # Blocks between markers -----------------------------------------------------------------------
