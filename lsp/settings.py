@@ -162,8 +162,7 @@ def merge(settings: Settings, raw: Any) -> tuple[Settings, list[str]]:
 
 
 def from_command_line(args: Any) -> Settings:
-    """The defaults overridden by ``serve``'s arguments."""
-    settings = Settings(model=getattr(args, "model", None) or "default", backend=getattr(args, "backend", None) or "cpu")
-    if getattr(args, "fallback_cpu", False):
-        settings = replace(settings, fallback_to_cpu=True)
-    return settings
+    """The defaults overridden by the ``serve`` arguments that were given."""
+    given = {"model": getattr(args, "model", None), "backend": getattr(args, "backend", None),
+             "fallback_to_cpu": True if getattr(args, "fallback_cpu", False) else None}
+    return replace(Settings(), **{name: value for name, value in given.items() if value})

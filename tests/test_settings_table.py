@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from wizardcoder_tpu.lsp.settings import SETTINGS, Settings, merge, setting, table
+from wizardcoder_tpu.lsp.settings import SETTINGS, Settings, from_command_line, merge, setting, table
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gen_settings.py"
@@ -135,3 +135,11 @@ def test_the_defaults_are_the_tables():
     assert {row.name: row.default for row in SETTINGS.values()} == vars(Settings())
     assert merge(Settings(), {"languages": ["python"], "fallbackToCpu": False})[0].languages == ("python",)
     assert "expected a list of strings" in merge(Settings(), {"languages": "python"})[1][0]
+
+
+def test_the_command_line_overrides_only_what_it_gives():
+    from wizardcoder_tpu.cli.main import build_parser
+
+    assert from_command_line(build_parser().parse_args(["serve"])) == Settings()
+    given = build_parser().parse_args(["serve", "--model", "m.bmodel", "--backend", "tpu"])
+    assert from_command_line(given) == replace(Settings(), model="m.bmodel", backend="tpu")
