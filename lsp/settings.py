@@ -1,34 +1,62 @@
-"""The server's settings: one table of defaults, merged with what the user gives.
+"""The server's settings, defined once: the fields of ``Settings`` are the table.
+
+Each field says its default, its range or choices and what it means, in one ``setting(...)``; its
+key on the wire is the field's name in camelCase (``max_new_tokens`` → ``maxNewTokens``), as in
+``docs/protocol.md``. Everything else reads that table: ``merge`` validates with it, and
+``python scripts/gen_settings.py`` writes the editor clients' defaults and ranges (VS Code's
+``package.json`` configuration and ``src/settings.ts``, the Neovim plugin's ``config.lua``) and the
+table in ``docs/protocol.md`` from it; ``tests/test_settings_table.py`` fails when they drift.
+**Adding a setting is one field here, then running that script.**
 
 Sources, later wins: the defaults below, the command line (``wizardcoder-tpu serve --model …``),
 ``initializationOptions``, then each ``workspace/didChangeConfiguration`` (its
-``settings.wizardcoder`` object, or the settings object itself when it has no such key). Keys are
-camelCase, as in ``docs/protocol.md``. A key with a wrong type or value is reported and ignored
-(the previous value stays); an unknown key is reported.
+``settings.wizardcoder`` object, or the settings object itself when it has no such key). A key
+with a wrong type or value is reported and ignored (the previous value stays); an unknown key is
+reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from functools import cache
+from typing import Any, get_type_hints
 
 from ..inference.prompt import MODES
 
 SECTION = "wizardcoder"
 
 
+def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), minimum: int | None = None,
+            maximum: int | None = None) -> Any:
+    """A field of ``Settings``: its default and what the clients and the docs show of it.
+
+    ``meaning`` is one sentence of Markdown. Integers need both bounds (a client enforces them);
+    strings may name their ``choices``."""
+    return field(default=default, metadata={"meaning": meaning, "choices": choices,
+                                            "minimum": minimum, "maximum": maximum})
+
+
 @dataclass(frozen=True)
 class Settings:
-    model: str = "default"  # default | a .gguf | a checkpoint directory | a .bmodel (tpu)
-    backend: str = "cpu"  # cpu | tpu
-    fallback_to_cpu: bool = True  # a model that cannot be loaded: serve from the CPU default instead
-    max_new_tokens: int = 64  # tokens per completion at most
-    debounce_ms: int = 150  # wait after the last change of a document before running the model
-    prompt_tokens: int = 1024  # prompt budget (¾ prefix, ¼ suffix)
-    mode: str = "auto"  # auto | fim | instruct | prefix
-    languages: tuple[str, ...] = ()  # language ids to complete in; empty means all
-    explain_max_new_tokens: int = 256  # tokens of an explanation at most
+    """The table. A new setting is a new field: a type from ``KINDS``, then ``setting(default,
+    meaning, ...)``; run ``python scripts/gen_settings.py`` and the clients and docs know it."""
+
+    model: str = setting("default", "`default` (SmolLM2-135M-Instruct), a `.gguf` file, a checkpoint directory, "
+                         "or a `.bmodel` (tpu backend).")
+    backend: str = setting("cpu", "Where the model runs.", choices=("cpu", "tpu"))
+    fallback_to_cpu: bool = setting(True, "When the model cannot be loaded (a missing file, no TPU device): serve "
+                                    "the CPU default model instead.")
+    max_new_tokens: int = setting(64, "Tokens per completion at most.", minimum=1, maximum=4096)
+    debounce_ms: int = setting(150, "Milliseconds the server waits after the last change of a document before "
+                               "running the model.", minimum=0, maximum=10_000)
+    prompt_tokens: int = setting(1024, "Prompt budget in tokens (three quarters prefix, one quarter suffix).",
+                                 minimum=64, maximum=32_768)
+    mode: str = setting("auto", "Prompt format; `auto` uses fill-in-the-middle when the model's vocabulary has "
+                        "FIM tokens, else `prefix`.", choices=MODES)
+    languages: tuple[str, ...] = setting((), "Language ids to complete in (for example `python`); empty means "
+                                         "all. The clients attach to these only.")
+    explain_max_new_tokens: int = setting(256, "Tokens of an explanation at most.", minimum=1, maximum=4096)
 
     def allows(self, language_id: str) -> bool:
         return not self.languages or language_id in self.languages
@@ -39,49 +67,75 @@ class Settings:
         return self.model, self.backend, self.fallback_to_cpu
 
 
-def _string(choices: tuple[str, ...] | None = None) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
+# The JSON type of each Python type a setting may have, as the clients and the docs name it.
+KINDS: dict[Any, str] = {str: "string", bool: "boolean", int: "integer", tuple[str, ...]: "string[]"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table, as a client or the docs see it (built from a field of ``Settings``)."""
+
+    key: str  # camelCase, as the clients send it
+    name: str  # the attribute of Settings
+    kind: str  # "string" | "boolean" | "integer" | "string[]"
+    default: Any
+    meaning: str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def check(self, value: Any) -> Any:
+        """``value`` as ``Settings`` holds it, or ValueError saying what was expected."""
+        if self.kind == "boolean":
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
+        if self.kind == "integer":
+            if isinstance(value, bool) or not isinstance(value, int) or not self.minimum <= value <= self.maximum:
+                raise ValueError(f"expected an integer from {self.minimum} to {self.maximum}")
+            return value
+        if self.kind == "string[]":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError("expected a list of strings")
+            return tuple(value)
         if not isinstance(value, str) or not value:
             raise ValueError("expected a non-empty string")
-        if choices and value not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
+        if self.choices and value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}")
         return value
-    return check
 
 
-def _int(low: int, high: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"expected an integer from {low} to {high}")
-        return value
-    return check
+def camel_case(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
 
 
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("expected true or false")
-    return value
+def _row(spec: Any, python_type: Any) -> Setting:
+    if python_type not in KINDS:
+        raise TypeError(f"setting {spec.name!r}: a {python_type} has no JSON type; use one of {list(KINDS)}")
+    row = Setting(key=camel_case(spec.name), name=spec.name, kind=KINDS[python_type], default=spec.default,
+                  **spec.metadata)
+    if (row.kind == "integer") != (row.minimum is not None and row.maximum is not None):
+        raise TypeError(f"setting {row.key!r}: integers, and only integers, need a minimum and a maximum")
+    if row.choices and row.kind != "string":
+        raise TypeError(f"setting {row.key!r}: only strings have choices")
+    try:
+        row.check(row.default)
+    except ValueError as exc:
+        raise TypeError(f"setting {row.key!r}: the default {row.default!r} is not a valid value ({exc})") from None
+    return row
 
 
-def _languages(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError("expected a list of language ids")
-    return tuple(value)
+@cache
+def table(settings_class: type = Settings) -> dict[str, Setting]:
+    """The rows of ``settings_class`` (``Settings``, or a dataclass declared the same way), by
+    camelCase key, in declaration order. Do not change the dict: it is cached."""
+    hints = get_type_hints(settings_class)
+    rows = [_row(spec, hints[spec.name]) for spec in fields(settings_class)]
+    return {row.key: row for row in rows}
 
 
-# camelCase key -> (field, check)
-KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "model": ("model", _string()),
-    "backend": ("backend", _string(("cpu", "tpu"))),
-    "fallbackToCpu": ("fallback_to_cpu", _bool),
-    "maxNewTokens": ("max_new_tokens", _int(1, 4096)),
-    "debounceMs": ("debounce_ms", _int(0, 10_000)),
-    "promptTokens": ("prompt_tokens", _int(64, 32_768)),
-    "mode": ("mode", _string(MODES)),
-    "languages": ("languages", _languages),
-    "explainMaxNewTokens": ("explain_max_new_tokens", _int(1, 4096)),
-}
-assert {f for f, _ in KEYS.values()} == {f.name for f in fields(Settings)}
+SETTINGS: dict[str, Setting] = table()
 
 
 def merge(settings: Settings, raw: Any) -> tuple[Settings, list[str]]:
@@ -92,23 +146,23 @@ def merge(settings: Settings, raw: Any) -> tuple[Settings, list[str]]:
         return settings, [f"settings must be an object, not {type(raw).__name__}; ignored"]
     if isinstance(raw.get(SECTION), Mapping):
         raw = raw[SECTION]
+    rows = table(type(settings))
     changes: dict[str, Any] = {}
     problems = []
     for key, value in raw.items():
-        if key not in KEYS:
-            problems.append(f"unknown setting {key!r} ignored (known: {', '.join(KEYS)})")
+        row = rows.get(key)
+        if row is None:
+            problems.append(f"unknown setting {key!r} ignored (known: {', '.join(rows)})")
             continue
-        name, check = KEYS[key]
         try:
-            changes[name] = check(value)
+            changes[row.name] = row.check(value)
         except ValueError as exc:
-            problems.append(f"setting {key!r}: {exc}, got {value!r}; keeping {getattr(settings, name)!r}")
+            problems.append(f"setting {key!r}: {exc}, got {value!r}; keeping {getattr(settings, row.name)!r}")
     return replace(settings, **changes), problems
 
 
 def from_command_line(args: Any) -> Settings:
-    """The defaults overridden by ``serve``'s arguments."""
-    settings = Settings(model=getattr(args, "model", None) or "default", backend=getattr(args, "backend", None) or "cpu")
-    if getattr(args, "fallback_cpu", False):
-        settings = replace(settings, fallback_to_cpu=True)
-    return settings
+    """The defaults overridden by the ``serve`` arguments that were given."""
+    given = {"model": getattr(args, "model", None), "backend": getattr(args, "backend", None),
+             "fallback_to_cpu": True if getattr(args, "fallback_cpu", False) else None}
+    return replace(Settings(), **{name: value for name, value in given.items() if value})

@@ -16,18 +16,19 @@ test("an empty configuration gives the protocol's defaults", () => {
   assert.deepEqual(readServerSettings(source({})), DEFAULT_SETTINGS);
   assert.deepEqual(DEFAULT_SETTINGS, {
     model: "default", backend: "cpu", fallbackToCpu: true, maxNewTokens: 64, debounceMs: 150,
-    promptTokens: 1024, mode: "auto", languages: [],
+    promptTokens: 1024, mode: "auto", languages: [], explainMaxNewTokens: 256,
   });
 });
 
 test("valid values pass through with the protocol's key names", () => {
   const settings = readServerSettings(source({
     model: " /models/wizardcoder.gguf ", backend: "tpu", fallbackToCpu: false, maxNewTokens: 32,
-    debounceMs: 0, promptTokens: 2048, mode: "fim", languages: ["python", "rust"], serverCommand: ["x"],
+    debounceMs: 0, promptTokens: 2048, mode: "fim", languages: ["python", "rust"], explainMaxNewTokens: 512,
+    serverCommand: ["x"],
   }));
   assert.deepEqual(settings, {
     model: "/models/wizardcoder.gguf", backend: "tpu", fallbackToCpu: false, maxNewTokens: 32,
-    debounceMs: 0, promptTokens: 2048, mode: "fim", languages: ["python", "rust"],
+    debounceMs: 0, promptTokens: 2048, mode: "fim", languages: ["python", "rust"], explainMaxNewTokens: 512,
   });
   assert.equal("serverCommand" in settings, false, "client-only keys are not sent to the server");
 });
@@ -35,11 +36,17 @@ test("valid values pass through with the protocol's key names", () => {
 test("malformed values fall back to the defaults", () => {
   const settings = readServerSettings(source({
     model: "", backend: "gpu", fallbackToCpu: "yes", maxNewTokens: 0, debounceMs: -5,
-    promptTokens: 12.5, mode: "chat", languages: "python",
+    promptTokens: 12.5, mode: "chat", languages: "python", explainMaxNewTokens: "256",
   }));
   assert.deepEqual(settings, DEFAULT_SETTINGS);
   assert.deepEqual(readServerSettings(source({ languages: ["python", " ", 3] })).languages, []);
   assert.deepEqual(readServerSettings(source({ languages: ["python", " "] })).languages, ["python"]);
+});
+
+test("values outside the server's range fall back to the defaults, the bounds themselves pass", () => {
+  assert.deepEqual(readServerSettings(source({ promptTokens: 16, maxNewTokens: 4097, debounceMs: 10_001 })), DEFAULT_SETTINGS);
+  const bounds = readServerSettings(source({ promptTokens: 64, maxNewTokens: 4096, debounceMs: 10_000 }));
+  assert.deepEqual([bounds.promptTokens, bounds.maxNewTokens, bounds.debounceMs], [64, 4096, 10_000]);
 });
 
 test("the server command splits into program and arguments", () => {
