@@ -148,8 +148,6 @@ def build_prompt(prefix: str, suffix: str, tokenizer: Tokenizer, mode: str = "au
     ``budget`` tokens (template included); before it, in ``context_budget`` tokens of its own, the
     repository head with the newest of ``context``'s snippets that fit (see ``repository_head``)."""
     mode = choose_mode(tokenizer, mode)
-    head, snippets = repository_head(tokenizer, mode, context, file_name, context_budget)
-    head_ids = _encode(tokenizer, head)  # ends before a special token: its ids never merge with what follows
     template = _TEMPLATES[mode]
     suffix = suffix if mode != "prefix" else ""
     # The template's own tokens, measured in the form it takes for this text (the instruct one
@@ -166,19 +164,23 @@ def build_prompt(prefix: str, suffix: str, tokenizer: Tokenizer, mode: str = "au
         if len(ids) <= budget:  # pieces can merge into other tokens at their joins: check, never assume
             break
         room -= len(ids) - budget
+    head, snippets = repository_head(tokenizer, mode, context, file_name, context_budget, (kept_prefix, kept_suffix))
+    head_ids = _encode(tokenizer, head)  # ends before a special token: its ids never merge with what follows
     stops = () if language_id == "markdown" else ("```",)  # chat-tuned models close a code fence
     return Prompt(head_ids + ids, "".join(p.text for p in [*head, *pieces]), mode, stops, len(kept_prefix),
                   len(kept_suffix), len(head_ids), snippets)
 
 
 def repository_head(tokenizer: Tokenizer, mode: str, context: RepoContext | None, file_name: str,
-                    budget: int) -> tuple[list[Piece], int]:
+                    budget: int, code: Sequence[str] = ()) -> tuple[list[Piece], int]:
     """Qwen2.5-Coder's repository-level layout before the FIM part, and how many snippets it holds:
     ``<|repo_name|>{name}\\n``, then ``<|file_sep|>{path}\\n{code}`` per snippet, then
     ``<|file_sep|>{current path}\\n``. The newest snippets that fit ``budget`` (the headers
     included) are kept, laid out oldest first: a new snippet goes at the end, so the ids before it
-    stay those the engine has cached. Nothing for other modes, for a family without repository
-    tokens (StarCoder's first generation was not trained on such a layout), or when nothing fits."""
+    stay those the engine has cached. A snippet found whole in ``code`` (the prefix and suffix the
+    prompt holds) is left out: the model would read it twice. Nothing for other modes, for a family
+    without repository tokens (StarCoder's first generation was not trained on such a layout), or
+    when nothing fits."""
     fim = fim_tokens(tokenizer) if mode == "fim" else None
     if context is None or not context.snippets or fim is None or not fim.has_repository:
         return [], 0
@@ -188,6 +190,8 @@ def repository_head(tokenizer: Tokenizer, mode: str, context: RepoContext | None
     room = budget - len(_encode(tokenizer, name)) - len(_encode(tokenizer, current))
     kept: list[Snippet] = []
     for snippet in reversed(context.snippets):
+        if any(snippet.text in text for text in code):
+            continue
         cost = _snippet_cost(tokenizer, snippet)
         if cost <= room:
             kept.append(snippet)

@@ -234,6 +234,11 @@ def test_the_context_budget_keeps_the_newest_snippets_that_fit_oldest_first(qwen
     prompt = build(qwen, "fim", context=RepoContext("calculator", (GEOMETRY, big)), context_budget=200)
     assert "big.py" not in prompt.text and "<|file_sep|>geometry.py\n" in prompt.text
     assert prompt.context_tokens <= 200
+    # a snippet the prompt's own code already holds is left out
+    here = Snippet("math_utils.py", "def add(a, b):\n")
+    prompt = build(qwen, "fim", context=RepoContext("calculator", (GEOMETRY, here)))
+    assert prompt.context_snippets == 1 and "<|file_sep|>geometry.py\n" in prompt.text
+    assert build(qwen, "fim", context=RepoContext("calculator", (here,))) == build(qwen, "fim")
     # the code's budget is its own: the head does not shrink it
     long_prefix = "".join(f"line_{n} = {n}\n" for n in range(400))
     alone = build_prompt(long_prefix, "", qwen, "fim", 256)
