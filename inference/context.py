@@ -65,6 +65,8 @@ class RepoContext:
 
 @dataclass(frozen=True)
 class Chunk:
+    """A snippet as the ring holds it: where it came from, and its words for the similarity."""
+
     uri: str
     first_line: int  # where the lines were when the chunk was picked
     snippet: Snippet
