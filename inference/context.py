@@ -33,6 +33,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlparse
 
@@ -136,7 +137,9 @@ def display_path(uri: str, root_uri: str | None) -> str:
     return path.name or uri
 
 
+@lru_cache(maxsize=16)
 def repository_name(root_uri: str | None) -> str:
+    """The workspace folder's name (asked for on every keystroke, so remembered)."""
     if root_uri:
         name = PurePosixPath(unquote(urlparse(root_uri).path)).name
         if name:

@@ -165,7 +165,7 @@ def build_prompt(prefix: str, suffix: str, tokenizer: Tokenizer, mode: str = "au
             break
         room -= len(ids) - budget
     head, snippets = repository_head(tokenizer, mode, context, file_name, context_budget, (kept_prefix, kept_suffix))
-    head_ids = _encode(tokenizer, head)  # ends before a special token: its ids never merge with what follows
+    head_ids = list(_encode_head(tokenizer, tuple(head)))  # before a special token: never merges with the rest
     stops = () if language_id == "markdown" else ("```",)  # chat-tuned models close a code fence
     return Prompt(head_ids + ids, "".join(p.text for p in [*head, *pieces]), mode, stops, len(kept_prefix),
                   len(kept_suffix), len(head_ids), snippets)
@@ -200,6 +200,12 @@ def repository_head(tokenizer: Tokenizer, mode: str, context: RepoContext | None
         return [], 0
     body = [piece for snippet in reversed(kept) for piece in (Piece(fim.file_sep, True), Piece(_snippet_text(snippet)))]
     return [*name, *body, *current], len(kept)
+
+
+@lru_cache(maxsize=8)
+def _encode_head(tokenizer: Tokenizer, head: tuple[Piece, ...]) -> tuple[int, ...]:
+    """The head's ids, encoded once while it stays the same (keystroke after keystroke)."""
+    return tuple(_encode(tokenizer, head))
 
 
 def _snippet_text(snippet: Snippet) -> str:
