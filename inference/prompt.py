@@ -2,8 +2,17 @@
 
 Three prompt formats, one budget:
 
-- ``fim``: StarCoder's ``<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>``, when the
-  vocabulary has those tokens (the model then writes the middle).
+- ``fim``: fill in the middle, in the spelling of the family the vocabulary has (``fim_tokens``):
+  StarCoder's ``<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>`` (WizardCoder) or
+  Qwen2.5-Coder's ``<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>``; the model then
+  writes the middle. With code from other files as context (``RepoContext``, gathered by
+  ``context.py``) and a family that has repository tokens, Qwen2.5-Coder's repository-level layout
+  (as in the Qwen2.5-Coder repository's ``examples/Qwen2.5-Coder-repolevel-fim.py``)::
+
+      <|repo_name|>{name}\\n<|file_sep|>{path}\\n{code}…<|file_sep|>{current path}\\n<|fim_prefix|>…
+
+  The context comes first and has a budget of its own (``context_budget``), so that it stays the
+  same from keystroke to keystroke and the engine's prefix reuse keeps it in the KV cache.
 - ``instruct``: the model's own chat template (WizardCoder's Alpaca-style "### Instruction /
   ### Response", or ChatML where the vocabulary has ``<|im_start|>``) asking to continue the code;
   the text after the cursor is context in the instruction and the code so far is *opened* in the
@@ -23,16 +32,19 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from tokenizers import Tokenizer as HFTokenizer
 
+from .context import RepoContext, Snippet
 from .errors import TokenizerError
 from .tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, Tokenizer
 
 MODES = ("auto", "fim", "instruct", "prefix")
 FILENAME = "<filename>"  # StarCoder's metadata token: "<filename>path\n" before the code
 CHATML_START, CHATML_END = "<|im_start|>", "<|im_end|>"
+UNTITLED = "untitled"  # the current file's path in the repository head when the editor gives none
 
 ALPACA_HEADER = ("Below is an instruction that describes a task. Write a response that appropriately "
                  "completes the request.\n\n### Instruction:\n")
@@ -45,6 +57,28 @@ _LANGUAGE_NAMES = {
     "go": "Go", "c": "C", "cpp": "C++", "java": "Java", "lua": "Lua", "shellscript": "shell",
     "sh": "shell", "ruby": "Ruby", "csharp": "C#", "php": "PHP", "kotlin": "Kotlin",
 }
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    """One model family's fill-in-the-middle tokens, by name. ``repo_name`` / ``file_sep`` are the
+    tokens of the repository-level layout, None for a family that has none (StarCoder's first
+    generation, WizardCoder's)."""
+
+    prefix: str
+    suffix: str
+    middle: str
+    repo_name: str | None = None
+    file_sep: str | None = None
+
+    @property
+    def has_repository(self) -> bool:
+        return self.repo_name is not None and self.file_sep is not None
+
+
+QWEN_FIM = FimTokens("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|repo_name|>", "<|file_sep|>")
+STARCODER_FIM = FimTokens(FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
+FIM_FAMILIES = (QWEN_FIM, STARCODER_FIM)
 
 
 @dataclass(frozen=True)
@@ -63,23 +97,40 @@ class Prompt:
     stop_strings: tuple[str, ...]  # text that ends the completion (e.g. the closing code fence)
     prefix_chars: int  # how much of the text before the cursor made it into the prompt
     suffix_chars: int
+    context_tokens: int = 0  # the leading ids that hold other files' code (the repository head)
+    context_snippets: int = 0  # how many snippets of ``context`` made it into the prompt
 
 
 # Choosing -------------------------------------------------------------------------------------
+def fim_tokens(tokenizer: Tokenizer) -> FimTokens | None:
+    """The FIM family whose three tokens the vocabulary has (Qwen's ``<|fim_prefix|>`` family or
+    StarCoder's ``<fim_prefix>`` one), without its repository tokens where those are missing; None
+    when it has neither."""
+    def has(*names: str | None) -> bool:
+        return all(name is not None and tokenizer.token_id(name) is not None for name in names)
+
+    for family in FIM_FAMILIES:
+        if has(family.prefix, family.suffix, family.middle):
+            return family if has(family.repo_name, family.file_sep) else replace(family, repo_name=None, file_sep=None)
+    return None
+
+
 def choose_mode(tokenizer: Tokenizer, requested: str = "auto") -> str:
-    """``auto`` is ``fim`` when the vocabulary has the FIM tokens, else ``prefix``."""
+    """``auto`` is ``fim`` when the vocabulary has either family's FIM tokens, else ``prefix``."""
     if requested not in MODES:
         raise TokenizerError(f"unknown prompt mode {requested!r}; choose one of {', '.join(MODES)}")
+    has_fim = fim_tokens(tokenizer) is not None
     if requested == "auto":
-        return "fim" if tokenizer.has_fim else "prefix"
-    if requested == "fim" and not tokenizer.has_fim:
+        return "fim" if has_fim else "prefix"
+    if requested == "fim" and not has_fim:
         raise TokenizerError(f"{tokenizer.source}: the vocabulary has no {FIM_PREFIX}/{FIM_SUFFIX}/{FIM_MIDDLE} "
-                             "tokens, so mode 'fim' cannot be used; choose 'prefix' or 'instruct'")
+                             f"tokens (StarCoder's) nor {QWEN_FIM.prefix}/{QWEN_FIM.suffix}/{QWEN_FIM.middle} "
+                             "(Qwen's), so mode 'fim' cannot be used; choose 'prefix' or 'instruct'")
     return requested
 
 
 def chat_template(tokenizer: Tokenizer) -> str:
-    """``chatml`` when the vocabulary has ChatML's tokens (SmolLM2-Instruct), else ``alpaca``
+    """``chatml`` when the vocabulary has ChatML's tokens (SmolLM2-Instruct, Qwen2.5-Coder-Instruct), else ``alpaca``
     (WizardCoder's own "### Instruction / ### Response")."""
     has_chatml = tokenizer.token_id(CHATML_START) is not None and tokenizer.token_id(CHATML_END) is not None
     return "chatml" if has_chatml else "alpaca"
@@ -91,9 +142,11 @@ def language_name(language_id: str) -> str:
 
 # Completion prompts ---------------------------------------------------------------------------
 def build_prompt(prefix: str, suffix: str, tokenizer: Tokenizer, mode: str = "auto", budget: int = 1024,
-                 file_name: str = "", language_id: str = "") -> Prompt:
+                 file_name: str = "", language_id: str = "", context: RepoContext | None = None,
+                 context_budget: int = 512) -> Prompt:
     """The prompt for completing at the cursor between ``prefix`` and ``suffix``, within
-    ``budget`` tokens (template included)."""
+    ``budget`` tokens (template included); before it, in ``context_budget`` tokens of its own, the
+    repository head with the newest of ``context``'s snippets that fit (see ``repository_head``)."""
     mode = choose_mode(tokenizer, mode)
     template = _TEMPLATES[mode]
     suffix = suffix if mode != "prefix" else ""
@@ -111,14 +164,69 @@ def build_prompt(prefix: str, suffix: str, tokenizer: Tokenizer, mode: str = "au
         if len(ids) <= budget:  # pieces can merge into other tokens at their joins: check, never assume
             break
         room -= len(ids) - budget
+    head, snippets = repository_head(tokenizer, mode, context, file_name, context_budget, (kept_prefix, kept_suffix))
+    head_ids = list(_encode_head(tokenizer, tuple(head)))  # before a special token: never merges with the rest
     stops = () if language_id == "markdown" else ("```",)  # chat-tuned models close a code fence
-    return Prompt(ids, "".join(p.text for p in pieces), mode, stops, len(kept_prefix), len(kept_suffix))
+    return Prompt(head_ids + ids, "".join(p.text for p in [*head, *pieces]), mode, stops, len(kept_prefix),
+                  len(kept_suffix), len(head_ids), snippets)
+
+
+def repository_head(tokenizer: Tokenizer, mode: str, context: RepoContext | None, file_name: str,
+                    budget: int, code: Sequence[str] = ()) -> tuple[list[Piece], int]:
+    """Qwen2.5-Coder's repository-level layout before the FIM part, and how many snippets it holds:
+    ``<|repo_name|>{name}\\n``, then ``<|file_sep|>{path}\\n{code}`` per snippet, then
+    ``<|file_sep|>{current path}\\n``. The newest snippets that fit ``budget`` (the headers
+    included) are kept, laid out oldest first: a new snippet goes at the end, so the ids before it
+    stay those the engine has cached. A snippet found whole in ``code`` (the prefix and suffix the
+    prompt holds) is left out: the model would read it twice. Nothing for other modes, for a family
+    without repository tokens (StarCoder's first generation was not trained on such a layout), or
+    when nothing fits."""
+    fim = fim_tokens(tokenizer) if mode == "fim" else None
+    if context is None or not context.snippets or fim is None or not fim.has_repository:
+        return [], 0
+    assert fim.repo_name is not None and fim.file_sep is not None
+    name = [Piece(fim.repo_name, True), Piece(f"{context.name}\n")]
+    current = [Piece(fim.file_sep, True), Piece(f"{file_name or UNTITLED}\n")]
+    room = budget - len(_encode(tokenizer, name)) - len(_encode(tokenizer, current))
+    kept: list[Snippet] = []
+    for snippet in reversed(context.snippets):
+        if any(snippet.text in text for text in code):
+            continue
+        cost = _snippet_cost(tokenizer, snippet)
+        if cost <= room:
+            kept.append(snippet)
+            room -= cost
+    if not kept:
+        return [], 0
+    body = [piece for snippet in reversed(kept) for piece in (Piece(fim.file_sep, True), Piece(_snippet_text(snippet)))]
+    return [*name, *body, *current], len(kept)
+
+
+@lru_cache(maxsize=8)
+def _encode_head(tokenizer: Tokenizer, head: tuple[Piece, ...]) -> tuple[int, ...]:
+    """The head's ids, encoded once while it stays the same (keystroke after keystroke)."""
+    return tuple(_encode(tokenizer, head))
+
+
+def _snippet_text(snippet: Snippet) -> str:
+    """``{path}\\n{code}``, the code ending its last line (the next separator starts a line)."""
+    code = snippet.text if snippet.text.endswith("\n") else snippet.text + "\n"
+    return f"{snippet.path}\n{code}"
+
+
+@lru_cache(maxsize=1024)
+def _snippet_cost(tokenizer: Tokenizer, snippet: Snippet) -> int:
+    """A snippet's tokens in the head, its separator token included. The same snippets come back
+    on every keystroke, so each is counted once (per tokenizer)."""
+    return 1 + len(_plain_encoder(tokenizer).encode(_snippet_text(snippet), add_special_tokens=False).ids)
 
 
 def _fim(tokenizer: Tokenizer, prefix: str, suffix: str, file_name: str, language_id: str) -> list[Piece]:
+    fim = fim_tokens(tokenizer)
+    assert fim is not None, "choose_mode lets 'fim' through only with FIM tokens"
     head = _file_header(tokenizer, file_name)
-    return [Piece(FIM_PREFIX, True), *head, Piece(prefix), Piece(FIM_SUFFIX, True), Piece(suffix),
-            Piece(FIM_MIDDLE, True)]
+    return [Piece(fim.prefix, True), *head, Piece(prefix), Piece(fim.suffix, True), Piece(suffix),
+            Piece(fim.middle, True)]
 
 
 def _prefix(tokenizer: Tokenizer, prefix: str, suffix: str, file_name: str, language_id: str) -> list[Piece]:

@@ -47,6 +47,7 @@ async def complete(ls: WizardServer, uri: str, position: types.Position, request
         ls.warn_once(uri, f"{uri}: {reason}")
         return None
     cursor = cursor_at(document, position, ls.workspace.position_codec)
+    ls.context.visited(uri, document.source, position.line)
     kind = should_complete(ls, cursor)
     if kind is None:
         return None
@@ -93,9 +94,12 @@ def run_model(ls: WizardServer, cursor: Cursor, kind: Kind, settings: Settings, 
     """In the worker thread: prompt, generate, post-process. None when cancelled from outside."""
     engine: Engine = ls.host.engine
     started = time.perf_counter()
-    budget = min(settings.prompt_tokens, engine.max_context - settings.max_new_tokens - CONTEXT_MARGIN)
+    room = engine.max_context - settings.max_new_tokens - CONTEXT_MARGIN
+    budget = min(settings.prompt_tokens, room)
+    context_budget = min(settings.context_tokens, max(0, room - budget))  # the code first, then other files
     prompt = build_prompt(cursor.prefix, cursor.suffix, engine.tokenizer, settings.mode, budget,
-                          cursor.file_name, cursor.language_id)
+                          ls.context.path(cursor.uri), cursor.language_id,
+                          ls.context.context(cursor.prefix, cursor.suffix) if context_budget else None, context_budget)
     prompt_ms = (time.perf_counter() - started) * 1e3
     around = Surroundings.of(cursor.prefix, cursor.suffix)
     decided = False
@@ -113,10 +117,10 @@ def run_model(ls: WizardServer, cursor: Cursor, kind: Kind, settings: Settings, 
     generation = engine.generate(prompt.ids, params, cancel, on_text)
     stop = "decided" if decided else generation.stop_reason
     ls.stats.record(request_id, "completion", generation, stop, prompt.mode)
-    log.info("request %s: %s %s, prompt %d tokens (%d reused, build %.0f ms), %d new tokens, stop %s, "
-             "prefill %.0f ms, decode %.0f ms", request_id, prompt.mode, kind, generation.prompt_tokens,
-             generation.reused_tokens, prompt_ms, len(generation.token_ids), stop, generation.prefill_ms,
-             generation.decode_ms)
+    log.info("request %s: %s %s, prompt %d tokens (%d of other files' in %d snippets, %d reused, build %.0f ms), "
+             "%d new tokens, stop %s, prefill %.0f ms, decode %.0f ms", request_id, prompt.mode, kind,
+             generation.prompt_tokens, prompt.context_tokens, prompt.context_snippets, generation.reused_tokens,
+             prompt_ms, len(generation.token_ids), stop, generation.prefill_ms, generation.decode_ms)
     if stop == "cancelled":
         return None
     return postprocess(generation.text, around, kind)

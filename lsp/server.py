@@ -21,6 +21,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 
+from ..inference.context import ContextStore
 from ..inference.engine import CancelToken
 from .. import __version__
 from ..inference.errors import InferenceError
@@ -44,6 +45,7 @@ class WizardServer(LanguageServer):
         self.settings = settings
         self.host = ModelHost()
         self.cache = CompletionCache()
+        self.context = ContextStore()  # other files' code for the prompt, fed by the document notifications
         self.stats = Stats()
         self.status = Status(self)
         self.worker = InferenceWorker(on_state=self._worker_state)
@@ -187,6 +189,8 @@ def create_server(settings: Settings) -> WizardServer:
     @server.feature(types.INITIALIZE)
     def initialize(ls: WizardServer, params: types.InitializeParams) -> None:
         ls.apply_settings(params.initialization_options)
+        folders = params.workspace_folders or []
+        ls.context.root_uri = params.root_uri or (folders[0].uri if folders else None)
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: WizardServer, params: types.InitializedParams) -> None:
@@ -200,11 +204,20 @@ def create_server(settings: Settings) -> WizardServer:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: WizardServer, params: types.DidOpenTextDocumentParams) -> None:
         ls.last_change[params.text_document.uri] = time.monotonic()
+        ls.context.opened(params.text_document.uri, params.text_document.text)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: WizardServer, params: types.DidChangeTextDocumentParams) -> None:
         ls.last_change[params.text_document.uri] = time.monotonic()
         ls.cancel_pending(params.text_document.uri)
+        if (document := ls.workspace.text_documents.get(params.text_document.uri)) is not None:
+            edit = getattr(params.content_changes[-1], "range", None) if params.content_changes else None
+            ls.context.changed(params.text_document.uri, document.source, edit.start.line if edit else None)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: WizardServer, params: types.DidSaveTextDocumentParams) -> None:
+        if (document := ls.workspace.text_documents.get(params.text_document.uri)) is not None:
+            ls.context.saved(params.text_document.uri, document.source)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: WizardServer, params: types.DidCloseTextDocumentParams) -> None:
@@ -212,6 +225,7 @@ def create_server(settings: Settings) -> WizardServer:
         ls.last_change.pop(uri, None)
         ls.cache.forget(uri)
         ls.cancel_pending(uri)
+        ls.context.closed(uri)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: WizardServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:

@@ -52,6 +52,9 @@ class Settings:
                                "running the model.", minimum=0, maximum=10_000)
     prompt_tokens: int = setting(1024, "Prompt budget in tokens (three quarters prefix, one quarter suffix).",
                                  minimum=64, maximum=32_768)
+    context_tokens: int = setting(512, "Budget in tokens, besides the prompt's, for code from the other open files and "
+                                  "recently edited places, put first (FIM with repository tokens, as Qwen2.5-Coder "
+                                  "has); 0 turns it off.", minimum=0, maximum=32_768)
     mode: str = setting("auto", "Prompt format; `auto` uses fill-in-the-middle when the model's vocabulary has "
                         "FIM tokens, else `prefix`.", choices=MODES)
     languages: tuple[str, ...] = setting((), "Language ids to complete in (for example `python`); empty means "

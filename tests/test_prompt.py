@@ -3,7 +3,9 @@ the token budget: its split, line-boundary cuts, nearest lines first, and that i
 
 StarCoder's vocabulary (WizardCoder's) is read in place from ``../shared/vocab`` through the
 ``starcoder_vocab`` fixture; SmolLM2's (the default model's) from ``vocab/smollm2``. The pinned
-ids were checked against transformers' own tokenizers on the same files.
+ids were checked against transformers' own tokenizers on the same files. Qwen2.5-Coder's prompts
+are pinned on a byte vocabulary with Qwen's special tokens (``byte_vocab.py``: ids 0–255 are the
+bytes, 256… the special tokens), so that text and ids are both exact without its 491 MB GGUF.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import inspect
 from pathlib import Path
 
 import pytest
+from byte_vocab import byte_tokenizer
 
+from wizardcoder_tpu.inference.context import RepoContext, Snippet
 from wizardcoder_tpu.inference.errors import TokenizerError
-from wizardcoder_tpu.inference.prompt import build_prompt, choose_mode
+from wizardcoder_tpu.inference.prompt import (QWEN_FIM, STARCODER_FIM, build_instruction_prompt, build_prompt,
+                                              choose_mode, fim_tokens)
 from wizardcoder_tpu.inference.tokenizer import Tokenizer
 from wizardcoder_tpu.lsp.settings import Settings
 
@@ -34,6 +39,15 @@ def starcoder(starcoder_vocab) -> Tokenizer:
 @pytest.fixture(scope="module")
 def smollm2() -> Tokenizer:
     return Tokenizer.from_file(SMOLLM2_TOKENIZER)
+
+
+@pytest.fixture(scope="module")
+def qwen() -> Tokenizer:
+    return byte_tokenizer()
+
+
+# The byte vocabulary's special ids (byte_vocab.QWEN_SPECIALS from 256).
+IM_START, IM_END, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, REPO_NAME, FILE_SEP = 257, 258, 259, 260, 261, 263, 264
 
 
 def build(tokenizer: Tokenizer, mode: str, **kwargs):
@@ -90,16 +104,71 @@ def test_instruct_prompt_uses_chatml_where_the_vocabulary_has_it(smollm2):
         5367, 198, 1604, 803, 24, 81, 28, 278, 727, 472, 1003, 216]
 
 
-def test_the_ids_spell_the_text(starcoder, smollm2):
+def test_fim_prompt_is_qwens(qwen):
+    prompt = build(qwen, "fim")
+    assert prompt.mode == "fim"
+    # no file name: Qwen's file-level FIM has none (and its vocabulary no <filename>)
+    assert prompt.text == "<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n\nprint(add(1, 2))\n<|fim_middle|>"
+    assert prompt.ids == [FIM_PREFIX, *b"def add(a, b):\n    return ", FIM_SUFFIX, *b"\n\nprint(add(1, 2))\n",
+                          FIM_MIDDLE]
+    assert (prompt.context_tokens, prompt.context_snippets) == (0, 0)
+
+
+GEOMETRY = Snippet("geometry.py", "def area(r):\n    return 3.14159 * r * r\n")
+CONSTANTS = Snippet("lib/constants.py", "ZERO = 0\nONE = 1\n")
+
+
+def test_repository_level_prompt_is_qwens(qwen):
+    """Other files first, as in Qwen2.5-Coder's examples/Qwen2.5-Coder-repolevel-fim.py."""
+    prompt = build(qwen, "fim", context=RepoContext("calculator", (GEOMETRY, CONSTANTS)))
+    assert prompt.text == (
+        "<|repo_name|>calculator\n"
+        "<|file_sep|>geometry.py\ndef area(r):\n    return 3.14159 * r * r\n"
+        "<|file_sep|>lib/constants.py\nZERO = 0\nONE = 1\n"
+        "<|file_sep|>math_utils.py\n"
+        "<|fim_prefix|>def add(a, b):\n    return <|fim_suffix|>\n\nprint(add(1, 2))\n<|fim_middle|>")
+    head = [REPO_NAME, *b"calculator\n",
+            FILE_SEP, *b"geometry.py\ndef area(r):\n    return 3.14159 * r * r\n",
+            FILE_SEP, *b"lib/constants.py\nZERO = 0\nONE = 1\n",
+            FILE_SEP, *b"math_utils.py\n"]
+    assert prompt.ids == [*head, FIM_PREFIX, *b"def add(a, b):\n    return ", FIM_SUFFIX, *b"\n\nprint(add(1, 2))\n",
+                          FIM_MIDDLE]
+    assert (prompt.context_tokens, prompt.context_snippets) == (len(head), 2)
+    assert (prompt.prefix_chars, prompt.suffix_chars) == (len(PREFIX), len(SUFFIX))
+
+
+def test_explain_prompt_is_chatml_for_qwen(qwen):
+    prompt = build_instruction_prompt("Explain this code:\n```python\nx = 1\n```", qwen)
+    assert prompt.mode == "explain"
+    assert prompt.text == ("<|im_start|>system\nYou are a helpful coding assistant.<|im_end|>\n"
+                           "<|im_start|>user\nExplain this code:\n```python\nx = 1\n```<|im_end|>\n"
+                           "<|im_start|>assistant\n")
+    assert prompt.ids == [IM_START, *b"system\nYou are a helpful coding assistant.", IM_END, *b"\n",
+                          IM_START, *b"user\nExplain this code:\n```python\nx = 1\n```", IM_END, *b"\n",
+                          IM_START, *b"assistant\n"]
+
+
+def test_instruct_prompt_is_chatml_for_qwen(qwen):
+    prompt = build(qwen, "instruct")
+    assert prompt.text == (
+        "<|im_start|>system\nYou are a helpful coding assistant.<|im_end|>\n<|im_start|>user\nContinue the "
+        "Python code in math_utils.py at the cursor. The code after the cursor is:\n```python\n\n\n"
+        "print(add(1, 2))\n\n```<|im_end|>\n<|im_start|>assistant\n```python\ndef add(a, b):\n    return ")
+    assert prompt.ids[:2] == [IM_START, *b"s"] and prompt.ids.count(IM_START) == 3 and prompt.ids.count(IM_END) == 2
+
+
+def test_the_ids_spell_the_text(starcoder, smollm2, qwen):
+    context = RepoContext("calculator", (GEOMETRY, CONSTANTS))
     for tokenizer, mode in ((starcoder, "fim"), (starcoder, "instruct"), (starcoder, "prefix"),
-                            (smollm2, "prefix"), (smollm2, "instruct")):
-        prompt = build(tokenizer, mode)
-        assert tokenizer.decode(prompt.ids, skip_special=False) == prompt.text, mode
+                            (smollm2, "prefix"), (smollm2, "instruct"), (qwen, "fim"), (qwen, "instruct")):
+        for prompt in (build(tokenizer, mode), build(tokenizer, mode, context=context)):
+            assert tokenizer.decode(prompt.ids, skip_special=False) == prompt.text, mode
 
 
 # Mode, file name, language ---------------------------------------------------------------------
-def test_auto_is_fim_with_fim_tokens_else_prefix(starcoder, smollm2):
+def test_auto_is_fim_with_fim_tokens_else_prefix(starcoder, smollm2, qwen):
     assert choose_mode(starcoder) == "fim" and build(starcoder, "auto").text == build(starcoder, "fim").text
+    assert choose_mode(qwen) == "fim" and build(qwen, "auto").text == build(qwen, "fim").text
     assert choose_mode(smollm2) == "prefix" and build(smollm2, "auto").text == build(smollm2, "prefix").text
     with pytest.raises(TokenizerError, match="no <fim_prefix>.*choose 'prefix' or 'instruct'"):
         build(smollm2, "fim")
@@ -121,10 +190,60 @@ def test_file_name_and_language_only_where_the_model_can_use_them(starcoder):
         "### Instruction:\n", 1)[1]
 
 
-def test_special_spellings_in_the_users_text_stay_text(starcoder):
+def test_special_spellings_in_the_users_text_stay_text(starcoder, qwen):
     prompt = build_prompt("x = '<fim_middle><|endoftext|>'\ny = ", "\n", starcoder, "fim")
     assert prompt.ids.count(starcoder.require("<fim_middle>")) == 1 and prompt.ids[-1] == 2
     assert starcoder.eos_id not in prompt.ids
+    tricky = Snippet("a.py", "s = '<|file_sep|><|fim_middle|><|endoftext|>'\n")
+    prompt = build_prompt("y = '<|fim_suffix|>'\nz = ", "\n", qwen, "fim", context=RepoContext("r", (tricky,)))
+    assert [prompt.ids.count(i) for i in (FILE_SEP, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, qwen.eos_id)] == [2, 1, 1, 1, 0]
+
+
+# Fill-in-the-middle families and the repository head ---------------------------------------------
+def test_each_vocabulary_has_its_fim_family(starcoder, smollm2, qwen):
+    assert fim_tokens(qwen) == QWEN_FIM and fim_tokens(qwen).has_repository
+    assert fim_tokens(starcoder) == STARCODER_FIM and not fim_tokens(starcoder).has_repository
+    assert fim_tokens(smollm2) is None
+    # Qwen's FIM tokens without its repository ones: FIM, but no head
+    bare = byte_tokenizer(("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"))
+    assert fim_tokens(bare) == QWEN_FIM.__class__(QWEN_FIM.prefix, QWEN_FIM.suffix, QWEN_FIM.middle)
+    with_context = build_prompt(PREFIX, SUFFIX, bare, "fim", context=RepoContext("r", (GEOMETRY,)))
+    assert with_context.text == f"<|fim_prefix|>{PREFIX}<|fim_suffix|>{SUFFIX}<|fim_middle|>"
+
+
+def test_context_only_where_the_format_has_a_place_for_it(starcoder, qwen):
+    """StarCoder's first generation has no repository layout, instruct and prefix no FIM part."""
+    context = RepoContext("calculator", (GEOMETRY,))
+    for tokenizer, mode in ((starcoder, "fim"), (starcoder, "instruct"), (qwen, "instruct"), (qwen, "prefix")):
+        assert build(tokenizer, mode, context=context) == build(tokenizer, mode), (tokenizer.source, mode)
+    assert build(qwen, "fim", context=RepoContext("calculator", ())) == build(qwen, "fim")
+
+
+def test_the_context_budget_keeps_the_newest_snippets_that_fit_oldest_first(qwen):
+    snippets = tuple(Snippet(f"f{n}.py", f"value_{n} = {n}\n" * 4) for n in range(6))  # 58 tokens each, with header
+    cost = 1 + len(f"f0.py\n{snippets[0].text}".encode())
+    fixed = 1 + len(b"calculator\n") + 1 + len(b"math_utils.py\n")  # the name and the current file's header
+    for fitting in range(4):
+        prompt = build(qwen, "fim", context=RepoContext("calculator", snippets), context_budget=fixed + fitting * cost)
+        kept = [s.path for s in snippets[len(snippets) - fitting:]] if fitting else []
+        assert [p for p in (s.path for s in snippets) if f"<|file_sep|>{p}\n" in prompt.text] == kept
+        assert prompt.context_snippets == fitting
+        assert prompt.context_tokens == (fixed + fitting * cost if fitting else 0)
+    # a snippet too big for what is left is passed over; an older one that fits still gets in
+    big = Snippet("big.py", "x = 1\n" * 100)
+    prompt = build(qwen, "fim", context=RepoContext("calculator", (GEOMETRY, big)), context_budget=200)
+    assert "big.py" not in prompt.text and "<|file_sep|>geometry.py\n" in prompt.text
+    assert prompt.context_tokens <= 200
+    # a snippet the prompt's own code already holds is left out
+    here = Snippet("math_utils.py", "def add(a, b):\n")
+    prompt = build(qwen, "fim", context=RepoContext("calculator", (GEOMETRY, here)))
+    assert prompt.context_snippets == 1 and "<|file_sep|>geometry.py\n" in prompt.text
+    assert build(qwen, "fim", context=RepoContext("calculator", (here,))) == build(qwen, "fim")
+    # the code's budget is its own: the head does not shrink it
+    long_prefix = "".join(f"line_{n} = {n}\n" for n in range(400))
+    alone = build_prompt(long_prefix, "", qwen, "fim", 256)
+    both = build_prompt(long_prefix, "", qwen, "fim", 256, context=RepoContext("r", (GEOMETRY,)))
+    assert both.prefix_chars == alone.prefix_chars and len(both.ids) - both.context_tokens == len(alone.ids) <= 256
 
 
 # The budget -------------------------------------------------------------------------------------

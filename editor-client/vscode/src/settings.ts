@@ -27,6 +27,8 @@ export interface ServerSettings {
   debounceMs: number;
   /** Prompt budget in tokens (three quarters prefix, one quarter suffix). */
   promptTokens: number;
+  /** Budget in tokens, besides the prompt's, for code from the other open files and recently edited places, put first (FIM with repository tokens, as Qwen2.5-Coder has); 0 turns it off. */
+  contextTokens: number;
   /** Prompt format; `auto` uses fill-in-the-middle when the model's vocabulary has FIM tokens, else `prefix`. */
   mode: "auto" | "fim" | "instruct" | "prefix";
   /** Language ids to complete in (for example `python`); empty means all. The clients attach to these only. */
@@ -43,6 +45,7 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "maxNewTokens", kind: "integer", minimum: 1, maximum: 4096 },
   { key: "debounceMs", kind: "integer", minimum: 0, maximum: 10000 },
   { key: "promptTokens", kind: "integer", minimum: 64, maximum: 32768 },
+  { key: "contextTokens", kind: "integer", minimum: 0, maximum: 32768 },
   { key: "mode", kind: "string", choices: ["auto", "fim", "instruct", "prefix"] },
   { key: "languages", kind: "string[]" },
   { key: "explainMaxNewTokens", kind: "integer", minimum: 1, maximum: 4096 },
@@ -55,6 +58,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   maxNewTokens: 64,
   debounceMs: 150,
   promptTokens: 1024,
+  contextTokens: 512,
   mode: "auto",
   languages: [],
   explainMaxNewTokens: 256,

@@ -35,6 +35,10 @@ local server_settings = {
   -- Prompt budget in tokens (three quarters prefix, one quarter suffix). An integer from 64 to
   -- 32768.
   promptTokens = 1024,
+  -- Budget in tokens, besides the prompt's, for code from the other open files and recently edited
+  -- places, put first (FIM with repository tokens, as Qwen2.5-Coder has); 0 turns it off. An
+  -- integer from 0 to 32768.
+  contextTokens = 512,
   -- Prompt format; `auto` uses fill-in-the-middle when the model's vocabulary has FIM tokens, else
   -- `prefix`. One of 'auto', 'fim', 'instruct', 'prefix'.
   mode = 'auto',
