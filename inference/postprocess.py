@@ -18,6 +18,7 @@ Pure functions of text: testable without a model or a server.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -186,31 +187,11 @@ def _replace_auto_closed(text: str, around: Surroundings) -> tuple[str, int]:
     return text, 0
 
 
-def _string_state(line_prefix: str) -> str | None:
-    """The quote of a string left open on the line before the cursor (a heuristic: escapes are
-    honoured, comments and triple quotes are not parsed)."""
-    quote = None
-    escaped = False
-    for ch in line_prefix:
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = None
-        elif ch in QUOTES:
-            quote = ch
-    return quote
-
-
-def _scan(text: str, open_quote: str | None):
-    """Yield (index, char, kind) for the brackets and quotes of ``text``: kind ``unmatched`` for
-    a closer of something opened before the cursor (including the quote of a string open at the
-    cursor), ``inner`` for the rest."""
-    stack: list[str] = []
-    quote = open_quote
-    inherited = open_quote is not None  # the string open at the cursor began before it
+def _characters(text: str, quote: str | None = None) -> Iterator[tuple[int, str, str]]:
+    """Each character of ``text`` with its role: ``code``, ``opens`` (a quote that starts a
+    string), ``string`` (inside one) or ``closes`` (the quote that ends it); ``quote`` is a string
+    already open where ``text`` starts. The one quote tracker of this module (a heuristic: escapes
+    are honoured, comments and triple quotes are not parsed)."""
     escaped = False
     for at, ch in enumerate(text):
         if quote:
@@ -219,11 +200,40 @@ def _scan(text: str, open_quote: str | None):
             elif ch == "\\":
                 escaped = True
             elif ch == quote:
-                yield at, ch, "unmatched" if inherited else "inner"
-                quote, inherited = None, False
+                quote = None
+                yield at, ch, "closes"
+                continue
+            yield at, ch, "string"
+        elif ch in QUOTES:
+            quote = ch
+            yield at, ch, "opens"
+        else:
+            yield at, ch, "code"
+
+
+def _string_state(line_prefix: str) -> str | None:
+    """The quote of a string left open on the line before the cursor."""
+    quote = None
+    for _, ch, role in _characters(line_prefix):
+        if role == "opens":
+            quote = ch
+        elif role == "closes":
+            quote = None
+    return quote
+
+
+def _scan(text: str, open_quote: str | None) -> Iterator[tuple[int, str, str]]:
+    """Yield (index, char, kind) for the brackets and closing quotes of ``text``: kind
+    ``unmatched`` for a closer of something opened before the cursor (including the quote of a
+    string open at the cursor), ``inner`` for the rest."""
+    stack: list[str] = []
+    inherited = open_quote is not None  # the string open at the cursor began before it
+    for at, ch, role in _characters(text, open_quote):
+        if role == "closes":
+            yield at, ch, "unmatched" if inherited else "inner"
+            inherited = False
+        elif role != "code":
             continue
-        if ch in QUOTES:
-            quote, inherited = ch, False
         elif ch in OPENERS:
             stack.append(ch)
         elif ch in CLOSERS:
