@@ -229,7 +229,7 @@ class _Run:
             self.reason, self.text = "stop_string", text[:cut]
             return False
         self.text = text
-        if self.on_text is not None and not text.endswith("\ufffd") and not self.on_text(text):
+        if self.on_text is not None and not text.endswith("\ufffd") and not self._go_on(text):
             self.reason = "done"
             return False
         if len(self.tokens) >= self.budget:
@@ -241,6 +241,13 @@ class _Run:
             return False
         self.fed += 1  # the next model call feeds it
         return True
+
+
+    def _go_on(self, text: str) -> bool:
+        go_on = self.on_text(text)
+        if not isinstance(go_on, bool):  # a streaming callback of old that returns None would end every run
+            raise TypeError(f"on_text must return whether to go on (a bool), not {go_on!r}")
+        return go_on
 
 
 def _stop_string_cut(text: str, stop_strings: Sequence[str]) -> int | None:

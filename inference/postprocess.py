@@ -78,7 +78,7 @@ def postprocess(raw: str, around: Surroundings, kind: Kind) -> Processed | None:
     """The text to show for the model's ``raw`` continuation, or None when nothing is worth it."""
     text = raw.replace("\r\n", "\n")
     if kind == SINGLE:
-        text = text.split("\n", 1)[0]
+        text = text[:_line_end(text)]
     else:
         cut = scope_end(text, around, partial_last_line=True)
         if cut is not None:
@@ -94,6 +94,13 @@ def postprocess(raw: str, around: Surroundings, kind: Kind) -> Processed | None:
     if not text.strip() or text == around.line_suffix[:replace]:
         return None  # nothing, or only the characters already after the cursor
     return Processed(text, replace)
+
+
+def _line_end(text: str) -> int | None:
+    """Where a single-line completion ends: its first line break (None: not yet). The one place
+    of that rule; the engine has no newline rule of its own."""
+    at = text.find("\n")
+    return None if at < 0 else at
 
 
 def scope_end(text: str, around: Surroundings, partial_last_line: bool = False) -> int | None:
@@ -255,5 +262,5 @@ def _first_unmatched_closer(text: str, open_quote: str | None) -> int | None:
 def should_stop(text: str, around: Surroundings, kind: Kind) -> bool:
     """True when the partial completion ``text`` is already decided, so the model can stop."""
     if kind == SINGLE:
-        return "\n" in text
+        return _line_end(text) is not None
     return scope_end(text, around, partial_last_line=False) is not None

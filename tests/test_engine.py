@@ -117,6 +117,9 @@ def test_on_text_ends_a_generation_as_done_not_cancelled(tiny_engine, cold_backe
     assert done.text == " ".join(map(str, done.token_ids))
     again = tiny_engine.generate(prompt + done.token_ids, GenerationParams(max_new_tokens=2))
     assert again.reused_tokens == len(prompt) + 5  # the last token was never fed
+    with pytest.raises(TypeError, match="whether to go on"):  # a callback that answers nothing is a bug
+        tiny_engine.generate(prompt, GenerationParams(max_new_tokens=4), on_text=lambda text: None)
+    assert tiny_engine.generate(prompt, GenerationParams(max_new_tokens=6)).token_ids == done.token_ids
 
 
 def test_deadline_stops_generation(tiny_engine):
