@@ -59,8 +59,8 @@ def cancel_mid_loop(bmodel: str) -> dict:
         backend.cancel()
         cancelled.set()
 
-    threading.Thread(target=canceller).start()
     first = backend.greedy_step([5, 6, 7])
+    threading.Thread(target=canceller).start()  # after the prefill: its 30 s are for the loop's steps
     decodes = backend.stats.decodes
     tokens, reason = backend.generate(first, 40, on_token=on_token)
     out: dict = {"tokens": len(tokens), "reason": reason, "decodes": backend.stats.decodes - decodes}
