@@ -242,8 +242,8 @@ class _Run:
         self.fed += 1  # the next model call feeds it
         return True
 
-
     def _go_on(self, text: str) -> bool:
+        """The caller's answer to the text so far (True: go on)."""
         go_on = self.on_text(text)
         if not isinstance(go_on, bool):  # a streaming callback of old that returns None would end every run
             raise TypeError(f"on_text must return whether to go on (a bool), not {go_on!r}")
