@@ -101,7 +101,7 @@ def keystrokes(engine, base: list[int], tokenizer, reuse: bool, count: int) -> l
         ids = tokenizer.encode(text + typed[:i])
         if not reuse:
             engine.reset()
-        result = engine.generate(ids, GenerationParams(max_new_tokens=16, stop_at_newline=True))
+        result = engine.generate(ids, GenerationParams(max_new_tokens=16, stop_strings=("\n",)))  # one line
         latencies.append(result.prefill_ms)
     return latencies
 

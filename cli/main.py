@@ -28,7 +28,7 @@ def _complete(args: argparse.Namespace) -> int:
     try:
         engine = load_engine(args.model, args.backend)
         ids = engine.tokenizer.encode(prompt)
-        params = GenerationParams(max_new_tokens=args.max_tokens, stop_at_newline=args.single_line)
+        params = GenerationParams(max_new_tokens=args.max_tokens, stop_strings=("\n",) if args.single_line else ())
         result = engine.generate(ids, params)
     except InferenceError as exc:
         print(f"wizardcoder-tpu: {exc}", file=sys.stderr)

@@ -4,10 +4,24 @@ The engine knows nothing of LSP and little of text: it owns one backend (which o
 reuses the cached prefix of the previous prompt, runs greedy decoding with stop conditions, and
 can be cancelled from another thread. Text enters only for stop strings and streaming.
 
+Two ways a generation ends early, kept apart (after nanochat's ``Engine.generate``, whose caller
+breaks out of the loop when it has what it needs):
+
+- *done*: the caller's ``on_text`` returns False: the text so far is all it needs (post-processing
+  has decided the completion). The result is used.
+- *cancelled*: a ``CancelToken`` set from any thread (``$/cancelRequest``, a newer request): the
+  result is unwanted.
+
+Each stop rule has one owner: EOS, stop strings, the token budget, the context and the deadline
+are the engine's (``_Run``); what ends a completion (a line break for a single-line one, leaving
+the cursor's scope) is post-processing's, reached through ``on_text``.
+
 A backend implements ``Backend``: ``forward`` appends tokens to its cache and returns the last
 position's logits; ``truncate`` forgets the cache past a length. ``greedy_step`` and
 ``greedy_loop`` have Python defaults that a device backend overrides (the TPU keeps the argmax
-and the loop on the device side).
+and the loop on the device side, and stops there on EOS). The loop only produces tokens; every
+decision about them is ``_Run.accept``, so that another producer (a draft-and-verify step in
+``Engine._decode``) can feed the same rules.
 """
 
 from __future__ import annotations
@@ -77,10 +91,12 @@ class Backend(abc.ABC):
         """Release the device or session."""
 
 
+OnText = Callable[[str], bool]  # the text so far -> whether to go on (False: done, not cancelled)
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     max_new_tokens: int = 64
-    stop_at_newline: bool = False  # single-line completion: the first line break ends it
     stop_strings: tuple[str, ...] = ()  # text that ends it (not included in the result)
     deadline: float | None = None  # time.monotonic() after which generation stops
 
@@ -89,7 +105,7 @@ class GenerationParams:
 class Generation:
     token_ids: list[int]
     text: str
-    stop_reason: str  # eos | newline | stop_string | max_tokens | deadline | cancelled | context
+    stop_reason: str  # eos | stop_string | done | max_tokens | deadline | cancelled | context
     prompt_tokens: int
     reused_tokens: int  # prompt tokens whose keys/values came from the cache
     prefill_ms: float
@@ -112,10 +128,11 @@ class Engine:
         return self.backend.max_context
 
     def generate(self, prompt_ids: Sequence[int], params: GenerationParams = GenerationParams(),
-                 cancel: CancelToken | None = None,
-                 on_text: Callable[[str], None] | None = None) -> Generation:
+                 cancel: CancelToken | None = None, on_text: OnText | None = None) -> Generation:
         """Greedy continuation of ``prompt_ids``. ``on_text`` receives the text so far after each
-        token that completes a character (streaming)."""
+        token that completes a character and returns whether to go on: False ends the generation
+        as ``done`` (the caller has what it needs), which is not a cancellation; ``cancel`` is the
+        other way to stop early (the result is unwanted: ``cancelled``)."""
         if not prompt_ids:
             raise InferenceError("empty prompt")
         if len(prompt_ids) >= self.max_context:
@@ -124,61 +141,33 @@ class Engine:
             return self._generate(list(prompt_ids), params, cancel or CancelToken(), on_text)
 
     def _generate(self, prompt: list[int], params: GenerationParams, cancel: CancelToken,
-                  on_text: Callable[[str], None] | None) -> Generation:
+                  on_text: OnText | None) -> Generation:
         started = time.perf_counter()
         reused = self._reuse_prefix(prompt)
-        generated: list[int] = []
-        state = {"reason": "max_tokens", "text": ""}
         budget = min(params.max_new_tokens, self.max_context - len(prompt))
-
-        def stopped_early() -> str | None:
-            if cancel.cancelled:
-                return "cancelled"
-            if params.deadline is not None and time.monotonic() > params.deadline:
-                return "deadline"
-            return None
-
-        def accept(token: int) -> bool:
-            """Record one new token; False ends the generation."""
-            if token == self.tokenizer.eos_id:
-                state["reason"] = "eos"
-                return False
-            generated.append(token)
-            text = self.tokenizer.decode(generated)
-            cut = self._stop_cut(text, params)
-            if cut is not None:
-                state["reason"], state["text"] = cut
-                return False
-            state["text"] = text
-            if on_text is not None and not text.endswith("\ufffd"):
-                on_text(text)
-            if len(generated) >= budget:
-                state["reason"] = "max_tokens" if budget == params.max_new_tokens else "context"
-                return False
-            early = stopped_early()
-            if early:
-                state["reason"] = early
-                return False
-            self._cached_ids.append(token)  # the next model call feeds it
-            return True
-
-        early = stopped_early()
+        run = _Run(self.tokenizer, params, cancel, on_text, budget)
+        early = run.interrupted()
         if early or budget <= 0:
-            state["reason"] = early or "context"
-            return Generation([], "", state["reason"], len(prompt), reused, 0.0, 0.0)
+            return Generation([], "", early or "context", len(prompt), reused, 0.0, 0.0)
         try:
             first = self.backend.greedy_step(prompt[reused:])
-            self._cached_ids = list(prompt)
             prefill_done = time.perf_counter()
-            if accept(first):
-                self.backend.greedy_loop(first, budget - 1, accept)
+            if run.accept(first):
+                self._decode(first, budget - 1, run)
+            self._cached_ids = prompt + run.tokens[:run.fed]
         except BaseException:
             self._cached_ids = []  # the cache may hold a half-fed call: trust none of it
             self.backend.truncate(0)
             raise
         finished = time.perf_counter()
-        return Generation(generated, state["text"], state["reason"], len(prompt), reused,
+        return Generation(run.tokens, run.text, run.reason, len(prompt), reused,
                           (prefill_done - started) * 1e3, (finished - prefill_done) * 1e3)
+
+    def _decode(self, first: int, max_steps: int, run: _Run) -> None:
+        """The tokens after ``first``, each given to ``run.accept`` until it says stop: the one
+        place a different producer (drafted tokens verified in one call) would go; it must leave
+        the backend holding the prompt and ``run.tokens[:run.fed]``."""
+        self.backend.greedy_loop(first, max_steps, run.accept)
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Keep the cache's common prefix with ``prompt`` (at least one token is always fed, for
@@ -194,20 +183,6 @@ class Engine:
         self._cached_ids = cached[:common]
         return common
 
-    @staticmethod
-    def _stop_cut(text: str, params: GenerationParams) -> tuple[str, str] | None:
-        """(reason, text kept) when ``text`` reached a stop condition."""
-        cuts = []
-        if params.stop_at_newline and "\n" in text:
-            cuts.append((text.index("\n"), "newline"))
-        for stop in params.stop_strings:
-            if stop and stop in text:
-                cuts.append((text.index(stop), "stop_string"))
-        if not cuts:
-            return None
-        at, reason = min(cuts)
-        return reason, text[:at]
-
     def reset(self) -> None:
         with self._lock:
             self._cached_ids = []
@@ -215,3 +190,67 @@ class Engine:
 
     def close(self) -> None:
         self.backend.close()
+
+
+class _Run:
+    """One generation's state and the engine's stop rules, applied to each new token in order:
+    EOS, stop strings, the caller's ``on_text`` (done), the budget (max_tokens or context), then
+    cancellation and the deadline (checked once per token: the one cancel path, whichever loop
+    produces the tokens)."""
+
+    def __init__(self, tokenizer: Tokenizer, params: GenerationParams, cancel: CancelToken,
+                 on_text: OnText | None, budget: int):
+        self.tokenizer = tokenizer
+        self.params = params
+        self.cancel = cancel
+        self.on_text = on_text
+        self.budget = budget
+        self.tokens: list[int] = []
+        self.fed = 0  # tokens[:fed] went on to the next model call: their keys/values are cached
+        self.text = ""
+        self.reason = "max_tokens"
+
+    def interrupted(self) -> str | None:
+        if self.cancel.cancelled:
+            return "cancelled"
+        if self.params.deadline is not None and time.monotonic() > self.params.deadline:
+            return "deadline"
+        return None
+
+    def accept(self, token: int) -> bool:
+        """Record one new token; False ends the generation (``reason`` says why)."""
+        if token == self.tokenizer.eos_id:
+            self.reason = "eos"
+            return False
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens)
+        cut = _stop_string_cut(text, self.params.stop_strings)
+        if cut is not None:
+            self.reason, self.text = "stop_string", text[:cut]
+            return False
+        self.text = text
+        if self.on_text is not None and not text.endswith("\ufffd") and not self._go_on(text):
+            self.reason = "done"
+            return False
+        if len(self.tokens) >= self.budget:
+            self.reason = "max_tokens" if self.budget == self.params.max_new_tokens else "context"
+            return False
+        early = self.interrupted()
+        if early:
+            self.reason = early
+            return False
+        self.fed += 1  # the next model call feeds it
+        return True
+
+    def _go_on(self, text: str) -> bool:
+        """The caller's answer to the text so far (True: go on)."""
+        go_on = self.on_text(text)
+        if not isinstance(go_on, bool):  # a streaming callback of old that returns None would end every run
+            raise TypeError(f"on_text must return whether to go on (a bool), not {go_on!r}")
+        return go_on
+
+
+def _stop_string_cut(text: str, stop_strings: Sequence[str]) -> int | None:
+    """Where ``text`` is cut by the earliest stop string in it, or None."""
+    found = [text.index(stop) for stop in stop_strings if stop and stop in text]
+    return min(found) if found else None

@@ -18,6 +18,7 @@ Pure functions of text: testable without a model or a server.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,7 +78,7 @@ def postprocess(raw: str, around: Surroundings, kind: Kind) -> Processed | None:
     """The text to show for the model's ``raw`` continuation, or None when nothing is worth it."""
     text = raw.replace("\r\n", "\n")
     if kind == SINGLE:
-        text = text.split("\n", 1)[0]
+        text = text[:_line_end(text)]
     else:
         cut = scope_end(text, around, partial_last_line=True)
         if cut is not None:
@@ -93,6 +94,13 @@ def postprocess(raw: str, around: Surroundings, kind: Kind) -> Processed | None:
     if not text.strip() or text == around.line_suffix[:replace]:
         return None  # nothing, or only the characters already after the cursor
     return Processed(text, replace)
+
+
+def _line_end(text: str) -> int | None:
+    """Where a single-line completion ends: its first line break (None: not yet). The one place
+    of that rule; the engine has no newline rule of its own."""
+    at = text.find("\n")
+    return None if at < 0 else at
 
 
 def scope_end(text: str, around: Surroundings, partial_last_line: bool = False) -> int | None:
@@ -186,31 +194,11 @@ def _replace_auto_closed(text: str, around: Surroundings) -> tuple[str, int]:
     return text, 0
 
 
-def _string_state(line_prefix: str) -> str | None:
-    """The quote of a string left open on the line before the cursor (a heuristic: escapes are
-    honoured, comments and triple quotes are not parsed)."""
-    quote = None
-    escaped = False
-    for ch in line_prefix:
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = None
-        elif ch in QUOTES:
-            quote = ch
-    return quote
-
-
-def _scan(text: str, open_quote: str | None):
-    """Yield (index, char, kind) for the brackets and quotes of ``text``: kind ``unmatched`` for
-    a closer of something opened before the cursor (including the quote of a string open at the
-    cursor), ``inner`` for the rest."""
-    stack: list[str] = []
-    quote = open_quote
-    inherited = open_quote is not None  # the string open at the cursor began before it
+def _characters(text: str, quote: str | None = None) -> Iterator[tuple[int, str, str]]:
+    """Each character of ``text`` with its role: ``code``, ``opens`` (a quote that starts a
+    string), ``string`` (inside one) or ``closes`` (the quote that ends it); ``quote`` is a string
+    already open where ``text`` starts. The one quote tracker of this module (a heuristic: escapes
+    are honoured, comments and triple quotes are not parsed)."""
     escaped = False
     for at, ch in enumerate(text):
         if quote:
@@ -219,11 +207,40 @@ def _scan(text: str, open_quote: str | None):
             elif ch == "\\":
                 escaped = True
             elif ch == quote:
-                yield at, ch, "unmatched" if inherited else "inner"
-                quote, inherited = None, False
+                quote = None
+                yield at, ch, "closes"
+                continue
+            yield at, ch, "string"
+        elif ch in QUOTES:
+            quote = ch
+            yield at, ch, "opens"
+        else:
+            yield at, ch, "code"
+
+
+def _string_state(line_prefix: str) -> str | None:
+    """The quote of a string left open on the line before the cursor."""
+    quote = None
+    for _, ch, role in _characters(line_prefix):
+        if role == "opens":
+            quote = ch
+        elif role == "closes":
+            quote = None
+    return quote
+
+
+def _scan(text: str, open_quote: str | None) -> Iterator[tuple[int, str, str]]:
+    """Yield (index, char, kind) for the brackets and closing quotes of ``text``: kind
+    ``unmatched`` for a closer of something opened before the cursor (including the quote of a
+    string open at the cursor), ``inner`` for the rest."""
+    stack: list[str] = []
+    inherited = open_quote is not None  # the string open at the cursor began before it
+    for at, ch, role in _characters(text, open_quote):
+        if role == "closes":
+            yield at, ch, "unmatched" if inherited else "inner"
+            inherited = False
+        elif role != "code":
             continue
-        if ch in QUOTES:
-            quote, inherited = ch, False
         elif ch in OPENERS:
             stack.append(ch)
         elif ch in CLOSERS:
@@ -245,5 +262,5 @@ def _first_unmatched_closer(text: str, open_quote: str | None) -> int | None:
 def should_stop(text: str, around: Surroundings, kind: Kind) -> bool:
     """True when the partial completion ``text`` is already decided, so the model can stop."""
     if kind == SINGLE:
-        return "\n" in text
+        return _line_end(text) is not None
     return scope_end(text, around, partial_last_line=False) is not None

@@ -30,12 +30,9 @@ Everything here is a pure function of text, tokenizer and numbers: testable with
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
-
-from tokenizers import Tokenizer as HFTokenizer
 
 from .context import RepoContext, Snippet
 from .errors import TokenizerError
@@ -218,7 +215,7 @@ def _snippet_text(snippet: Snippet) -> str:
 def _snippet_cost(tokenizer: Tokenizer, snippet: Snippet) -> int:
     """A snippet's tokens in the head, its separator token included. The same snippets come back
     on every keystroke, so each is counted once (per tokenizer)."""
-    return 1 + len(_plain_encoder(tokenizer).encode(_snippet_text(snippet), add_special_tokens=False).ids)
+    return 1 + len(tokenizer.encode(_snippet_text(snippet)))
 
 
 def _fim(tokenizer: Tokenizer, prefix: str, suffix: str, file_name: str, language_id: str) -> list[Piece]:
@@ -261,7 +258,7 @@ def build_instruction_prompt(instruction: str, tokenizer: Tokenizer, budget: int
     room = budget - overhead
     if room <= 0:
         raise TokenizerError(f"a budget of {budget} tokens leaves no room for the instruction")
-    ids = _plain_encoder(tokenizer).encode(instruction, add_special_tokens=False).ids
+    ids = tokenizer.encode(instruction)
     if len(ids) > room:
         instruction = tokenizer.decode(ids[:room]).rstrip("\ufffd")
     pieces = _chat(tokenizer, instruction, response_start)
@@ -291,7 +288,7 @@ def fit_context(prefix: str, suffix: str, tokenizer: Tokenizer, budget: int) -> 
         return "", "".join(kept_suffix)
     room = budget - used
     cursor_line = prefix_lines[-1]
-    cursor_ids = _plain_encoder(tokenizer).encode(cursor_line, add_special_tokens=False).ids
+    cursor_ids = tokenizer.encode(cursor_line)
     if len(cursor_ids) >= room:
         return tokenizer.decode(cursor_ids[len(cursor_ids) - room:]).lstrip("\ufffd"), "".join(kept_suffix)
     before, _ = _take_lines(prefix_lines[-2::-1], tokenizer, room - len(cursor_ids))
@@ -304,7 +301,7 @@ def _take_lines(lines: Sequence[str], tokenizer: Tokenizer, budget: int) -> tupl
     candidates = list(lines[: max(budget, 0)])
     if not candidates:
         return [], 0
-    counts = [len(e.ids) for e in _plain_encoder(tokenizer).encode_batch(candidates, add_special_tokens=False)]
+    counts = [len(ids) for ids in tokenizer.encode_batch(candidates)]
     taken, used = [], 0
     for line, count in zip(candidates, counts):
         if used + count > budget:
@@ -316,15 +313,14 @@ def _take_lines(lines: Sequence[str], tokenizer: Tokenizer, budget: int) -> tupl
 
 # Encoding -------------------------------------------------------------------------------------
 def _encode(tokenizer: Tokenizer, pieces: Sequence[Piece]) -> list[int]:
-    """Special pieces by id, runs of text through the plain encoder (adjacent text pieces are
-    joined first, so that the ids equal the encoding of the text as one string)."""
+    """Special pieces by id, runs of text as plain text (adjacent text pieces are joined first,
+    so that the ids equal the encoding of the text as one string)."""
     ids: list[int] = []
     run: list[str] = []
-    encoder = _plain_encoder(tokenizer)
 
     def flush() -> None:
         if run:
-            ids.extend(encoder.encode("".join(run), add_special_tokens=False).ids)
+            ids.extend(tokenizer.encode("".join(run)))
             run.clear()
 
     for piece in pieces:
@@ -336,18 +332,3 @@ def _encode(tokenizer: Tokenizer, pieces: Sequence[Piece]) -> list[int]:
     flush()
     return ids
 
-
-_plain_encoders: dict[int, tuple[Tokenizer, HFTokenizer]] = {}
-_plain_lock = threading.Lock()
-
-
-def _plain_encoder(tokenizer: Tokenizer) -> HFTokenizer:
-    """A copy of the tokenizer that encodes special spellings in the user's text as plain text
-    (a copy, because the flag is per tokenizer object and the engine's one is shared)."""
-    with _plain_lock:
-        entry = _plain_encoders.get(id(tokenizer))
-        if entry is None or entry[0] is not tokenizer:
-            plain = HFTokenizer.from_str(tokenizer.backend.to_str())
-            plain.encode_special_tokens = True
-            entry = _plain_encoders[id(tokenizer)] = (tokenizer, plain)
-        return entry[1]

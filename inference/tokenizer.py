@@ -85,12 +85,23 @@ class Tokenizer:
 
     # Use ----------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """Ids of ``text``, special-token spellings inside it included as special tokens only where
-        the prompt builder puts them on purpose (see ``encode_special``)."""
-        return self.backend.encode(text, add_special_tokens=False).ids
+        """Ids of ``text`` as plain text: a special-token spelling inside it (a file that contains
+        ``<|endoftext|>``) stays text, so the user's text can never end or steer a prompt. Special
+        tokens enter ids only by name, where the prompt builder puts them (``require``)."""
+        return self._plain.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Iterable[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+        """``encode`` of each text, in one call."""
+        return [e.ids for e in self._plain.encode_batch(list(texts), add_special_tokens=False)]
+
+    @cached_property
+    def _plain(self) -> HFTokenizer:
+        """A copy of ``backend`` that encodes special spellings as plain text (a copy, because the
+        flag belongs to the tokenizer object and ``backend`` may be shared). Two threads that race
+        here build two equal copies; one is kept."""
+        plain = HFTokenizer.from_str(self.backend.to_str())
+        plain.encode_special_tokens = True
+        return plain
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special)

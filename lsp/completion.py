@@ -1,11 +1,19 @@
 """The completion path, readable in one place (after llm-ls' ``get_completions``):
 
     find the document → should_complete → the cache → supersede older requests → debounce
-      → [worker thread: build_prompt → engine.generate (stream-checked) → postprocess] → cache
+      → [worker thread: build_prompt → engine.generate (ended by the stream check) → postprocess]
+      → cache
 
 Both ``textDocument/inlineCompletion`` and the ``textDocument/completion`` fallback call
-``complete``; ``server.py`` only maps its result to LSP items. Model work happens in the worker
-thread; this coroutine only waits for it, so the event loop stays free.
+``complete``; ``server.py`` only maps its result to LSP items. Each stage is a function of what it
+needs (documents, settings, engine, cache, the document's request state), testable without a
+server. Model work happens in the worker thread; ``complete`` only waits for it, so the event
+loop stays free.
+
+Two early ends, kept apart: post-processing deciding that the completion is complete
+(``should_stop``: the engine's ``on_text`` returns False, stop reason ``done``, the result is
+shown) and the request going stale (a newer request, a change, ``$/cancelRequest``: the cancel
+token, stop reason ``cancelled``, nothing is shown).
 """
 
 from __future__ import annotations
@@ -13,19 +21,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from lsprotocol import types
+from pygls.workspace import Workspace
 
-from ..inference.engine import CancelToken, Engine, GenerationParams
+from ..inference.context import ContextStore
+from ..inference.engine import CancelToken, Engine, Generation, GenerationParams
 from ..inference.postprocess import Kind, Processed, Surroundings, completion_kind, postprocess, should_stop
-from ..inference.prompt import build_prompt
+from ..inference.prompt import Prompt, build_prompt
+from .cache import CompletionCache
 from .documents import Cursor, cursor_at, open_document, unusable_reason
+from .model_host import ModelHost
+from .requests import DocumentRequests
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .server import WizardServer
+from .status import Stats
+from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
 CONTEXT_MARGIN = 8  # tokens kept free in the model's context besides the completion's
@@ -38,89 +50,108 @@ class Completion:
     source: str  # model | cache
 
 
-async def complete(ls: WizardServer, uri: str, position: types.Position, request_id: object) -> Completion | None:
+@dataclass(frozen=True)
+class ModelRun:
+    """What one model run produced: the text to show (None: nothing), and how it went."""
+
+    result: Processed | None
+    prompt: Prompt
+    generation: Generation | None  # None when the prompt came out empty
+    prompt_ms: float
+
+
+async def complete(workspace: Workspace, uri: str, position: types.Position, *, settings: Settings,
+                   host: ModelHost, cache: CompletionCache, requests: DocumentRequests, worker: InferenceWorker,
+                   context: ContextStore, stats: Stats, warn: Callable[[str, str], None],
+                   request_id: object) -> Completion | None:
     """The completion at ``position`` of ``uri``, or None when there is none to show (not a place
-    to complete, nothing useful generated, or superseded by a newer request)."""
-    document = open_document(ls.workspace, uri)
+    to complete, nothing useful generated, or superseded by a newer request). ``warn(key,
+    message)`` tells the user once per key; the engine is taken from ``host`` in the worker,
+    after any reload queued before this request. ``context`` holds the other files' code and
+    learns where the user is."""
+    document = open_document(workspace, uri)
     reason = unusable_reason(document.source)
     if reason is not None:
-        ls.warn_once(uri, f"{uri}: {reason}")
+        warn(uri, f"{uri}: {reason}")
         return None
-    cursor = cursor_at(document, position, ls.workspace.position_codec)
-    ls.context.visited(uri, document.source, position.line)
-    kind = should_complete(ls, cursor)
+    cursor = cursor_at(document, position, workspace.position_codec)
+    context.visited(uri, document.source, position.line)
+    kind = should_complete(settings, cursor)
     if kind is None:
         return None
 
-    cached = ls.cache.lookup(uri, cursor.prefix, cursor.suffix)
+    cached = cache.lookup(uri, cursor.prefix, cursor.suffix)
     if cached is not None:
         log.info("request %s: cache hit at %s:%s", request_id, position.line, position.character)
         return Completion(cursor, cached, "cache")
 
-    cancel = ls.supersede(uri)  # a newer request for this document cancels this one
+    def job(token: CancelToken) -> Processed | None:  # worker thread
+        run = run_model(host.engine, cursor, kind, settings, token, context)
+        if run.generation is not None:
+            record(stats, request_id, kind, run)
+        return run.result
+
+    state = requests.of(uri)
+    cancel = state.supersede()  # a newer request for this document cancels this one
     try:
-        await debounce(ls, uri)
+        await debounce(settings.debounce_ms, state.last_change)
         if cancel.cancelled:
             return None
-        settings = ls.settings
-        result = await ls.run_job(lambda token: run_model(ls, cursor, kind, settings, token, request_id),
-                                  cancel, f"completing {cursor.file_name or uri}")
+        result = await worker.run(job, cancel, f"completing {cursor.file_name or uri}")
     finally:
         cancel.cancel()  # reaches the engine when this coroutine is cancelled ($/cancelRequest)
-        ls.release(uri, cancel)
+        state.release(cancel)
     if result is None:
         return None
-    ls.cache.store(uri, cursor.prefix, cursor.suffix, result)
+    cache.store(uri, cursor.prefix, cursor.suffix, result)
     return Completion(cursor, result, "model")
 
 
-def should_complete(ls: WizardServer, cursor: Cursor) -> Kind | None:
+def should_complete(settings: Settings, cursor: Cursor) -> Kind | None:
     """Single-line, multi-line, or no completion here (and why not, in the log)."""
-    if not ls.settings.allows(cursor.language_id):
+    if not settings.allows(cursor.language_id):
         log.info("no completion: language %r is not enabled", cursor.language_id)
         return None
     return completion_kind(Surroundings.of(cursor.prefix, cursor.suffix))
 
 
-async def debounce(ls: WizardServer, uri: str) -> None:
-    """Wait until ``debounceMs`` have passed since the document's last change."""
-    wait = ls.settings.debounce_ms / 1000 - (time.monotonic() - ls.last_change.get(uri, 0.0))
+async def debounce(debounce_ms: int, last_change: float) -> None:
+    """Wait until ``debounce_ms`` have passed since ``last_change`` (``time.monotonic()``)."""
+    wait = debounce_ms / 1000 - (time.monotonic() - last_change)
     if wait > 0:
         await asyncio.sleep(wait)
 
 
-def run_model(ls: WizardServer, cursor: Cursor, kind: Kind, settings: Settings, cancel: CancelToken,
-              request_id: object) -> Processed | None:
-    """In the worker thread: prompt, generate, post-process. None when cancelled from outside."""
-    engine: Engine = ls.host.engine
+def run_model(engine: Engine, cursor: Cursor, kind: Kind, settings: Settings, cancel: CancelToken,
+              context: ContextStore | None = None) -> ModelRun:
+    """In the worker thread: prompt (the other files' snippets from ``context`` first, within
+    ``contextTokens``), generate until post-processing has decided, post-process. The result is
+    None when cancelled from outside or when nothing is worth showing."""
     started = time.perf_counter()
     room = engine.max_context - settings.max_new_tokens - CONTEXT_MARGIN
     budget = min(settings.prompt_tokens, room)
-    context_budget = min(settings.context_tokens, max(0, room - budget))  # the code first, then other files
+    context_budget = min(settings.context_tokens, max(0, room - budget)) if context else 0  # the code first
+    snippets = context.context(cursor.prefix, cursor.suffix) if context and context_budget else None
+    file_name = context.path(cursor.uri) if context else cursor.file_name
     prompt = build_prompt(cursor.prefix, cursor.suffix, engine.tokenizer, settings.mode, budget,
-                          ls.context.path(cursor.uri), cursor.language_id,
-                          ls.context.context(cursor.prefix, cursor.suffix) if context_budget else None, context_budget)
+                          file_name, cursor.language_id, snippets, context_budget)
     prompt_ms = (time.perf_counter() - started) * 1e3
-    around = Surroundings.of(cursor.prefix, cursor.suffix)
-    decided = False
-
-    def on_text(text: str) -> None:
-        nonlocal decided
-        if should_stop(text, around, kind):  # the rest would be cut anyway: stop the model now
-            decided = True
-            cancel.cancel()
-
-    params = GenerationParams(max_new_tokens=settings.max_new_tokens, stop_at_newline=kind == "single",
-                              stop_strings=prompt.stop_strings)
     if not prompt.ids:
-        return None
-    generation = engine.generate(prompt.ids, params, cancel, on_text)
-    stop = "decided" if decided else generation.stop_reason
-    ls.stats.record(request_id, "completion", generation, stop, prompt.mode)
+        return ModelRun(None, prompt, None, prompt_ms)
+    around = Surroundings.of(cursor.prefix, cursor.suffix)
+    params = GenerationParams(max_new_tokens=settings.max_new_tokens, stop_strings=prompt.stop_strings)
+    generation = engine.generate(prompt.ids, params, cancel, lambda text: not should_stop(text, around, kind))
+    result = None if generation.stop_reason == "cancelled" else postprocess(generation.text, around, kind)
+    return ModelRun(result, prompt, generation, prompt_ms)
+
+
+def record(stats: Stats, request_id: object, kind: Kind, run: ModelRun) -> None:
+    """The run in ``wizardcoder/stats`` and the log."""
+    generation = run.generation
+    assert generation is not None
+    stats.record(request_id, "completion", generation, generation.stop_reason, run.prompt.mode)
     log.info("request %s: %s %s, prompt %d tokens (%d of other files' in %d snippets, %d reused, build %.0f ms), "
-             "%d new tokens, stop %s, prefill %.0f ms, decode %.0f ms", request_id, prompt.mode, kind,
-             generation.prompt_tokens, prompt.context_tokens, prompt.context_snippets, generation.reused_tokens,
-             prompt_ms, len(generation.token_ids), stop, generation.prefill_ms, generation.decode_ms)
-    if stop == "cancelled":
-        return None
-    return postprocess(generation.text, around, kind)
+             "%d new tokens, stop %s, prefill %.0f ms, decode %.0f ms", request_id, run.prompt.mode, kind,
+             generation.prompt_tokens, run.prompt.context_tokens, run.prompt.context_snippets,
+             generation.reused_tokens, run.prompt_ms, len(generation.token_ids), generation.stop_reason,
+             generation.prefill_ms, generation.decode_ms)

@@ -12,102 +12,105 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from lsprotocol import types
+from lsprotocol.converters import get_converter
+from pygls.workspace import Workspace
 
-from ..inference.engine import CancelToken, GenerationParams
-from ..inference.prompt import build_instruction_prompt, language_name
+from ..inference.engine import CancelToken, Engine, Generation, GenerationParams, OnText
+from ..inference.prompt import Prompt, build_instruction_prompt, language_name
 from .documents import open_document, text_in_range, unusable_reason
 from .errors import BadRequest
-
-if TYPE_CHECKING:
-    from .server import WizardServer
+from .model_host import ModelHost
+from .progress import Progress
+from .settings import Settings
+from .status import Stats
+from .worker import InferenceWorker
 
 COMMAND = "wizardcoder.explainSelection"
 REPORT_EVERY_S = 0.1  # progress messages at most this often
 INSTRUCTION_TOKENS = 2048  # the selection is cut beyond this
 log = logging.getLogger(__name__)
+_converter = get_converter()
 
 
-async def explain_selection(ls: WizardServer, params: types.ExecuteCommandParams) -> dict[str, str]:
-    uri, selection = _arguments(ls, params.arguments)
-    document = open_document(ls.workspace, uri)
-    if (reason := unusable_reason(document.source)) is not None:
-        raise BadRequest(f"{uri}: {reason}")
-    code = text_in_range(document, selection, ls.workspace.position_codec)
-    if not code.strip():
-        raise BadRequest("the selection is empty: select the code to explain")
-    language = language_name(document.language_id or "")
-    instruction = (f"Explain what the following {language + ' ' if language else ''}code does. "
-                   f"Answer in Markdown.\n\n```{document.language_id or ''}\n{code.rstrip()}\n```")
-    request_id = ls.protocol.msg_id
-    token = params.work_done_token or await _create_progress(ls)
-    _progress(ls, token, types.WorkDoneProgressBegin(title="Explaining selection", cancellable=True))
-    cancel = CancelToken()
-    settings = ls.settings
-    last_report = [0.0]
-    loop = asyncio.get_running_loop()
-
-    def on_text(text: str) -> None:  # worker thread
-        now = time.monotonic()
-        if now - last_report[0] >= REPORT_EVERY_S:
-            last_report[0] = now
-            loop.call_soon_threadsafe(_progress, ls, token, types.WorkDoneProgressReport(message=text))
-
-    def run(token_: CancelToken) -> str:
-        engine = ls.host.engine
-        prompt = build_instruction_prompt(instruction, engine.tokenizer, INSTRUCTION_TOKENS)
-        generation = engine.generate(prompt.ids, GenerationParams(max_new_tokens=settings.explain_max_new_tokens,
-                                                                  stop_strings=prompt.stop_strings), token_, on_text)
-        ls.stats.record(request_id, "explain", generation, generation.stop_reason, prompt.mode)
-        log.info("request %s: explain, prompt %d tokens, %d new tokens, stop %s, prefill %.0f ms, decode %.0f ms",
-                 request_id, generation.prompt_tokens, len(generation.token_ids), generation.stop_reason,
-                 generation.prefill_ms, generation.decode_ms)
-        return generation.text.strip()
-
-    try:
-        markdown = await ls.run_job(run, cancel, "explaining selection")
-        if markdown is None:
-            raise BadRequest("the explanation was cancelled before it started")
-        _progress(ls, token, types.WorkDoneProgressReport(message=markdown))  # the whole text, unthrottled
-    finally:
-        cancel.cancel()  # reaches the engine when this coroutine is cancelled ($/cancelRequest)
-        _progress(ls, token, types.WorkDoneProgressEnd())
-    return {"markdown": markdown}
-
-
-def _arguments(ls: WizardServer, arguments: list[Any] | None) -> tuple[str, types.Range]:
+def parse_arguments(arguments: list[Any] | None) -> tuple[str, types.Range]:
+    """The command's ``[uri, range]``; BadRequest when they are not that."""
     if not arguments or len(arguments) != 2 or not isinstance(arguments[0], str):
         raise BadRequest(f"{COMMAND} takes [uri, range], got {arguments!r}")
     try:
-        selection = ls.protocol._converter.structure(arguments[1], types.Range)
+        selection = _converter.structure(arguments[1], types.Range)
     except Exception as exc:
         raise BadRequest(f"{COMMAND}: the second argument is not an LSP Range ({exc})") from exc
     return arguments[0], selection
 
 
-async def _create_progress(ls: WizardServer) -> types.ProgressToken | None:
-    """A server-created progress token, when the client accepts them."""
-    window = ls.client_capabilities.window
-    if window is None or not window.work_done_progress:
-        return None
-    token = f"wizardcoder-explain-{uuid.uuid4()}"
+def instruction_for(workspace: Workspace, uri: str, selection: types.Range) -> str:
+    """The instruction that asks to explain the selected code."""
+    document = open_document(workspace, uri)
+    if (reason := unusable_reason(document.source)) is not None:
+        raise BadRequest(f"{uri}: {reason}")
+    code = text_in_range(document, selection, workspace.position_codec)
+    if not code.strip():
+        raise BadRequest("the selection is empty: select the code to explain")
+    language = language_name(document.language_id or "")
+    return (f"Explain what the following {language + ' ' if language else ''}code does. "
+            f"Answer in Markdown.\n\n```{document.language_id or ''}\n{code.rstrip()}\n```")
+
+
+async def explain_selection(workspace: Workspace, arguments: list[Any] | None, *, settings: Settings,
+                            host: ModelHost, worker: InferenceWorker, stats: Stats,
+                            begin_progress: Callable[[], Awaitable[Progress]], request_id: object) -> dict[str, str]:
+    """The explanation of the selection that ``arguments`` name, as ``{"markdown": …}``. Bad
+    arguments fail before any progress begins; then the text so far goes to the progress that
+    ``begin_progress`` starts, as it grows, and the progress ends with the command."""
+    uri, selection = parse_arguments(arguments)
+    instruction = instruction_for(workspace, uri, selection)
+    progress = await begin_progress()
     try:
-        await ls.work_done_progress.create_async(token)
-    except Exception as exc:  # the client refused: explain without progress
-        log.warning("window/workDoneProgress/create failed: %s", exc)
-        return None
-    return token
+        markdown = await _explain(instruction, settings, host, worker, stats, progress, request_id)
+        progress.report(markdown)  # the whole text, unthrottled
+    finally:
+        progress.end()
+    return {"markdown": markdown}
 
 
-def _progress(ls: WizardServer, token: types.ProgressToken | None, value: Any) -> None:
-    if token is None:
-        return
-    if isinstance(value, types.WorkDoneProgressBegin):
-        ls.work_done_progress.begin(token, value)
-    elif isinstance(value, types.WorkDoneProgressReport):
-        ls.work_done_progress.report(token, value)
-    else:
-        ls.work_done_progress.end(token, value)
+async def _explain(instruction: str, settings: Settings, host: ModelHost, worker: InferenceWorker, stats: Stats,
+                   progress: Progress, request_id: object) -> str:
+    loop = asyncio.get_running_loop()
+    last_report = 0.0
+
+    def on_text(text: str) -> bool:  # worker thread
+        nonlocal last_report
+        now = time.monotonic()
+        if now - last_report >= REPORT_EVERY_S:
+            last_report = now
+            loop.call_soon_threadsafe(progress.report, text)
+        return True
+
+    def job(token: CancelToken) -> str:  # worker thread
+        prompt, generation = run_model(host.engine, instruction, settings.explain_max_new_tokens, token, on_text)
+        stats.record(request_id, "explain", generation, generation.stop_reason, prompt.mode)
+        log.info("request %s: explain, prompt %d tokens, %d new tokens, stop %s, prefill %.0f ms, decode %.0f ms",
+                 request_id, generation.prompt_tokens, len(generation.token_ids), generation.stop_reason,
+                 generation.prefill_ms, generation.decode_ms)
+        return generation.text.strip()
+
+    cancel = CancelToken()
+    try:
+        markdown = await worker.run(job, cancel, "explaining selection")
+    finally:
+        cancel.cancel()  # reaches the engine when this coroutine is cancelled ($/cancelRequest)
+    if markdown is None:
+        raise BadRequest("the explanation was cancelled before it started")
+    return markdown
+
+
+def run_model(engine: Engine, instruction: str, max_new_tokens: int, cancel: CancelToken,
+              on_text: OnText | None = None) -> tuple[Prompt, Generation]:
+    """In the worker thread: the instruction prompt, generated to its end (or ``cancel``)."""
+    prompt = build_instruction_prompt(instruction, engine.tokenizer, INSTRUCTION_TOKENS)
+    params = GenerationParams(max_new_tokens=max_new_tokens, stop_strings=prompt.stop_strings)
+    return prompt, engine.generate(prompt.ids, params, cancel, on_text)

@@ -1,10 +1,10 @@
 """The language server: the state it owns and the LSP features it registers.
 
-Handlers here are thin: each converts its errors once (``boundary``) and maps between LSP types
-and the completion path (``completion.py``), the explain command (``explain.py``) and the model
-host (``model_host.py``). pygls owns the documents (incremental sync); this class owns the
-settings, the engine, the one inference worker, the result cache and the per-document request
-that a newer one supersedes.
+Handlers here are thin: each converts its errors once (``boundary``), hands the completion path
+(``completion.py``) and the explain command (``explain.py``) the parts they need as arguments,
+and maps their results to LSP types. pygls owns the documents (incremental sync); this class owns
+the settings, the model host, the one inference worker, the result cache and the per-document
+request state (``requests.py``).
 """
 
 from __future__ import annotations
@@ -12,29 +12,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 
+from .. import __version__
 from ..inference.context import ContextStore
 from ..inference.engine import CancelToken
-from .. import __version__
 from ..inference.errors import InferenceError
 from . import completion, explain
 from .cache import CompletionCache
 from .documents import encoding_name
 from .errors import BadRequest, NotReady, to_response_error
 from .model_host import ModelHost
+from .progress import Progress
 from .protocol import WizardProtocol
+from .requests import DocumentRequests
 from .settings import Settings, merge
 from .status import STATS, Stats, Status
 from .worker import InferenceWorker
-T = TypeVar("T")
+
 log = logging.getLogger(__name__)
 
 
@@ -49,44 +49,12 @@ class WizardServer(LanguageServer):
         self.stats = Stats()
         self.status = Status(self)
         self.worker = InferenceWorker(on_state=self._worker_state)
-        self.last_change: dict[str, float] = {}  # uri -> time.monotonic() of its last change
-        self._pending: dict[str, CancelToken] = {}  # uri -> the newest completion request's token
+        self.requests = DocumentRequests()
         self._warned: set[str] = set()
         self._model_key: tuple[str, str, bool] | None = None  # what the last load was asked for
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    # Requests and the worker -------------------------------------------------------------------
-    def supersede(self, uri: str) -> CancelToken:
-        """A token for a new completion request on ``uri``; the previous one is cancelled."""
-        token = CancelToken()
-        previous = self._pending.get(uri)
-        if previous is not None:
-            previous.cancel()
-        self._pending[uri] = token
-        return token
-
-    def release(self, uri: str, token: CancelToken) -> None:
-        if self._pending.get(uri) is token:
-            del self._pending[uri]
-
-    def cancel_pending(self, uri: str) -> None:
-        """The document changed or closed: its in-flight completion is stale."""
-        token = self._pending.pop(uri, None)
-        if token is not None:
-            token.cancel()
-
-    async def run_job(self, fn: Callable[[CancelToken], T], cancel: CancelToken, label: str) -> T | None:
-        """``fn`` in the worker thread; None when it was skipped because ``cancel`` was set before
-        its turn (a superseded request). Cancelling the awaiting task raises as usual."""
-        future: Future[T] = self.worker.submit(fn, cancel, label)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if future.cancelled() and task is not None and not task.cancelling():
-                return None
-            raise
-
+    # The worker's state ------------------------------------------------------------------------
     def _worker_state(self, state: str, label: str) -> None:
         """From the worker thread: busy while a job runs, idle (or the load error) after."""
         if self.loop is not None:
@@ -113,41 +81,26 @@ class WizardServer(LanguageServer):
         settings = self.settings
         self._model_key = settings.model_key
         self.cache.forget()
-        token = f"wizardcoder-load-{time.monotonic_ns()}"
-        progress = await self._begin_progress(token, "Loading model")
+        progress = await Progress.begin(self, "Loading model", "load")
         self.host.loading = True
         self.status.set("loading", f"loading {settings.model} on {settings.backend}")
         assert self.loop is not None
         loop = self.loop
 
         def message(text: str) -> None:  # worker thread
-            loop.call_soon_threadsafe(self._loading_message, progress, token, text)
+            loop.call_soon_threadsafe(self._loading_message, progress, text)
 
         try:
-            report = await self.run_job(lambda cancel: self.host.load(settings, message), CancelToken(), "loading")
+            report = await self.worker.run(lambda cancel: self.host.load(settings, message), CancelToken(), "loading")
         finally:
-            if progress:
-                self.work_done_progress.end(token, types.WorkDoneProgressEnd())
+            progress.end()
         if report is not None and report.error:
             self.status.set("error", report.error)
         self.show_model_state()
 
-    def _loading_message(self, progress: bool, token: str, text: str) -> None:
-        if progress:
-            self.work_done_progress.report(token, types.WorkDoneProgressReport(message=text))
+    def _loading_message(self, progress: Progress, text: str) -> None:
+        progress.report(text)
         self.status.log(types.MessageType.Info, text)
-
-    async def _begin_progress(self, token: str, title: str) -> bool:
-        window = self.client_capabilities.window
-        if window is None or not window.work_done_progress:
-            return False
-        try:
-            await self.work_done_progress.create_async(token)
-        except Exception as exc:
-            log.warning("window/workDoneProgress/create failed: %s", exc)
-            return False
-        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title))
-        return True
 
     def apply_settings(self, raw: Any) -> None:
         before = self.settings
@@ -203,13 +156,12 @@ def create_server(settings: Settings) -> WizardServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: WizardServer, params: types.DidOpenTextDocumentParams) -> None:
-        ls.last_change[params.text_document.uri] = time.monotonic()
+        ls.requests.opened(params.text_document.uri)
         ls.context.opened(params.text_document.uri, params.text_document.text)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: WizardServer, params: types.DidChangeTextDocumentParams) -> None:
-        ls.last_change[params.text_document.uri] = time.monotonic()
-        ls.cancel_pending(params.text_document.uri)
+        ls.requests.changed(params.text_document.uri)
         if (document := ls.workspace.text_documents.get(params.text_document.uri)) is not None:
             edit = getattr(params.content_changes[-1], "range", None) if params.content_changes else None
             ls.context.changed(params.text_document.uri, document.source, edit.start.line if edit else None)
@@ -222,15 +174,14 @@ def create_server(settings: Settings) -> WizardServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: WizardServer, params: types.DidCloseTextDocumentParams) -> None:
         uri = params.text_document.uri
-        ls.last_change.pop(uri, None)
         ls.cache.forget(uri)
-        ls.cancel_pending(uri)
+        ls.requests.closed(uri)
         ls.context.closed(uri)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: WizardServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
         with boundary(ls, "inlineCompletion"):
-            found = await completion.complete(ls, params.text_document.uri, params.position, ls.protocol.msg_id)
+            found = await complete(ls, params.text_document.uri, params.position)
         if found is None:
             return types.InlineCompletionList(items=[])
         item = types.InlineCompletionItem(insert_text=found.result.text,
@@ -242,7 +193,7 @@ def create_server(settings: Settings) -> WizardServer:
         if ls.client_has_inline_completion:  # that client shows inline completions; no second model run
             return types.CompletionList(is_incomplete=False, items=[])
         with boundary(ls, "completion"):
-            found = await completion.complete(ls, params.text_document.uri, params.position, ls.protocol.msg_id)
+            found = await complete(ls, params.text_document.uri, params.position)
         if found is None:
             return types.CompletionList(is_incomplete=True, items=[])
         return types.CompletionList(is_incomplete=True, items=[completion_item(ls, found)])
@@ -250,7 +201,11 @@ def create_server(settings: Settings) -> WizardServer:
     @server.command(explain.COMMAND)
     async def explain_selection(ls: WizardServer, params: types.ExecuteCommandParams) -> dict[str, str]:
         with boundary(ls, explain.COMMAND):
-            return await explain.explain_selection(ls, params)
+            return await explain.explain_selection(
+                ls.workspace, params.arguments, settings=ls.settings, host=ls.host, worker=ls.worker,
+                stats=ls.stats, request_id=ls.protocol.msg_id,
+                begin_progress=lambda: Progress.begin(ls, "Explaining selection", "explain",
+                                                      params.work_done_token, cancellable=True))
 
     @server.feature(STATS)
     def stats(ls: WizardServer, params: Any) -> dict[str, Any]:
@@ -261,11 +216,17 @@ def create_server(settings: Settings) -> WizardServer:
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: WizardServer, params: Any) -> None:
-        for token in list(ls._pending.values()):
-            token.cancel()
+        ls.requests.cancel_all()
         ls.worker.close()
 
     return server
+
+
+async def complete(ls: WizardServer, uri: str, position: types.Position) -> completion.Completion | None:
+    """The completion path with this server's parts, for both completion requests."""
+    return await completion.complete(ls.workspace, uri, position, settings=ls.settings, host=ls.host, cache=ls.cache,
+                                     requests=ls.requests, worker=ls.worker, context=ls.context, stats=ls.stats,
+                                     warn=ls.warn_once, request_id=ls.protocol.msg_id)
 
 
 def completion_item(ls: WizardServer, found: completion.Completion) -> types.CompletionItem:

@@ -3,12 +3,13 @@
 Jobs wait in a FIFO queue; a job whose ``CancelToken`` is set before its turn is skipped without
 touching the engine. The job function receives its token and must pass it on to
 ``Engine.generate``, so that a cancellation that arrives mid-generation stops the model within a
-token. ``on_state`` hears "busy" before a job runs and "idle" when the queue has drained (from the
-worker thread: the server marshals it onto the loop).
+token. ``run`` awaits a job from the event loop. ``on_state`` hears "busy" before a job runs and
+"idle" when the queue has drained (from the worker thread: the server marshals it onto the loop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -45,6 +46,19 @@ class InferenceWorker:
         job = _Job(fn, cancel or CancelToken(), label)
         self._queue.put(job)
         return job.future
+
+    async def run(self, fn: Callable[[CancelToken], T], cancel: CancelToken, label: str = "") -> T | None:
+        """``fn(cancel)`` in the worker thread, awaited; None when it was skipped because
+        ``cancel`` was set before its turn (a superseded request). Cancelling the awaiting task
+        raises as usual."""
+        future = self.submit(fn, cancel, label)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if future.cancelled() and task is not None and not task.cancelling():
+                return None
+            raise
 
     def close(self) -> None:
         self._queue.put(None)

@@ -63,20 +63,11 @@ def comparable(reference: list[int], margins: list[float]) -> list[int]:
     return reference
 
 
-# In a child: the backend over BMODEL, greedy from each prompt (cold, one engine), stats per prompt.
-GREEDY = """
-from wizardcoder_tpu.inference.backends.tpu import TPUBackend
-backend = TPUBackend({bmodel!r}, devices=[0])
-results = []
-for ids in {prompts!r}:
-    backend.truncate(0)
-    before = backend.stats.block_rows
-    first = backend.greedy_step(ids)
-    rest, reason = backend.generate(first, {steps} - 1)
-    results.append({{"tokens": [first] + rest, "reason": reason, "block_rows": backend.stats.block_rows - before}})
-backend.close()
-emit(results)
-"""
+def run_scenario(name: str, **arguments):
+    """``support.tpu_scenarios.<name>(**arguments)`` in a child interpreter; its result."""
+    code = (f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+            f"from support import tpu_scenarios\nemit(tpu_scenarios.{name}(**{arguments!r}))\n")
+    return run_json(code)
 
 
 # ---- libraries, devices and files that are not right: clear errors, the process lives on --------
@@ -206,7 +197,7 @@ def test_greedy_tokens_equal_the_cpu_backend(kind):
     # so all their tokens are compared (found by scanning seeds 1-11 on the CPU alone).
     seeds = PROMPT_SEEDS[kind]
     prompts = [prompt(24, seeds[0]), prompt(5, seeds[1]), prompt(CHUNK_LEN + 1, seeds[2])]
-    got = run_json(GREEDY.format(bmodel=str(bmodel), prompts=prompts, steps=NEW_TOKENS))
+    got = run_scenario("greedy", bmodel=str(bmodel), prompts=prompts, steps=NEW_TOKENS)
     compared = 0
     for ids, result in zip(prompts, got):
         margins: list[float] = []
@@ -225,26 +216,8 @@ def test_prefix_reuse_through_chunks_equals_a_cold_prefill():
     kind = "llama_gqa"
     bmodel = tiny_bmodel(kind)
     first, second = prompt(20, 4), prompt(20, 4) + prompt(CHUNK_LEN + 3, 5)
-    code = f"""
-from wizardcoder_tpu.inference.backends.tpu import TPUBackend
-from wizardcoder_tpu.inference.engine import Engine, GenerationParams
-
-class Ids:  # the engine needs a tokenizer only for text; these prompts are ids
-    eos_id = -1
-    def decode(self, ids): return ""
-
-warm = Engine(TPUBackend({str(bmodel)!r}, devices=[0]), Ids())
-params = GenerationParams(max_new_tokens={NEW_TOKENS})
-warm.generate({first!r}, params)
-stats = warm.backend.stats
-rows, fed, prefills = stats.block_rows, stats.tokens_fed, stats.prefills
-again = warm.generate({second!r}, params)
-stats = warm.backend.stats
-emit({{"tokens": again.token_ids, "reused": again.reused_tokens, "rows": stats.block_rows - rows,
-       "fed": stats.tokens_fed - fed, "prefills": stats.prefills - prefills, "chunks": stats.chunks}})
-"""
-    warm = run_json(code)
-    cold = run_json(GREEDY.format(bmodel=str(bmodel), prompts=[second], steps=NEW_TOKENS))[0]
+    warm = run_scenario("prefix_reuse", bmodel=str(bmodel), first=first, second=second, new_tokens=NEW_TOKENS)
+    cold = run_scenario("greedy", bmodel=str(bmodel), prompts=[second], steps=NEW_TOKENS)[0]
     margins: list[float] = []
     expected = comparable(cpu_greedy(kind, second, NEW_TOKENS, margins), margins)
     assert warm["tokens"] == cold["tokens"]  # the same device, the same F16: exactly equal
@@ -262,55 +235,7 @@ emit({{"tokens": again.token_ids, "reused": again.reused_tokens, "rows": stats.b
 def test_cancel_stops_within_one_step():
     """cancel() from another thread while the C++ loop runs: no step after the one in flight."""
     bmodel = tiny_bmodel("gpt_bigcode_mq")
-    code = f"""
-import threading
-from wizardcoder_tpu.inference.backends.tpu import TPUBackend
-from wizardcoder_tpu.inference.engine import CancelToken, Engine, GenerationParams
-
-backend = TPUBackend({str(bmodel)!r}, devices=[0])
-reached, cancelled = threading.Event(), threading.Event()
-seen = []
-def on_token(token):
-    seen.append(token)
-    if len(seen) == 3:
-        reached.set()
-        cancelled.wait(30)  # the other thread cancels while this step is still in flight
-    return True
-def canceller():
-    reached.wait(30)
-    backend.cancel()
-    cancelled.set()
-threading.Thread(target=canceller).start()
-first = backend.greedy_step([5, 6, 7])
-decodes = backend.stats.decodes
-tokens, reason = backend.generate(first, 40, on_token=on_token)
-out = {{"tokens": len(tokens), "reason": reason, "decodes": backend.stats.decodes - decodes}}
-
-class Ids:
-    eos_id = -1
-    def decode(self, ids): return "x" * len(ids)
-engine = Engine(backend, Ids())
-token = CancelToken()
-def on_text(text):
-    if len(text) == 2:
-        token.cancel()
-result = engine.generate([5, 6, 7], GenerationParams(max_new_tokens=40), cancel=token, on_text=on_text)
-out["engine"] = [len(result.token_ids), result.stop_reason]
-
-from wizardcoder_tpu.inference.errors import BackendError
-for name, ids in (("empty", []), ("past_vocab", [1, 99999])):
-    try:
-        backend.greedy_step(ids)
-    except BackendError as exc:
-        out[name] = str(exc)
-backend.close()
-try:
-    backend.greedy_step([1])
-except BackendError as exc:
-    out["closed"] = str(exc)
-emit(out)
-"""
-    out = run_json(code)
+    out = run_scenario("cancel_mid_loop", bmodel=str(bmodel))
     assert {k: out.pop(k) for k in ("tokens", "reason", "decodes", "engine")} == {
         "tokens": 3, "reason": "cancelled", "decodes": 3, "engine": [2, "cancelled"]}
     # Misuse is a Python error of the backend, the engine's plain errors included.

@@ -1,4 +1,5 @@
-"""The engine seam on the real CPU backend: prefix reuse, stop conditions, cancellation."""
+"""The engine seam on the real CPU backend: prefix reuse, stop conditions, ending early (done)
+and cancellation."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import time
 import pytest
 
 from reference import backend_greedy
+from support.stubs import IdsTokenizer
 from wizardcoder_tpu.inference.backends.cpu import CPUBackend
 from wizardcoder_tpu.inference.engine import CancelToken, Engine, GenerationParams
 from wizardcoder_tpu.inference.errors import ContextOverflowError, InferenceError
 from wizardcoder_tpu.inference.loader import load_engine
+from wizardcoder_tpu.inference.postprocess import SINGLE, Surroundings, should_stop
 from wizardcoder_tpu.inference.weights import open_checkpoint
 
 
@@ -22,24 +25,13 @@ def tiny_checkpoint(tiny_model_factory):
 
 @pytest.fixture(scope="module")
 def tiny_engine(tiny_checkpoint) -> Engine:
-    return Engine(CPUBackend(tiny_checkpoint), _NoTextTokenizer(eos_id=-1))
+    return Engine(CPUBackend(tiny_checkpoint), IdsTokenizer())
 
 
 @pytest.fixture(scope="module")
 def cold_backend(tiny_checkpoint) -> CPUBackend:
     """A second backend on the same weights: the cold-run reference for prefix reuse."""
     return CPUBackend(tiny_checkpoint)
-
-
-class _NoTextTokenizer:
-    """The tiny random models have no vocabulary files; the engine needs ids only, plus decode
-    for stop strings, which these tests render as space-separated ids."""
-
-    def __init__(self, eos_id: int):
-        self.eos_id = eos_id
-
-    def decode(self, ids):
-        return " ".join(map(str, ids))
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +82,12 @@ def test_cancel_from_another_thread_stops_within_one_step(tiny_engine):
     seen: list[int] = []
     cancelled_after: list[int] = []
 
-    def on_text(text: str) -> None:
+    def on_text(text: str) -> bool:
         seen.append(len(text.split()))
         if len(seen) == 5:
             threading.Thread(target=lambda: (cancel.cancel(), cancelled_after.append(len(seen)))).start()
             time.sleep(0.05)  # let the canceller run while the engine is mid-generation
+        return True
 
     tiny_engine.reset()
     result = tiny_engine.generate(list(range(1, 20)), GenerationParams(max_new_tokens=400), cancel, on_text)
@@ -109,6 +102,24 @@ def test_cancel_before_start_runs_nothing(tiny_engine):
     result = tiny_engine.generate([1, 2, 3], GenerationParams(max_new_tokens=10), cancel)
     assert result.stop_reason == "cancelled" and result.token_ids == []
     assert tiny_engine.backend.tokens_fed == fed
+
+
+def test_on_text_ends_a_generation_as_done_not_cancelled(tiny_engine, cold_backend):
+    """The caller's "I have what I need" is its own event: the text so far is the result, the
+    cancel token stays unset, and the cache holds what was fed, so the next prompt reuses it."""
+    prompt = list(range(3, 40))
+    cancel = CancelToken()
+    tiny_engine.reset()
+    done = tiny_engine.generate(prompt, GenerationParams(max_new_tokens=50), cancel,
+                                on_text=lambda text: len(text.split()) < 6)
+    assert done.stop_reason == "done" and not cancel.cancelled
+    assert done.token_ids == backend_greedy(cold_backend, prompt, 6)
+    assert done.text == " ".join(map(str, done.token_ids))
+    again = tiny_engine.generate(prompt + done.token_ids, GenerationParams(max_new_tokens=2))
+    assert again.reused_tokens == len(prompt) + 5  # the last token was never fed
+    with pytest.raises(TypeError, match="whether to go on"):  # a callback that answers nothing is a bug
+        tiny_engine.generate(prompt, GenerationParams(max_new_tokens=4), on_text=lambda text: None)
+    assert tiny_engine.generate(prompt, GenerationParams(max_new_tokens=6)).token_ids == done.token_ids
 
 
 def test_deadline_stops_generation(tiny_engine):
@@ -135,18 +146,27 @@ def test_context_limits(tiny_engine):
     assert result.stop_reason == "context" and len(result.token_ids) == 3
 
 
-def test_default_model_completes_code_and_stops_at_newline(default_engine):
-    ids = default_engine.tokenizer.encode("def is_prime(n: int) -> bool:\n    ")
+def test_default_model_completes_code_and_post_processing_ends_a_single_line(default_engine):
+    """Single-line completion: post-processing's stream check ends the generation at the token
+    that holds the line break (done, the text kept whole for post-processing to cut)."""
+    prefix = "def is_prime(n: int) -> bool:\n    "
+    ids = default_engine.tokenizer.encode(prefix)
     multi = default_engine.generate(ids, GenerationParams(max_new_tokens=48))
     assert "return" in multi.text or "if" in multi.text
-    single = default_engine.generate(ids, GenerationParams(max_new_tokens=48, stop_at_newline=True))
-    assert single.stop_reason == "newline"
-    assert "\n" not in single.text and multi.text.startswith(single.text)
+    around = Surroundings.of(prefix, "")
+    single = default_engine.generate(ids, GenerationParams(max_new_tokens=48),
+                                     on_text=lambda text: not should_stop(text, around, SINGLE))
+    assert single.stop_reason == "done"
+    assert multi.token_ids[: len(single.token_ids)] == single.token_ids
+    assert "\n" in single.text and "\n" not in default_engine.tokenizer.decode(single.token_ids[:-1])
 
 
 def test_default_model_stops_at_eos(default_engine):
-    chat = "<|im_start|>user\nSay OK.<|im_end|>\n<|im_start|>assistant\n"
-    result = default_engine.generate(default_engine.tokenizer.encode(chat), GenerationParams(max_new_tokens=64))
+    tokenizer = default_engine.tokenizer
+    start, end = tokenizer.require("<|im_start|>"), tokenizer.require("<|im_end|>")
+    chat = [start, *tokenizer.encode("user\nSay OK."), end, *tokenizer.encode("\n"), start,
+            *tokenizer.encode("assistant\n")]
+    result = default_engine.generate(chat, GenerationParams(max_new_tokens=64))
     assert result.stop_reason == "eos"
     assert "<|im_end|>" not in result.text
 
@@ -154,6 +174,7 @@ def test_default_model_stops_at_eos(default_engine):
 def test_streaming_reports_growing_text(default_engine):
     pieces: list[str] = []
     ids = default_engine.tokenizer.encode("# a function that adds two numbers\ndef add(")
-    result = default_engine.generate(ids, GenerationParams(max_new_tokens=20), on_text=pieces.append)
+    result = default_engine.generate(ids, GenerationParams(max_new_tokens=20),
+                                     on_text=lambda text: pieces.append(text) or True)
     assert pieces and pieces[-1] == result.text
     assert all(b.startswith(a) for a, b in zip(pieces, pieces[1:]))

@@ -75,8 +75,8 @@ def _split_digits_first(reference) -> None:
 def _assert_parity(ours: Tokenizer, reference, corpus: list[str]) -> None:
     mismatches = []
     for text in corpus:
-        ids = ours.encode(text)
-        expected = reference.encode(text, add_special_tokens=False)
+        ids = ours.encode(text)  # special spellings stay text: the reference is told the same
+        expected = reference.encode(text, add_special_tokens=False, split_special_tokens=True)
         if ids != expected:
             mismatches.append(text[:80])
             continue
@@ -97,8 +97,8 @@ def test_default_tokenizer_matches_transformers_gguf_tokenizer(default_model, co
     reference = AutoTokenizer.from_pretrained(default_model.parent, gguf_file=default_model.name)
     _split_digits_first(reference)
     _assert_parity(ours, reference, corpus)
-    # byte-level BPE is lossless on text without special-token spellings
-    assert all(ours.decode(ours.encode(t)) == t for t in corpus if "<|" not in t)
+    # byte-level BPE is lossless, special-token spellings included (they are text)
+    assert all(ours.decode(ours.encode(t)) == t for t in corpus)
 
 
 def test_starcoder_tokenizer_matches_transformers(starcoder_vocab, corpus):
@@ -117,8 +117,10 @@ def test_special_tokens_are_looked_up_by_name(starcoder_vocab, default_model):
     starcoder = Tokenizer.from_vocab_merges(starcoder_vocab / "vocab.json", starcoder_vocab / "merges.txt")
     assert starcoder.has_fim
     assert starcoder.eos_token == "<|endoftext|>"
-    assert starcoder.encode(f"{FIM_PREFIX}x{FIM_SUFFIX}") == [starcoder.require(FIM_PREFIX), starcoder.encode("x")[0],
-                                                              starcoder.require(FIM_SUFFIX)]
+    spelled = f"{FIM_PREFIX}x{FIM_SUFFIX}<|endoftext|>"  # in the user's text, special spellings stay text
+    ids = starcoder.encode(spelled)
+    assert not {starcoder.require(FIM_PREFIX), starcoder.require(FIM_SUFFIX), starcoder.eos_id} & set(ids)
+    assert starcoder.decode(ids) == spelled and starcoder.encode_batch([spelled, "x"]) == [ids, starcoder.encode("x")]
     smol = open_checkpoint(default_model).tokenizer()
     assert not smol.has_fim
     assert smol.eos_token == "<|im_end|>"

@@ -62,6 +62,20 @@ def _filter(manifest: Manifest, net: str, feeds: dict[str, np.ndarray]) -> dict[
     return {t["name"]: feeds[t["name"]] for t in manifest.piece(net)["inputs"]}
 
 
+def attention_mask(rows: int, start: int, n: int, mask_value: np.float32, cached: bool = True) -> np.ndarray:
+    """The additive mask a block piece takes, as the C++ engine builds it: without the cache (the
+    prefill ``block``) [1, 1, rows, rows], causal; against the cache (``block_chunk``,
+    ``block_cache``) [1, 1, rows, n + rows]: the cached prefix (columns before ``start``) visible,
+    the cache's rows past it hidden, the new rows (columns ``n`` on) causal among themselves."""
+    causal = np.triu(np.full((rows, rows), mask_value, np.float32), 1)
+    if not cached:
+        return causal[None, None]
+    mask = np.full((1, 1, rows, n + rows), mask_value, np.float32)
+    mask[..., :start] = 0
+    mask[0, 0, :, n:] = causal
+    return mask
+
+
 class Stepper:
     """Drives the pieces; holds the KV cache on the host as [1, N, kv, d] per layer."""
 
@@ -89,7 +103,7 @@ class Stepper:
         input_ids = np.zeros((1, n), np.int32)
         input_ids[0, :length] = ids
         positions = np.arange(n, dtype=np.int32)[None]
-        mask = np.triu(np.full((n, n), self.mask_value, np.float32), 1)[None, None]
+        mask = attention_mask(n, 0, n, self.mask_value, cached=False)
         hidden = self._run("embed", input_ids=input_ids, position_ids=positions)["hidden"]
         for i in range(self.c.num_layers):
             out = self._run(f"block_{i}", hidden=hidden, position_ids=positions, attention_mask=mask)
@@ -108,9 +122,7 @@ class Stepper:
         for j, token in enumerate(ids):
             hidden[:, j] = self._embed_one(token, p0 + j)[:, 0]
         positions = (p0 + np.arange(self.k, dtype=np.int32))[None]
-        mask = np.full((1, 1, self.k, self.n + self.k), self.mask_value, np.float32)
-        mask[..., :p0] = 0  # the cached prefix
-        mask[0, 0, :, self.n:] = np.triu(np.full((self.k, self.k), self.mask_value, np.float32), 1)
+        mask = attention_mask(self.k, p0, self.n, self.mask_value)
         for i in range(self.c.num_layers):
             out = self._run(f"block_chunk_{i}", hidden=hidden, position_ids=positions, attention_mask=mask,
                             past_k=self.cache_k[i], past_v=self.cache_v[i])
@@ -131,9 +143,7 @@ class Stepper:
             raise ValueError(f"the context of {self.n} positions is full")
         hidden = self._embed_one(token, p)
         positions = np.array([[p]], np.int32)
-        mask = np.full((1, 1, 1, self.n + 1), self.mask_value, np.float32)
-        mask[..., :p] = 0
-        mask[..., self.n] = 0  # the token itself
+        mask = attention_mask(1, p, self.n, self.mask_value)  # the cache before p, and the token itself
         for i in range(self.c.num_layers):
             out = self._run(f"block_cache_{i}", hidden=hidden, position_ids=positions, attention_mask=mask,
                             past_k=self.cache_k[i], past_v=self.cache_v[i])

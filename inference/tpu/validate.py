@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .stepper import attention_mask
+
 # Minimum cosine similarity per quantization (f16 and int4 from the issue; int8 in between).
 THRESHOLDS = {"f16": 0.99, "int8": 0.98, "int4": 0.95}
 
@@ -36,7 +38,7 @@ def piece_inputs(spec: dict, manifest, seed: int = 0) -> dict[str, np.ndarray]:
         elif name == "position_ids":
             feeds[name] = (start + np.arange(shape[-1], dtype=np.int32))[None]
         elif name == "attention_mask":
-            feeds[name] = _mask(kind, shape, start, n, mask_value)
+            feeds[name] = attention_mask(shape[-2], start, n, mask_value, cached=kind != "block")
         elif name in ("past_k", "past_v"):
             past = rng.standard_normal(shape).astype(np.float32)
             past[:, start:] = 0  # rows past the cached length: never visible, as in the engine
@@ -44,16 +46,6 @@ def piece_inputs(spec: dict, manifest, seed: int = 0) -> dict[str, np.ndarray]:
         else:  # hidden states
             feeds[name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
-
-
-def _mask(kind: str, shape: tuple[int, ...], start: int, n: int, mask_value: np.float32) -> np.ndarray:
-    rows, cols = shape[-2], shape[-1]
-    if kind == "block":  # the prompt against itself, causal
-        return np.triu(np.full((rows, cols), mask_value, np.float32), 1)[None, None]
-    mask = np.full(shape, mask_value, np.float32)
-    mask[..., :start] = 0  # the cached prefix
-    mask[0, 0, :, n:] = np.triu(np.full((rows, rows), mask_value, np.float32), 1)  # the new tokens, causal
-    return mask
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
