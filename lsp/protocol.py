@@ -44,6 +44,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from typing import Any
 
+import attrs
 from cattrs import transform_error
 from lsprotocol import types
 from pygls.capabilities import ServerCapabilitiesBuilder
@@ -209,6 +210,9 @@ class WizardProtocol(LanguageServerProtocol):
         """The message as lsprotocol's type for ``method`` (pygls' generic one for other methods,
         params as attribute objects); ``_Invalid`` with the fields at fault (never their values)."""
         message_type = self.get_message_type(method)
+        if message_type is not None and ("id" in attrs.fields_dict(message_type)) != ("id" in data):
+            raise _Invalid(f"{method} is a {'request' if 'id' not in data else 'notification'} in LSP: "
+                           f"send it {'with' if 'id' not in data else 'without'} an id")
         if message_type is None:
             params = data.get("params")
             kwargs = {"id": data["id"]} if "id" in data else {}
