@@ -9,7 +9,8 @@ waits for ever. Here a frame goes through ``receive``, which answers in JSON-RPC
 
 - not UTF-8 JSON: -32700 ParseError (id null); not a JSON-RPC 2.0 message: -32600 InvalidRequest
   (with the id when there is one; a notification is dropped with a log line that quotes nothing);
-- parameters that do not fit the method's LSP type: -32602 InvalidParams naming the fields;
+- parameters that do not fit the method's LSP type: -32602 InvalidParams naming the fields (types
+  checked strictly: a line ``"1"`` or ``1.5`` is not an integer, a text ``5`` is not a string);
 - before ``initialize``: -32002 ServerNotInitialized; a second ``initialize``, or any request after
   ``shutdown``: -32600 InvalidRequest; ``exit`` ends the session with 0 after ``shutdown``, 1 without;
 - a handler that fails unexpectedly: its error without pygls' traceback in ``data``.
@@ -77,6 +78,8 @@ class WizardProtocol(LanguageServerProtocol):
 
     def __init__(self, server: Any, converter: Any):
         super().__init__(server, converter)
+        for kind, check in ((int, _strict_int), (str, _strict_str), (bool, _strict_bool)):
+            converter.register_structure_hook(kind, check)
         self.initialized = False  # an initialize request was accepted
         self._initialized_seen = False  # the initialized notification was handled
         self.exit_code: int | None = None  # set by exit
@@ -358,6 +361,26 @@ class _Invalid(Exception):
     def __init__(self, detail: str):
         super().__init__(detail)
         self.detail = detail
+
+
+# cattrs converts by calling the type: a line "1" or 1.5 became 1 and a text 5 became "5", so the
+# server applied edits that the editor never made. LSP's schema says integer, string, boolean.
+def _strict_int(value: Any, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("expected an integer")
+    return value
+
+
+def _strict_str(value: Any, _: type) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def _strict_bool(value: Any, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError("expected true or false")
+    return value
 
 
 def _no_constant(name: str) -> Any:

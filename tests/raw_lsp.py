@@ -45,6 +45,7 @@ class RawClient:
         self.messages: list[dict[str, Any]] = []  # everything the server sent, in order
         self.answer_server_requests = True
         self.malformed: list[str] = []
+        self.answers: dict[tuple[str, Any], list[dict[str, Any]]] = {}  # (type, id) -> responses
         self._lock = threading.Condition()
         self._next_id = 0
         self._closed = False
@@ -226,9 +227,16 @@ class RawClient:
             raise MalformedOutput(f"the server sent a message that is not JSON-RPC 2.0: {body[:200]!r}")
         with self._lock:
             self.messages.append(message)
+            if "method" not in message:
+                self.answers.setdefault(answer_key(message.get("id")), []).append(message)
             self._lock.notify_all()
         if "method" in message and "id" in message and self.answer_server_requests:
             self.send({"jsonrpc": "2.0", "id": message["id"], "result": None})
+
+
+def answer_key(msg_id: Any) -> tuple[str, Any]:
+    """Request ids 1 and "1" are different requests."""
+    return type(msg_id).__name__, msg_id
 
 
 def _take_frame(buffer: bytes) -> tuple[bytes, bytes] | None:

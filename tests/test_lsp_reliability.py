@@ -41,6 +41,7 @@ def inline_params(uri: str, line: int, character: int) -> dict:
 
 @pytest.fixture(scope="module")
 def server():
+    LOG.unlink(missing_ok=True)  # the log test reads this session's lines only
     client = RawClient.stdio(LOG)
     client.initialize(SETTINGS)
     yield client
@@ -286,6 +287,22 @@ def test_a_lone_surrogate_does_not_break_completion_or_explain(server):
     assert "result" in explain and explain["result"]["markdown"], explain
 
 
+def test_a_file_the_editor_did_not_open_is_never_read(server, tmp_path):
+    on_disk = tmp_path / "on_disk.py"
+    on_disk.write_text(f"# {SECRET}\ndef add(a, b):\n    return ", encoding="utf-8")
+    uri = on_disk.as_uri()
+    mark = len(server.messages)
+    response = server.call(INLINE, inline_params(uri, 2, 11))
+    assert response["error"]["code"] == -32602 and "not open" in response["error"]["message"]
+    server.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [
+        {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}, "text": "x"}]})
+    explain = server.call("workspace/executeCommand", {"command": "wizardcoder.explainSelection", "arguments": [
+        uri, {"start": {"line": 0, "character": 0}, "end": {"line": 2, "character": 11}}]})
+    assert explain["error"]["code"] == -32602 and "not open" in explain["error"]["message"]
+    assert uri not in server.digests()
+    assert SECRET not in json.dumps(server.messages[mark:])
+
+
 # Logs ------------------------------------------------------------------------------------------
 def test_messages_with_a_bad_jsonrpc_are_logged_without_their_content(server):
     document = {"textDocument": {"uri": "file:///tmp/secret.py", "languageId": "python", "version": 1,
@@ -426,3 +443,69 @@ def test_an_engine_exception_mid_generation_is_reported_and_the_server_keeps_ser
     finally:
         client.close()
         client_in.close()
+
+
+# Soak ------------------------------------------------------------------------------------------
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def type_keys(client: RawClient, documents: dict[str, list[str]], count: int, start: int) -> list[int]:
+    """``count`` keystrokes round-robin over ``documents`` (each a list of lines, edited here as the
+    server should): insert a character at the end, ask for a completion there, cancel every fifth
+    request. The request ids."""
+    ids = []
+    uris = sorted(documents)
+    for n in range(start, start + count):
+        uri = uris[n % len(uris)]
+        lines = documents[uri]
+        key = "\n" if n % 23 == 22 else "abcdefghij("[n % 11]
+        line, character = len(lines) - 1, len(lines[-1])
+        client.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": n + 2}, "contentChanges": [
+            {"range": {"start": {"line": line, "character": character}, "end": {"line": line, "character": character}},
+             "text": key}]})
+        if key == "\n":
+            lines.append("")
+        else:
+            lines[-1] += key
+        ids.append(client.request(INLINE, inline_params(uri, len(lines) - 1, len(lines[-1]))))
+        if n % 5 == 4:
+            client.notify("$/cancelRequest", {"id": ids[-2]})
+        time.sleep(0.005)
+    return ids
+
+
+@pytest.mark.slow
+def test_soak_1000_keystrokes_with_cancels_one_answer_each_and_flat_memory(tmp_path):
+    client = RawClient.stdio(tmp_path / "server.log", level="warning")
+    try:
+        client.initialize({**SETTINGS, "maxNewTokens": 4, "debounceMs": 30})
+        documents = {f"file:///tmp/soak{k}.py": ["# soak", f"def f{k}(x):", "    return "] for k in range(3)}
+        for uri, lines in documents.items():
+            client.open(uri, "\n".join(lines))
+        warm = type_keys(client, documents, 100, 0)
+        for msg_id in warm:
+            client.response(msg_id, timeout=300)
+        before = rss_kib(client.process.pid)
+        ids = type_keys(client, documents, 900, 100)
+        for msg_id in ids:
+            client.response(msg_id, timeout=300)
+        time.sleep(1.0)
+        after = rss_kib(client.process.pid)
+        answers = [len(client.responses(msg_id)) for msg_id in warm + ids]
+        assert answers == [1] * 1000
+        kinds = {"result" if "result" in r else r["error"]["code"] for i in ids for r in client.responses(i)}
+        assert kinds <= {"result", -32800}, kinds  # answered, or cancelled
+        assert after < before * 1.10, f"RSS grew from {before} KiB to {after} KiB"
+        expected = {uri: "\n".join(lines) for uri, lines in documents.items()}
+        digests = client.digests()
+        for uri, text in expected.items():
+            assert digests[uri]["sha256"] == __import__("hashlib").sha256(text.encode()).hexdigest()
+        print(f"\nsoak: 1000 keystrokes, RSS {before} KiB after warm-up, {after} KiB at the end "
+              f"({(after - before) / before:+.1%})")
+        assert client.shutdown_and_exit() == 0
+    finally:
+        client.close()
