@@ -82,8 +82,7 @@ class WizardProtocol(LanguageServerProtocol):
             converter.register_structure_hook(kind, check)
         self.initialized = False  # an initialize request was accepted
         self._initialized_seen = False  # the initialized notification was handled
-        self.exit_code: int | None = None  # set by exit
-        self.on_exit: Callable[[], None] = lambda: None  # the transport stops reading
+        self.exit_code: int | None = None  # set by exit; the transport then stops reading
         self._error_shown = False
 
     # Receiving ---------------------------------------------------------------------------------
@@ -252,7 +251,6 @@ class WizardProtocol(LanguageServerProtocol):
         for future in list(self._request_futures.values()):
             if not future.done():
                 future.cancel()
-        self.on_exit()
 
     # Answering ---------------------------------------------------------------------------------
     def _send_error(self, msg_id: Any, error: JsonRpcException) -> None:
