@@ -32,6 +32,7 @@ READ_CHUNK = 64 * 1024
 # The start of a frame: a Content-Length header with digits and its line break.
 FRAME_START = re.compile(rb"content-length[ \t]*:[ \t]*[0-9]+[ \t]*\r?\n", re.IGNORECASE)
 _LENGTH = re.compile(rb"[ \t]*([0-9]+)[ \t]*")
+_HEADER_PREFIX = re.compile(rb"content-length[ \t]*(:[ \t]*([0-9]+[ \t]*\r?)?)?")  # a frame start, cut short
 _HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _KEEP_FOR_PATTERN = 256  # bytes kept while searching, so that a header split across reads is found
 
@@ -51,6 +52,8 @@ class FrameReader:
         self._buffer = bytearray()
         self._eof = False
         self._skipping = False  # dropping bytes until the next frame start (the problem was reported)
+        self._scanned = 0  # bytes of the current body already searched for a frame start
+        self._scanned = 0  # bytes of the current body already searched for a frame start
 
     async def next(self) -> Frame | None:
         """The next frame, or None when the stream has ended."""
@@ -99,22 +102,34 @@ class FrameReader:
                 # the line may hold the next frame's start after some garbage: search from inside it
                 return self._resync(position + 1, problem)
             if value is not None:
-                if length is not None and length != value:
-                    return self._resync(end + 1, "two different Content-Length headers")
+                if length is not None and length != value:  # this line may be the next frame's start
+                    return self._resync(position, "two different Content-Length headers")
                 length = value
             position = end + 1
 
     def _body(self, start: int, length: int) -> Frame | None:
-        available = self._buffer[start:start + length]
-        found = FRAME_START.search(available)  # a header inside the body: the declared length was wrong
-        if found is not None:
-            dropped = start + found.start()
-            del self._buffer[:dropped]
+        buffer = self._buffer
+        # the next frame's header starting inside the body: the declared length was wrong
+        # (each byte searched once, not again from the body's start on each read of a large body)
+        found = FRAME_START.search(buffer, start + max(0, self._scanned - _KEEP_FOR_PATTERN),
+                                   start + length + _KEEP_FOR_PATTERN)
+        if found is not None and found.start() < start + length:
+            dropped = found.start()
+            del buffer[:dropped]
+            self._scanned = 0
             return Frame(None, f"the next frame began inside a body declared as {length} bytes", dropped)
-        if len(available) < length:
-            return self._resync(len(self._buffer), "the stream ended inside a body") if self._eof else None
-        del self._buffer[:start + length]
-        return Frame(bytes(available))
+        self._scanned = max(0, len(buffer) - start)
+        if len(buffer) < start + length:
+            if self._eof:
+                self._scanned = 0
+                return self._resync(len(buffer), "the stream ended inside a body")
+            return None
+        if not self._eof and _may_begin_a_header(buffer, start, start + length):
+            return None  # the body ends like a header's start: the bytes after it decide
+        body = bytes(buffer[start:start + length])
+        del buffer[:start + length]
+        self._scanned = 0
+        return Frame(body)
 
     def _resync(self, skip_to: int, problem: str) -> Frame:
         """Drop bytes up to the next frame start at or after ``skip_to`` (reading on when there is
@@ -128,6 +143,21 @@ class FrameReader:
             self._skipping = True
         del self._buffer[:dropped]
         return Frame(None, problem, dropped)
+
+
+def _may_begin_a_header(buffer: bytearray, start: int, end: int) -> bool:
+    """Whether a frame start may begin in the body's last bytes and run on past its end (a frame
+    that declared a few bytes too many swallows the next one's "Content-Le"). A JSON body ends with
+    ``}``, so this holds only for a broken frame, and waiting for more bytes costs no client an
+    answer."""
+    window = bytes(buffer[max(start, end - _KEEP_FOR_PATTERN):]).lower()
+    body_end = len(window) - (len(buffer) - end)
+    for at in range(body_end):
+        if window[at] == ord("c"):
+            candidate = window[at:]
+            if b"content-length".startswith(candidate) or _HEADER_PREFIX.fullmatch(candidate):
+                return True
+    return False
 
 
 def header_length(line: bytes) -> tuple[str, int | None]:

@@ -404,13 +404,15 @@ def machine(client: RawClient, tally: Tally) -> type[RuleBasedStateMachine]:
                                               "result": data.draw(JSON)})
 
         def do_broken_frame(self, data: st.DataObject) -> None:
-            """Bytes that do not frame a message; the body is never shorter than a declared length
-            that fits (a reader cannot tell such a frame from the start of the next one)."""
+            """Bytes that do not frame a message. A declared length may be a few bytes longer than
+            the body (the reader must find the next frame's header inside it), never more than
+            that header is long: then the next frame would be cut in the middle of its body, which
+            no reader can tell from a frame of its own."""
             header = data.draw(st.sampled_from(BROKEN_HEADERS))
             body = data.draw(st.binary(max_size=40)).replace(b"\n", b" ")
             declared = header.rsplit(b" ", 1)[-1]
             if declared.isdigit() and int(declared) < 1000:
-                body = body.ljust(int(declared), b"x")
+                body = body.ljust(int(declared), b"x")[:int(declared) - data.draw(st.integers(0, 16))]
             separator = data.draw(st.sampled_from([b"\r\n\r\n", b"\r\n", b"\n\n", b""]))
             tally.sent["broken frame"] += 1
             client.send_bytes(header + separator + body)

@@ -89,6 +89,8 @@ BAD_FRAMES = {
     "NUL in a header": b"Content-Length: 2\x00\r\n\r\n{}",
     "length too short": b'Content-Length: 3\r\n\r\n{"jsonrpc": "2.0"}',
     "length too long": b'Content-Length: 5000\r\n\r\n{"jsonrpc": "2.0"}',
+    "length a few bytes too long": b'Content-Length: 25\r\n\r\n{"jsonrpc": "2.0"}',  # eats "Content"
+    "two different lengths": b"Content-Length: 5\r\n",  # the next frame's header joins this block
     "garbage line": b"hello\r\n",
     "8000-digit length": b"Content-Length: " + b"9" * 8000 + b"\r\n\r\n{}",
 }
@@ -101,6 +103,12 @@ async def test_frame_reader_resynchronises_at_the_next_header(name, chunk):
     bodies = [f.body for f in frames if f.body is not None and f.body.startswith(b'{"jsonrpc": "2.0", "method"')]
     assert len(bodies) == 2, frames  # both good frames after the bad one arrive whole
     assert frames[-1].body == frames[-2].body == GOOD.split(b"\r\n\r\n", 1)[1]
+
+
+async def test_frame_reader_reads_a_large_body_whole():
+    body = json.dumps({"jsonrpc": "2.0", "method": "x", "params": {"text": "x\\n" * 3_000_000}}).encode()
+    frames = await read_all(b"Content-Length: %d\r\n\r\n" % len(body) + body + GOOD, 65536)
+    assert [f.body for f in frames] == [body, GOOD.split(b"\r\n\r\n", 1)[1]]
 
 
 async def test_frame_reader_caps_the_frame_size_without_allocating_it():
