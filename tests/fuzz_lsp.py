@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from raw_lsp import RawClient, answer_key, free_port, frame, start_tcp_server  # noqa: E402
+from raw_lsp import RawClient, answer_key, free_port, start_tcp_server  # noqa: E402
 
 SETTINGS = {"maxNewTokens": 4, "debounceMs": 0, "explainMaxNewTokens": 4}
 ANSWER_TIMEOUT_S = 300.0
