@@ -1,6 +1,7 @@
 """The server as a hostile or buggy client finds it: bad frames, bad parameters, the lifecycle out
 of order, edits that pygls applied wrongly, a second TCP client, faults in the model. Each test
-is named after what it protects; each failed on the code before the fix (issue 14).
+is named after what it protects. The regression tests of issue 14's defects failed on the code
+before the fix; the model-fault, UTF-8 and soak tests hold what already worked.
 
 Most tests speak through ``raw_lsp.RawClient`` (pytest-lsp cannot send a broken frame). One
 server with the real default model serves the module; tests of the lifecycle start their own
@@ -283,6 +284,16 @@ def test_server_copy_follows_edits_as_the_editor_applies_them(server):
     digest = server.digests()[uri]
     assert digest["sha256"] == hashlib.sha256(text.encode()).hexdigest()
     assert digest["version"] == 4
+
+
+def test_server_copy_counts_utf8_units_when_negotiated(fresh):
+    result = fresh.initialize(encodings=["utf-8", "utf-16"], wait_for_model=False)
+    assert result["capabilities"]["positionEncoding"] == "utf-8"
+    uri = "file:///tmp/utf8.py"
+    fresh.open(uri, "é😀x\nz")
+    fresh.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [
+        {"range": {"start": {"line": 0, "character": 6}, "end": {"line": 0, "character": 6}}, "text": "|"}]})
+    assert fresh.digests()[uri]["sha256"] == hashlib.sha256("é😀|x\nz".encode()).hexdigest()
 
 
 def test_a_lone_surrogate_does_not_break_completion_or_explain(server):
