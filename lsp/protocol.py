@@ -43,7 +43,7 @@ import re
 import uuid
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Union
 
 import attrs
 from cattrs import transform_error
@@ -78,8 +78,10 @@ class WizardProtocol(LanguageServerProtocol):
 
     def __init__(self, server: Any, converter: Any):
         super().__init__(server, converter)
-        for kind, check in ((int, _strict_int), (str, _strict_str), (bool, _strict_bool)):
+        for kind, check in ((int, _strict_int), (str, _strict_str), (bool, _strict_bool),
+                            (Union[int, str], _strict_id)):  # request ids and progress tokens
             converter.register_structure_hook(kind, check)
+        self._outgoing: set[Any] = set()  # ids of our requests to the client still awaiting an answer
         self.initialized = False  # an initialize request was accepted
         self._initialized_seen = False  # the initialized notification was handled
         self.exit_code: int | None = None  # set by exit; the transport then stops reading
@@ -190,6 +192,10 @@ class WizardProtocol(LanguageServerProtocol):
         if not _is_id(msg_id) or ("result" in data) == ("error" in data):
             log.warning("dropped a response without a usable id, or without exactly one of result and error")
             return
+        if msg_id not in self._outgoing:  # pygls would match the client's own pending request
+            log.warning("dropped a response to %r, which is no request of this server's", msg_id)
+            return
+        self._outgoing.discard(msg_id)
         if "error" in data:
             try:
                 error = self._converter.structure(data["error"], types.ResponseError)
@@ -274,6 +280,13 @@ class WizardProtocol(LanguageServerProtocol):
             log.info("request %r: error %d: %s", msg_id, exc.code, exc.message)
         self._send_error(msg_id, to_response_error(exc))
 
+    def _handle_cancel_notification(self, msg_id: Any) -> None:
+        """pygls' cancel, for the client's own requests only (not this server's to the client)."""
+        if msg_id in self._outgoing:
+            log.warning("ignored a cancel of %r, a request of this server's", msg_id)
+            return
+        super()._handle_cancel_notification(msg_id)
+
     def _check_handler_result(self, future: Future[Any]) -> None:
         if future.cancelled() or (exc := future.exception()) is None:
             return
@@ -293,6 +306,7 @@ class WizardProtocol(LanguageServerProtocol):
                      msg_id: Any | None = None) -> Future[Any]:
         """pygls' request to the client, failed with an error when no answer comes in time."""
         request_id = msg_id if msg_id is not None else str(uuid.uuid4())
+        self._outgoing.add(request_id)
         future = super().send_request(method, params, callback, request_id)
         try:
             loop = asyncio.get_running_loop()
@@ -302,6 +316,9 @@ class WizardProtocol(LanguageServerProtocol):
         return future
 
     def _expire(self, request_id: Any, method: str) -> None:
+        if request_id not in self._outgoing:
+            return
+        self._outgoing.discard(request_id)
         future = self._request_futures.pop(request_id, None)
         self._result_types.pop(request_id, None)
         if future is not None and not future.done():
@@ -372,6 +389,12 @@ def _strict_int(value: Any, _: type) -> int:
 def _strict_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
         raise TypeError("expected a string")
+    return value
+
+
+def _strict_id(value: Any, _: type) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError("expected an integer or a string")
     return value
 
 

@@ -136,6 +136,7 @@ class Tally:
     documents_checked: int = 0
     documents_equal: int = 0
     crashes: int = 0
+    internal_errors: int = 0
     summary: tuple[int, int, int, Counter] = (0, 0, 0, Counter())  # answers(), taken at the end
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
@@ -162,6 +163,7 @@ class Tally:
         rows = [f"| Transport | {self.transport} |", "|---|---|",
                 f"| Messages sent | {self.messages:,} in {self.seconds:.0f} s ({self.examples} hypothesis examples) |",
                 f"| Crashes | {self.crashes} |",
+                f"| Internal errors (tracebacks in the server log) | {self.internal_errors} |",
                 f"| Malformed frames from the server | {len(client.malformed)} |",
                 f"| Requests owed an answer | {owed:,} |",
                 f"| ... answered exactly once | {once:,} |",
@@ -492,6 +494,8 @@ def check_example(client: RawClient, tally: Tally, documents: dict[str, ClientDo
 def run(transport: str, messages: int, log_dir: Path, seed: int = 0) -> tuple[Tally, str]:
     """Fuzz a fresh server with about ``messages`` messages; the tally and its table."""
     log_file = log_dir / f"fuzz-{transport}.log"
+    for old in log_dir.glob(log_file.name + "*"):  # this run's log only (it rotates: count every file)
+        old.unlink()
     process = None
     if transport == "stdio":
         client = RawClient.stdio(log_file, level="warning")
@@ -512,6 +516,8 @@ def run(transport: str, messages: int, log_dir: Path, seed: int = 0) -> tuple[Ta
         alive = client.call("wizardcoder/stats", omit_params=True, timeout=ANSWER_TIMEOUT_S)
         assert "result" in alive, alive
         tally.summary = tally.answers(client)
+        tally.internal_errors = sum(path.read_text(encoding="utf-8", errors="replace").count("Traceback")
+                                    for path in log_dir.glob(log_file.name + "*"))
         code = client.shutdown_and_exit()
         assert code in (0, None), f"exit code {code}"
     except AssertionError:

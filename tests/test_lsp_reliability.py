@@ -161,6 +161,25 @@ def test_invalid_params_get_an_invalid_params_error_and_no_popups(server):
     assert popups == []
 
 
+def test_a_response_with_the_id_of_a_clients_own_request_changes_nothing(server):
+    server.open("file:///tmp/own.py", CODE)
+    msg_id = server.request(INLINE, inline_params("file:///tmp/own.py", 1, 11))
+    server.send({"jsonrpc": "2.0", "id": msg_id, "result": {"items": [{"insertText": "forged"}]}})
+    response = server.response(msg_id, timeout=60)
+    assert "forged" not in json.dumps(response)
+    assert_alive(server)
+    assert len(server.responses(msg_id)) == 1
+    assert "failed to handle a message" not in LOG.read_text(encoding="utf-8")
+
+
+def test_cancels_with_ids_that_are_not_ids_are_dropped(server):
+    for bad in ([1], {"a": 1}, None, 1.5, True):
+        server.notify("$/cancelRequest", {"id": bad})
+        server.notify("window/workDoneProgress/cancel", {"token": bad})
+    assert_alive(server)
+    assert "failed to handle a message" not in LOG.read_text(encoding="utf-8")
+
+
 def test_stats_without_params_is_answered(server):
     response = server.call("wizardcoder/stats", omit_params=True)
     assert "engineCalls" in response["result"]
