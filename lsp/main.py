@@ -1,22 +1,32 @@
 """``wizardcoder-tpu serve``: logging to a file, the settings from the command line, then the
-server on stdio (the default) or TCP (loopback unless a host is given).
+server on stdio (the default) or TCP on a loopback address.
 
 stdout belongs to the protocol: the protocol gets the real stdout and ``sys.stdout`` is pointed
 at stderr, so that a stray print cannot corrupt a message.
+
+TCP listens on loopback only: the server has no authentication, so any host that could reach the
+port could read the open documents. ``--tcp 0.0.0.0:PORT`` (any address that is not loopback) is
+refused at start. The log rotates (``LOG_BYTES`` per file, ``LOG_BACKUPS`` old files kept) and
+holds no document text at the default level (``warning``); ``--log-level debug`` may.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import logging.handlers
 import sys
 from pathlib import Path
 
 from ..inference.paths import cache_dir
 from .server import create_server
 from .settings import from_command_line
+from .transport import serve_stdio, serve_tcp
 
 DEFAULT_HOST = "127.0.0.1"
+LOG_BYTES = 4 * 1024 * 1024
+LOG_BACKUPS = 2
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -29,12 +39,10 @@ def serve(args: argparse.Namespace) -> int:
     server = create_server(from_command_line(args))
     logging.getLogger(__name__).info("serving (log: %s) on %s", log_file, "tcp %s:%d" % host_port if host_port else "stdio")
     if host_port is not None:
-        server.start_tcp(*host_port)
-        return 0
+        return serve_tcp(server, *host_port)
     protocol_out = sys.stdout.buffer
     sys.stdout = sys.stderr
-    server.start_io(sys.stdin.buffer, protocol_out)
-    return 0
+    return serve_stdio(server, sys.stdin.buffer, protocol_out)
 
 
 def parse_tcp(value: str) -> tuple[str, int]:
@@ -46,14 +54,31 @@ def parse_tcp(value: str) -> tuple[str, int]:
         raise ValueError(f"--tcp expects HOST:PORT, got {value!r}") from None
     if not 0 < number < 65536:
         raise ValueError(f"--tcp port {number} is out of range")
-    return host.strip("[]") or DEFAULT_HOST, number
+    host = host.strip("[]") or DEFAULT_HOST
+    if not is_loopback(host):
+        raise ValueError(f"--tcp {value}: refusing to listen on {host}, which is not a loopback address. "
+                         "The server has no authentication: any host that can reach the port could read "
+                         "the documents you have open. Listen on 127.0.0.1 (the default) and reach it "
+                         "from elsewhere through an SSH tunnel")
+    return host, number
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a literal loopback address (127.0.0.0/8, ::1); no name is resolved."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def setup_logging(path: str | None, level: str) -> Path:
-    """Log to ``path`` (default ``<cache>/server.log``); request ids and timings go there."""
+    """Log to ``path`` (default ``<cache>/server.log``, rotated); request ids and timings go there."""
     log_file = Path(path).expanduser() if path else cache_dir() / "server.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_BYTES, backupCount=LOG_BACKUPS,
+                                                   encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
     handler.addFilter(_client_gone)
     root = logging.getLogger()
