@@ -140,7 +140,7 @@ class Engine:
 
         def accept(token: int) -> bool:
             """Record one new token; False ends the generation."""
-            if token == self.tokenizer.eos_id:
+            if token in self.tokenizer.stop_ids:
                 state["reason"] = "eos"
                 return False
             generated.append(token)

@@ -116,9 +116,10 @@ def build_prompt(prefix: str, suffix: str, tokenizer: Tokenizer, mode: str = "au
 
 
 def _fim(tokenizer: Tokenizer, prefix: str, suffix: str, file_name: str, language_id: str) -> list[Piece]:
+    fim = tokenizer.fim  # the vocabulary's own spellings: StarCoder's <fim_prefix> or Qwen's <|fim_prefix|>
     head = _file_header(tokenizer, file_name)
-    return [Piece(FIM_PREFIX, True), *head, Piece(prefix), Piece(FIM_SUFFIX, True), Piece(suffix),
-            Piece(FIM_MIDDLE, True)]
+    return [Piece(fim.prefix, True), *head, Piece(prefix), Piece(fim.suffix, True), Piece(suffix),
+            Piece(fim.middle, True)]
 
 
 def _prefix(tokenizer: Tokenizer, prefix: str, suffix: str, file_name: str, language_id: str) -> list[Piece]:

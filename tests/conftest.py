@@ -1,4 +1,4 @@
-"""Shared fixtures: the real default model and tiny random checkpoints written by transformers.
+"""Shared fixtures: the real named models and tiny random checkpoints written by transformers.
 
 The tiny models are real transformers checkpoints (config.json + safetensors) with random
 weights, scaled up (initializer_range 0.2) so that greedy argmax is decisive rather than a coin
@@ -72,11 +72,19 @@ def tiny_model_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def default_model() -> Path:
-    """The real SmolLM2-135M-Instruct GGUF, fetched into the cache on first use."""
-    from wizardcoder_tpu.inference.default_model import default_model_path
+def qwen_model() -> Path:
+    """The real Qwen2.5-Coder-0.5B-Instruct GGUF (the default model), fetched into the cache on first use."""
+    from wizardcoder_tpu.inference.models import model_path
 
-    return default_model_path()
+    return model_path("qwen2.5-coder-0.5b")
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF (the tiny named model), fetched into the cache on first use."""
+    from wizardcoder_tpu.inference.models import model_path
+
+    return model_path("smollm2-135m")
 
 
 @pytest.fixture(scope="session")

@@ -231,6 +231,7 @@ from wizardcoder_tpu.inference.engine import Engine, GenerationParams
 
 class Ids:  # the engine needs a tokenizer only for text; these prompts are ids
     eos_id = -1
+    stop_ids = frozenset({-1})
     def decode(self, ids): return ""
 
 warm = Engine(TPUBackend({str(bmodel)!r}, devices=[0]), Ids())
@@ -288,6 +289,7 @@ out = {{"tokens": len(tokens), "reason": reason, "decodes": backend.stats.decode
 
 class Ids:
     eos_id = -1
+    stop_ids = frozenset({-1})
     def decode(self, ids): return "x" * len(ids)
 engine = Engine(backend, Ids())
 token = CancelToken()
@@ -389,7 +391,7 @@ async def test_language_server_serves_inline_completion_on_the_tpu(tmp_path):
 
 
 @pytest.mark.slow
-async def test_language_server_says_the_device_cannot_be_opened_and_falls_back_to_the_cpu(tmp_path, default_model):
+async def test_language_server_says_the_device_cannot_be_opened_and_falls_back_to_the_cpu(tmp_path, qwen_model):
     model = tpu_model_dir(tmp_path / "model")
     # The cmodel is the device here: a simulator that cannot start is a device that cannot open.
     env = {**os.environ, "TPUKERNEL_FIRMWARE_PATH": str(tmp_path / "missing" / "libcmodel_bm1684x.so")}
@@ -397,7 +399,7 @@ async def test_language_server_says_the_device_cannot_be_opened_and_falls_back_t
                                                     "--fallback-cpu", env=env)
     assert "cannot open TPU device(s) [0]" in served["modelError"], served
     assert "not able to open libcmodel.so" in served["modelError"]
-    assert served["model"].endswith("on cpu") and "SmolLM2" in served["model"], served
+    assert served["model"] == f"{qwen_model.name} on cpu", served  # the CPU default
     assert any("cannot open TPU device" in s["message"] for s in recorder.statuses), recorder.statuses
     assert served["engineCalls"] == 1 and result.items, (served, result)
 
