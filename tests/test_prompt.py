@@ -188,3 +188,15 @@ def test_the_budget_holds_in_every_mode(starcoder, mode, budget):
 def test_a_budget_the_template_fills_is_an_error(starcoder):
     with pytest.raises(TokenizerError, match="raise promptTokens"):
         build_prompt(PREFIX, SUFFIX, starcoder, "instruct", 30)
+
+
+def test_auto_is_fim_in_qwens_own_tokens_for_the_default(qwen_model):
+    """The default's vocabulary has Qwen's FIM tokens, not StarCoder's: ``auto`` picks FIM and
+    spells it Qwen's way (no ``<filename>``: Qwen has none)."""
+    from wizardcoder_tpu.inference.weights import open_checkpoint
+
+    qwen = open_checkpoint(qwen_model).tokenizer()
+    prompt = build(qwen, "auto")
+    assert prompt.mode == "fim"
+    assert prompt.text == "<|fim_prefix|>" + PREFIX + "<|fim_suffix|>" + SUFFIX + "<|fim_middle|>"
+    assert prompt.ids[0] == qwen.require("<|fim_prefix|>") and prompt.ids[-1] == qwen.require("<|fim_middle|>")
