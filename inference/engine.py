@@ -219,7 +219,7 @@ class _Run:
 
     def accept(self, token: int) -> bool:
         """Record one new token; False ends the generation (``reason`` says why)."""
-        if token == self.tokenizer.eos_id:
+        if token in self.tokenizer.stop_ids:  # the end-of-text token and the family's other stops
             self.reason = "eos"
             return False
         self.tokens.append(token)

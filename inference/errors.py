@@ -15,7 +15,7 @@ class ModelLoadError(InferenceError):
 
 
 class ModelFetchError(ModelLoadError):
-    """The embedded default model could not be fetched from the package registry."""
+    """A named model (inference/models.py) could not be fetched from the package index or verified."""
 
 
 class TokenizerError(InferenceError):

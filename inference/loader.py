@@ -1,20 +1,27 @@
-"""From a model argument (``default``, a .gguf, a checkpoint directory, a .bmodel) to an Engine."""
+"""From a model argument (a registry name or ``default``, a .gguf, a checkpoint directory, a
+.bmodel) to an Engine."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .default_model import default_model_path
 from .engine import Engine
 from .errors import ModelLoadError
+from .models import DEFAULT_MODEL, MODELS, model_path
 
 BACKENDS = ("cpu", "tpu")
 
 
 def resolve_model(model: str | None) -> Path:
-    if model in (None, "", "default"):
-        return default_model_path()
-    return Path(model).expanduser()
+    """A name from ``inference/models.py`` (``default`` is the default's) is its GGUF in the cache,
+    fetched on first use; anything else is a path."""
+    if model in (None, "", "default") or model in MODELS:
+        return model_path(model or DEFAULT_MODEL)
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model not found: {model} (not a file or directory, nor a model name: "
+                             f"{', '.join(MODELS)})")
+    return path
 
 
 def load_engine(model: str | None = None, backend: str = "cpu", threads: int | None = None) -> Engine:

@@ -2,7 +2,7 @@
 
 Three prompt formats, one budget:
 
-- ``fim``: fill in the middle, in the spelling of the family the vocabulary has (``fim_tokens``):
+- ``fim``: fill in the middle, in the spelling of the family the vocabulary has (``Tokenizer.fim``):
   StarCoder's ``<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>`` (WizardCoder) or
   Qwen2.5-Coder's ``<|fim_prefix|>{prefix}<|fim_suffix|>{suffix}<|fim_middle|>``; the model then
   writes the middle. With code from other files as context (``RepoContext``, gathered by
@@ -31,12 +31,12 @@ Everything here is a pure function of text, tokenizer and numbers: testable with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 from .context import RepoContext, Snippet
 from .errors import TokenizerError
-from .tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, Tokenizer
+from .tokenizer import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, FimTokens, Tokenizer
 
 MODES = ("auto", "fim", "instruct", "prefix")
 FILENAME = "<filename>"  # StarCoder's metadata token: "<filename>path\n" before the code
@@ -54,28 +54,6 @@ _LANGUAGE_NAMES = {
     "go": "Go", "c": "C", "cpp": "C++", "java": "Java", "lua": "Lua", "shellscript": "shell",
     "sh": "shell", "ruby": "Ruby", "csharp": "C#", "php": "PHP", "kotlin": "Kotlin",
 }
-
-
-@dataclass(frozen=True)
-class FimTokens:
-    """One model family's fill-in-the-middle tokens, by name. ``repo_name`` / ``file_sep`` are the
-    tokens of the repository-level layout, None for a family that has none (StarCoder's first
-    generation, WizardCoder's)."""
-
-    prefix: str
-    suffix: str
-    middle: str
-    repo_name: str | None = None
-    file_sep: str | None = None
-
-    @property
-    def has_repository(self) -> bool:
-        return self.repo_name is not None and self.file_sep is not None
-
-
-QWEN_FIM = FimTokens("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|repo_name|>", "<|file_sep|>")
-STARCODER_FIM = FimTokens(FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
-FIM_FAMILIES = (QWEN_FIM, STARCODER_FIM)
 
 
 @dataclass(frozen=True)
@@ -99,29 +77,24 @@ class Prompt:
 
 
 # Choosing -------------------------------------------------------------------------------------
-def fim_tokens(tokenizer: Tokenizer) -> FimTokens | None:
-    """The FIM family whose three tokens the vocabulary has (Qwen's ``<|fim_prefix|>`` family or
-    StarCoder's ``<fim_prefix>`` one), without its repository tokens where those are missing; None
-    when it has neither."""
-    def has(*names: str | None) -> bool:
-        return all(name is not None and tokenizer.token_id(name) is not None for name in names)
-
-    for family in FIM_FAMILIES:
-        if has(family.prefix, family.suffix, family.middle):
-            return family if has(family.repo_name, family.file_sep) else replace(family, repo_name=None, file_sep=None)
-    return None
+def repository_tokens(fim: FimTokens | None) -> tuple[str, str] | None:
+    """The (repo_name, file_sep) spellings of Qwen2.5-Coder's repository-level layout, None for a
+    vocabulary without that layout (StarCoder's first generation, WizardCoder's)."""
+    if fim is None or fim.family != "qwen" or fim.repo_name is None or fim.file_sep is None:
+        return None
+    return fim.repo_name, fim.file_sep
 
 
 def choose_mode(tokenizer: Tokenizer, requested: str = "auto") -> str:
     """``auto`` is ``fim`` when the vocabulary has either family's FIM tokens, else ``prefix``."""
     if requested not in MODES:
         raise TokenizerError(f"unknown prompt mode {requested!r}; choose one of {', '.join(MODES)}")
-    has_fim = fim_tokens(tokenizer) is not None
+    has_fim = tokenizer.fim is not None
     if requested == "auto":
         return "fim" if has_fim else "prefix"
     if requested == "fim" and not has_fim:
         raise TokenizerError(f"{tokenizer.source}: the vocabulary has no {FIM_PREFIX}/{FIM_SUFFIX}/{FIM_MIDDLE} "
-                             f"tokens (StarCoder's) nor {QWEN_FIM.prefix}/{QWEN_FIM.suffix}/{QWEN_FIM.middle} "
+                             f"tokens (StarCoder's) nor <|fim_prefix|>/<|fim_suffix|>/<|fim_middle|> "
                              "(Qwen's), so mode 'fim' cannot be used; choose 'prefix' or 'instruct'")
     return requested
 
@@ -178,12 +151,12 @@ def repository_head(tokenizer: Tokenizer, mode: str, context: RepoContext | None
     prompt holds) is left out: the model would read it twice. Nothing for other modes, for a family
     without repository tokens (StarCoder's first generation was not trained on such a layout), or
     when nothing fits."""
-    fim = fim_tokens(tokenizer) if mode == "fim" else None
-    if context is None or not context.snippets or fim is None or not fim.has_repository:
+    tokens = repository_tokens(tokenizer.fim) if mode == "fim" else None
+    if context is None or not context.snippets or tokens is None:
         return [], 0
-    assert fim.repo_name is not None and fim.file_sep is not None
-    name = [Piece(fim.repo_name, True), Piece(f"{context.name}\n")]
-    current = [Piece(fim.file_sep, True), Piece(f"{file_name or UNTITLED}\n")]
+    repo_name, file_sep = tokens
+    name = [Piece(repo_name, True), Piece(f"{context.name}\n")]
+    current = [Piece(file_sep, True), Piece(f"{file_name or UNTITLED}\n")]
     room = budget - len(_encode(tokenizer, name)) - len(_encode(tokenizer, current))
     kept: list[Snippet] = []
     for snippet in reversed(context.snippets):
@@ -195,7 +168,7 @@ def repository_head(tokenizer: Tokenizer, mode: str, context: RepoContext | None
             room -= cost
     if not kept:
         return [], 0
-    body = [piece for snippet in reversed(kept) for piece in (Piece(fim.file_sep, True), Piece(_snippet_text(snippet)))]
+    body = [piece for snippet in reversed(kept) for piece in (Piece(file_sep, True), Piece(_snippet_text(snippet)))]
     return [*name, *body, *current], len(kept)
 
 
@@ -219,7 +192,7 @@ def _snippet_cost(tokenizer: Tokenizer, snippet: Snippet) -> int:
 
 
 def _fim(tokenizer: Tokenizer, prefix: str, suffix: str, file_name: str, language_id: str) -> list[Piece]:
-    fim = fim_tokens(tokenizer)
+    fim = tokenizer.fim  # the vocabulary's own spellings: StarCoder's <fim_prefix> or Qwen's <|fim_prefix|>
     assert fim is not None, "choose_mode lets 'fim' through only with FIM tokens"
     head = _file_header(tokenizer, file_name)
     return [Piece(fim.prefix, True), *head, Piece(prefix), Piece(fim.suffix, True), Piece(suffix),

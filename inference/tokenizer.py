@@ -1,29 +1,75 @@
 """Text ⇄ token ids through the ``tokenizers`` library, plus the special tokens prompts need.
 
 Three sources, one class: a checkpoint's ``tokenizer.json``; a ``vocab.json`` + ``merges.txt``
-pair (StarCoder's files); the vocabulary inside a GGUF (the SmolLM2 default). Special tokens are
-looked up by name, never by a hard-coded id.
+pair (StarCoder's files); the vocabulary inside a GGUF (Qwen2.5-Coder, SmolLM2). Special tokens
+are looked up by name, never by a hard-coded id: ``Tokenizer.fim`` names the fill-in-the-middle
+tokens of the vocabulary's family (Qwen's ``<|fim_prefix|>`` … or StarCoder's ``<fim_prefix>`` …),
+``Tokenizer.stop_ids`` the tokens that end a generation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer as HFTokenizer
+from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
 from .errors import TokenizerError
 
 # Names that end a generation, in the order a model family uses them.
 EOS_NAMES = ("<|endoftext|>", "<|im_end|>", "</s>", "<|end_of_text|>")
-FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<fim_prefix>", "<fim_middle>", "<fim_suffix>"
+# Every special token that ends a generation wherever a vocabulary has it (llama.cpp's
+# end-of-generation set, llama-vocab.cpp: chat turn ends and end-of-text markers).
+END_OF_GENERATION_NAMES = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>",
+                           "<|end_of_text|>", "<EOT>", "</s>")
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX = "<fim_prefix>", "<fim_middle>", "<fim_suffix>"  # StarCoder's spellings
 
-# llama.cpp's pre-tokenizer for a GGUF that says `tokenizer.ggml.pre = smollm`: digits one by one,
-# then GPT-2's split (SmolLM2's own tokenizer.json does the same with Digits + ByteLevel).
+
+@dataclass(frozen=True)
+class FimTokens:
+    """The fill-in-the-middle tokens of one vocabulary, by spelling (``Tokenizer.require`` gives
+    the ids). The optional ones are None where the vocabulary lacks them."""
+
+    family: str  # "qwen" | "starcoder"
+    prefix: str
+    suffix: str
+    middle: str
+    pad: str | None = None
+    repo_name: str | None = None  # repository-level prompts: the repository's name follows it
+    file_sep: str | None = None  # repository-level prompts: a file's path and code follow it
+    file_name: str | None = None  # StarCoder's "<filename>path\n" before the code
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        """The FIM tokens that end a middle (llama.cpp's EOG set adds pad, repo and file separator:
+        a model that wrote the middle goes on to the next file or pads)."""
+        return tuple(t for t in (self.pad, self.repo_name, self.file_sep) if t)
+
+
+FIM_FAMILIES = (
+    FimTokens("qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", pad="<|fim_pad|>",
+              repo_name="<|repo_name|>", file_sep="<|file_sep|>"),
+    FimTokens("starcoder", FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, pad="<fim_pad>", repo_name="<reponame>",
+              file_sep="<file_sep>", file_name="<filename>"),
+)
+
+# Qwen2's split, as its tokenizer.json writes it (llama.cpp's `qwen2` pre-tokenizer is a rewrite of
+# the same without the inline flag): contractions, letters with one leading non-letter, each digit
+# alone, punctuation runs with their line breaks, then whitespace.
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+# The pre-tokenizer for a GGUF's `tokenizer.ggml.pre`, as llama.cpp defines it for that name.
+# `smollm` and `starcoder`: digits one by one, then GPT-2's split (SmolLM2's own tokenizer.json does
+# the same with Digits + ByteLevel). `qwen2`: its own split, then bytes without GPT-2's regex.
+# (Qwen2's tokenizer.json also NFC-normalises; llama.cpp and transformers' GGUF reader do not, and
+# this follows them: the GGUF is llama.cpp's format.)
 _PRE_TOKENIZERS = {
     "smollm": lambda: pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
@@ -32,6 +78,10 @@ _PRE_TOKENIZERS = {
     "starcoder": lambda: pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ]),
+    "qwen2": lambda: pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ]),
     "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
 }
@@ -77,10 +127,15 @@ class Tokenizer:
     def from_gguf_fields(cls, tokens: Sequence[str], token_types: Sequence[int], merges: Sequence[str],
                          pre: str, eos_id: int, source: str) -> "Tokenizer":
         """From a GGUF's ``tokenizer.ggml.*`` fields (model ``gpt2``): control tokens (type 3) are
-        special, the rest is byte-level BPE with the pre-tokenizer the file names."""
+        special, user-defined ones (type 4, Qwen's ``<tool_call>``) are matched whole but are
+        text, the rest is byte-level BPE with the pre-tokenizer the file names (as llama.cpp and
+        transformers' GGUF reader do)."""
         vocab = {tok: i for i, tok in enumerate(tokens)}
         specials = [tok for tok, kind in zip(tokens, token_types) if kind == 3]
+        user_defined = [tok for tok, kind in zip(tokens, token_types) if kind == 4]
         backend = _byte_level_bpe(vocab, _read_merges(merges), pre, specials)
+        if user_defined:
+            backend.add_tokens([AddedToken(tok, special=False, normalized=False) for tok in user_defined])
         return cls(backend, tokens[eos_id], source)
 
     # Use ----------------------------------------------------------------------------------
@@ -119,9 +174,33 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
+    @cached_property
+    def fim(self) -> FimTokens | None:
+        """The FIM tokens of this vocabulary's family (Qwen or StarCoder), None without them."""
+        for family in FIM_FAMILIES:
+            if all(self.token_id(t) is not None for t in (family.prefix, family.suffix, family.middle)):
+                present = lambda t: t if t is not None and self.token_id(t) is not None else None  # noqa: E731
+                return dataclasses.replace(family, pad=present(family.pad), repo_name=present(family.repo_name),
+                                           file_sep=present(family.file_sep), file_name=present(family.file_name))
+        return None
+
     @property
     def has_fim(self) -> bool:
-        return all(self.token_id(t) is not None for t in (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX))
+        return self.fim is not None
+
+    @cached_property
+    def special_tokens(self) -> frozenset[str]:
+        """Spellings of the vocabulary's special tokens (control tokens; never the user's text)."""
+        return frozenset(t.content for t in self.backend.get_added_tokens_decoder().values() if t.special)
+
+    @cached_property
+    def stop_ids(self) -> frozenset[int]:
+        """Every token that ends a generation: the end-of-text token, the family's end-of-turn and
+        end-of-text tokens, and the FIM tokens a model writes after the middle (pad, repository
+        and file separators). Only special tokens count: ``</s>`` as plain text is text."""
+        names = [name for name in (*END_OF_GENERATION_NAMES, *(self.fim.stops if self.fim else ()))
+                 if name in self.special_tokens]
+        return frozenset({self.eos_id, *(self.require(name) for name in names)})
 
     @cached_property
     def newline_ids(self) -> frozenset[int]:
@@ -169,4 +248,4 @@ def _byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], pre: s
     return backend
 
 
-__all__ = ["Tokenizer", "FIM_PREFIX", "FIM_MIDDLE", "FIM_SUFFIX"]
+__all__ = ["Tokenizer", "FimTokens", "FIM_FAMILIES", "FIM_PREFIX", "FIM_MIDDLE", "FIM_SUFFIX"]

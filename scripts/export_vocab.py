@@ -1,4 +1,4 @@
-"""Write the default model's tokenizer files into ``vocab/`` from its GGUF.
+"""Write SmolLM2's tokenizer files into ``vocab/`` from its GGUF.
 
     python scripts/export_vocab.py            # vocab/smollm2/{tokenizer.json,vocab.json,merges.txt}
 
@@ -12,14 +12,14 @@ import json
 import sys
 from pathlib import Path
 
-from wizardcoder_tpu.inference.default_model import default_model_path
+from wizardcoder_tpu.inference.models import model_path
 from wizardcoder_tpu.inference.weights import open_checkpoint
 
 
 def main() -> int:
     out = Path(__file__).resolve().parents[1] / "vocab" / "smollm2"
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = open_checkpoint(default_model_path()).tokenizer()
+    tokenizer = open_checkpoint(model_path("smollm2-135m")).tokenizer()
     tokenizer.save(out / "tokenizer.json")
     model = json.loads(tokenizer.backend.to_str())["model"]
     (out / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")

@@ -30,8 +30,10 @@ def frame(message: Any) -> bytes:
 
 
 def server_command(log_file: Path, *extra: str, level: str = "info") -> list[str]:
+    """The real server on the tiny named model (these tests are about the protocol, not the
+    suggestions); ``extra`` comes last, so a ``--model`` there wins."""
     return [sys.executable, "-m", "wizardcoder_tpu", "serve", "--log-file", str(log_file), "--log-level", level,
-            *extra]
+            "--model", "smollm2-135m", *extra]
 
 
 class MalformedOutput(AssertionError):

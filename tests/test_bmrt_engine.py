@@ -314,7 +314,7 @@ async def test_language_server_serves_inline_completion_on_the_tpu(tmp_path):
 
 
 @pytest.mark.slow
-async def test_language_server_says_the_device_cannot_be_opened_and_falls_back_to_the_cpu(tmp_path, default_model):
+async def test_language_server_says_the_device_cannot_be_opened_and_falls_back_to_the_cpu(tmp_path, qwen_model):
     model = tpu_model_dir(tmp_path / "model")
     # The cmodel is the device here: a simulator that cannot start is a device that cannot open.
     env = {**os.environ, "TPUKERNEL_FIRMWARE_PATH": str(tmp_path / "missing" / "libcmodel_bm1684x.so")}
@@ -322,7 +322,7 @@ async def test_language_server_says_the_device_cannot_be_opened_and_falls_back_t
                                                     "--fallback-cpu", env=env)
     assert "cannot open TPU device(s) [0]" in served["modelError"], served
     assert "not able to open libcmodel.so" in served["modelError"]
-    assert served["model"].endswith("on cpu") and "SmolLM2" in served["model"], served
+    assert served["model"] == f"{qwen_model.name} on cpu", served  # the CPU default
     assert any("cannot open TPU device" in s["message"] for s in recorder.statuses), recorder.statuses
     assert served["engineCalls"] == 1 and result.items, (served, result)
 

@@ -16,7 +16,7 @@ def run(*args: str, stdin: str | None = None, timeout: int = 300) -> subprocess.
     return subprocess.run([SCRIPT, *args], input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
-def test_complete_prints_a_completion(default_model):
+def test_complete_prints_a_completion(qwen_model):
     done = run("complete", "def is_prime(n):")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("def is_prime(n):")
@@ -25,7 +25,7 @@ def test_complete_prints_a_completion(default_model):
     assert "return" in completion
 
 
-def test_complete_reads_stdin_and_prints_only_the_completion(default_model):
+def test_complete_reads_stdin_and_prints_only_the_completion(qwen_model):
     done = run("complete", "--completion-only", "--single-line", "--max-tokens", "16",
                stdin="import numpy as")
     assert done.returncode == 0, done.stderr

@@ -34,9 +34,9 @@ CALL = 'def greet(name):\n    print("Hello, ")\n'  # text after the cursor on it
 
 
 @pytest.fixture(scope="module")
-def host(default_model) -> ModelHost:
+def host(smollm2_model) -> ModelHost:
     host = ModelHost()
-    report = host.load(Settings(), lambda message: None)
+    report = host.load(Settings(model="smollm2-135m"), lambda message: None)
     assert not report.error, report.error
     yield host
     host.close()

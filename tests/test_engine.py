@@ -35,8 +35,10 @@ def cold_backend(tiny_checkpoint) -> CPUBackend:
 
 
 @pytest.fixture(scope="module")
-def default_engine(default_model) -> Engine:
-    return load_engine(str(default_model))
+def default_engine(smollm2_model) -> Engine:
+    """SmolLM2-135M (the tiny named model; the default until Qwen2.5-Coder): these tests were
+    written against its completions, and it loads in seconds."""
+    return load_engine(str(smollm2_model))
 
 
 def test_prefix_reuse_gives_cold_tokens_and_feeds_only_new(tiny_engine, cold_backend):

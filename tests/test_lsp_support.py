@@ -1,5 +1,5 @@
-"""Helpers for the language-server tests (no tests here): start the real server with the real
-default model under pytest-lsp, record what it sends besides responses, wait for its status.
+"""Helpers for the language-server tests (no tests here): start the real server with a real
+model under pytest-lsp, record what it sends besides responses, wait for its status.
 
 Imported by the ``test_lsp_*`` modules; each module starts one server (module-scoped fixture),
 so the model loads once per module.
@@ -23,8 +23,11 @@ LOAD_TIMEOUT_S = 180.0  # the default model loads in seconds; a busy shared mach
 
 
 def server_config(log_file: Path, *extra: str) -> ClientServerConfig:
+    """The server on SmolLM2-135M (these tests were written against its completions, and it loads
+    and answers in seconds); ``extra`` comes last, so a ``--model`` there wins. The editors'
+    end-to-end tests run the default model."""
     command = [sys.executable, "-m", "wizardcoder_tpu", "serve", "--stdio", "--log-file", str(log_file),
-               "--log-level", "info", *extra]
+               "--log-level", "info", "--model", "smollm2-135m", *extra]
     return ClientServerConfig(server_command=command)
 
 

@@ -12,7 +12,7 @@ from wizardcoder_tpu.inference.loader import load_engine
 from wizardcoder_tpu.inference.weights import open_checkpoint
 
 
-def test_corrupt_gguf(tmp_path, default_model):
+def test_corrupt_gguf(tmp_path, smollm2_model):
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"GGUF" + b"\xff" * 64)
     with pytest.raises(ModelLoadError, match="model.gguf"):
@@ -23,9 +23,9 @@ def test_corrupt_gguf(tmp_path, default_model):
         open_checkpoint(not_gguf)
 
 
-def test_truncated_gguf(tmp_path, default_model):
+def test_truncated_gguf(tmp_path, smollm2_model):
     cut = tmp_path / "cut.gguf"
-    with open(default_model, "rb") as src:
+    with open(smollm2_model, "rb") as src:
         cut.write_bytes(src.read(40_000_000))
     with pytest.raises(ModelLoadError, match="cut.gguf"):
         load_engine(str(cut))

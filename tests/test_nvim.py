@@ -226,7 +226,7 @@ def test_ghost_text_accept_and_explain(nvim):
     health = editor.lua("WizardcoderTest.health()")
     assert "wizardcoder-tpu` found: " in health, health
     assert "running (client id" in health, health
-    assert "default model (SmolLM2-135M-Instruct) present" in health, health
+    assert "default model (Qwen2.5-Coder-0.5B-Instruct) present" in health, health
     assert "state: idle" in health or "state: busy" in health, health
     assert "ERROR" not in health, health
     ok_lines = [line for line in health.splitlines() if "OK" in line]

@@ -18,8 +18,8 @@ from byte_vocab import byte_tokenizer
 
 from wizardcoder_tpu.inference.context import RepoContext, Snippet
 from wizardcoder_tpu.inference.errors import TokenizerError
-from wizardcoder_tpu.inference.prompt import (QWEN_FIM, STARCODER_FIM, build_instruction_prompt, build_prompt,
-                                              choose_mode, fim_tokens)
+from wizardcoder_tpu.inference.prompt import (build_instruction_prompt, build_prompt, choose_mode,
+                                              repository_tokens)
 from wizardcoder_tpu.inference.tokenizer import Tokenizer
 from wizardcoder_tpu.lsp.settings import Settings
 
@@ -201,12 +201,14 @@ def test_special_spellings_in_the_users_text_stay_text(starcoder, qwen):
 
 # Fill-in-the-middle families and the repository head ---------------------------------------------
 def test_each_vocabulary_has_its_fim_family(starcoder, smollm2, qwen):
-    assert fim_tokens(qwen) == QWEN_FIM and fim_tokens(qwen).has_repository
-    assert fim_tokens(starcoder) == STARCODER_FIM and not fim_tokens(starcoder).has_repository
-    assert fim_tokens(smollm2) is None
+    assert (qwen.fim.family, qwen.fim.prefix, qwen.fim.suffix, qwen.fim.middle) == (
+        "qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+    assert repository_tokens(qwen.fim) == ("<|repo_name|>", "<|file_sep|>")
+    assert starcoder.fim.family == "starcoder" and repository_tokens(starcoder.fim) is None
+    assert smollm2.fim is None and repository_tokens(smollm2.fim) is None
     # Qwen's FIM tokens without its repository ones: FIM, but no head
     bare = byte_tokenizer(("<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"))
-    assert fim_tokens(bare) == QWEN_FIM.__class__(QWEN_FIM.prefix, QWEN_FIM.suffix, QWEN_FIM.middle)
+    assert bare.fim.family == "qwen" and repository_tokens(bare.fim) is None
     with_context = build_prompt(PREFIX, SUFFIX, bare, "fim", context=RepoContext("r", (GEOMETRY,)))
     assert with_context.text == f"<|fim_prefix|>{PREFIX}<|fim_suffix|>{SUFFIX}<|fim_middle|>"
 
@@ -307,3 +309,15 @@ def test_the_budget_holds_in_every_mode(starcoder, mode, budget):
 def test_a_budget_the_template_fills_is_an_error(starcoder):
     with pytest.raises(TokenizerError, match="raise promptTokens"):
         build_prompt(PREFIX, SUFFIX, starcoder, "instruct", 30)
+
+
+def test_auto_is_fim_in_qwens_own_tokens_for_the_default(qwen_model):
+    """The default's vocabulary has Qwen's FIM tokens, not StarCoder's: ``auto`` picks FIM and
+    spells it Qwen's way (no ``<filename>``: Qwen has none)."""
+    from wizardcoder_tpu.inference.weights import open_checkpoint
+
+    qwen = open_checkpoint(qwen_model).tokenizer()
+    prompt = build(qwen, "auto")
+    assert prompt.mode == "fim"
+    assert prompt.text == "<|fim_prefix|>" + PREFIX + "<|fim_suffix|>" + SUFFIX + "<|fim_middle|>"
+    assert prompt.ids[0] == qwen.require("<|fim_prefix|>") and prompt.ids[-1] == qwen.require("<|fim_middle|>")

@@ -85,7 +85,7 @@ def _assert_parity(ours: Tokenizer, reference, corpus: list[str]) -> None:
     assert not mismatches, f"{len(mismatches)} of {len(corpus)} differ, e.g. {mismatches[:3]}"
 
 
-def test_default_tokenizer_matches_transformers_gguf_tokenizer(default_model, corpus):
+def test_smollm2_tokenizer_matches_transformers_gguf_tokenizer(smollm2_model, corpus):
     r"""transformers builds the vocabulary, merges and special tokens from the GGUF on its own.
     Its converter has no rule for this file's ``tokenizer.ggml.pre = smollm`` and falls back to
     GPT-2's split; llama.cpp (whose rule defines the GGUF) splits every digit first — the regex
@@ -93,12 +93,41 @@ def test_default_tokenizer_matches_transformers_gguf_tokenizer(default_model, co
     llama.cpp writes it, and nothing else of ours."""
     from transformers import AutoTokenizer
 
-    ours = open_checkpoint(default_model).tokenizer()
-    reference = AutoTokenizer.from_pretrained(default_model.parent, gguf_file=default_model.name)
+    ours = open_checkpoint(smollm2_model).tokenizer()
+    reference = AutoTokenizer.from_pretrained(smollm2_model.parent, gguf_file=smollm2_model.name)
     _split_digits_first(reference)
     _assert_parity(ours, reference, corpus)
     # byte-level BPE is lossless, special-token spellings included (they are text)
     assert all(ours.decode(ours.encode(t)) == t for t in corpus)
+
+
+@pytest.mark.slow
+def test_qwen_tokenizer_matches_transformers_gguf_tokenizer(qwen_model, corpus):
+    """The default's vocabulary (``tokenizer.ggml.pre = qwen2``): transformers builds its own
+    tokenizer from the GGUF with Qwen2's split regex (digits one by one), nothing of ours. The
+    corpus adds Qwen's control tokens in text, a user-defined token, digits and decomposed unicode."""
+    from transformers import AutoTokenizer
+
+    ours = open_checkpoint(qwen_model).tokenizer()
+    reference = AutoTokenizer.from_pretrained(qwen_model.parent, gguf_file=qwen_model.name)
+    extra = ["<|fim_prefix|>def f(<|fim_suffix|>)\n<|fim_middle|>", "a <tool_call> b </tool_call>",
+             "x = 1234567890; y = 3.14159e-10", "cafe\u0301 ŉ ﬁ Å", "\t\t\n\n\n    \r\n  x"]
+    _assert_parity(ours, reference, corpus + extra)
+    assert ours.encode("12345") == [ours.encode(d)[0] for d in "12345"]  # digits one by one
+
+
+def test_qwen_special_tokens_are_looked_up_by_name(qwen_model):
+    tokenizer = open_checkpoint(qwen_model).tokenizer()
+    fim = tokenizer.fim
+    assert (fim.family, fim.prefix, fim.suffix, fim.middle) == ("qwen", "<|fim_prefix|>", "<|fim_suffix|>",
+                                                               "<|fim_middle|>")
+    assert (fim.pad, fim.repo_name, fim.file_sep, fim.file_name) == ("<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+                                                                     None)
+    assert tokenizer.eos_token == "<|im_end|>"  # the GGUF's eos; FIM ends with <|endoftext|>: both stop
+    stops = {tokenizer.decode([i], skip_special=False) for i in tokenizer.stop_ids}
+    assert stops == {"<|endoftext|>", "<|im_end|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"}
+    assert tokenizer.encode("<tool_call>") == [tokenizer.require("<tool_call>")]  # user-defined: whole,
+    assert tokenizer.decode(tokenizer.encode("<tool_call>")) == "<tool_call>"  # and text, not special
 
 
 def test_starcoder_tokenizer_matches_transformers(starcoder_vocab, corpus):
@@ -113,34 +142,36 @@ def test_starcoder_tokenizer_matches_transformers(starcoder_vocab, corpus):
     _assert_parity(ours, reference, corpus)
 
 
-def test_special_tokens_are_looked_up_by_name(starcoder_vocab, default_model):
+def test_special_tokens_are_looked_up_by_name(starcoder_vocab, smollm2_model):
     starcoder = Tokenizer.from_vocab_merges(starcoder_vocab / "vocab.json", starcoder_vocab / "merges.txt")
     assert starcoder.has_fim
+    assert (starcoder.fim.family, starcoder.fim.prefix, starcoder.fim.file_name) == ("starcoder", FIM_PREFIX, "<filename>")
     assert starcoder.eos_token == "<|endoftext|>"
     spelled = f"{FIM_PREFIX}x{FIM_SUFFIX}<|endoftext|>"  # in the user's text, special spellings stay text
     ids = starcoder.encode(spelled)
     assert not {starcoder.require(FIM_PREFIX), starcoder.require(FIM_SUFFIX), starcoder.eos_id} & set(ids)
     assert starcoder.decode(ids) == spelled and starcoder.encode_batch([spelled, "x"]) == [ids, starcoder.encode("x")]
-    smol = open_checkpoint(default_model).tokenizer()
-    assert not smol.has_fim
+    assert starcoder.require("<fim_pad>") in starcoder.stop_ids and starcoder.eos_id in starcoder.stop_ids
+    smol = open_checkpoint(smollm2_model).tokenizer()
+    assert not smol.has_fim and smol.fim is None
     assert smol.eos_token == "<|im_end|>"
     assert smol.token_id("<|im_start|>") is not None
     with pytest.raises(TokenizerError, match="fim_prefix"):
         smol.require(FIM_PREFIX)
 
 
-def test_newline_ids_are_exactly_the_tokens_that_hold_a_line_break(default_model):
-    tokenizer = open_checkpoint(default_model).tokenizer()
+def test_newline_ids_are_exactly_the_tokens_that_hold_a_line_break(smollm2_model):
+    tokenizer = open_checkpoint(smollm2_model).tokenizer()
     newline_ids = tokenizer.newline_ids
     assert tokenizer.encode("\n")[0] in newline_ids
     assert tokenizer.encode("x")[0] not in newline_ids
     assert all("\n" in tokenizer.decode([i], skip_special=False) for i in newline_ids)
 
 
-def test_saved_vocab_files_match_the_gguf(default_model):
+def test_saved_vocab_files_match_the_gguf(smollm2_model):
     """vocab/smollm2/tokenizer.json is what scripts/export_vocab.py writes from the GGUF."""
     saved = Path(__file__).resolve().parents[1] / "vocab" / "smollm2" / "tokenizer.json"
-    ours = open_checkpoint(default_model).tokenizer()
+    ours = open_checkpoint(smollm2_model).tokenizer()
     from_file = Tokenizer.from_file(saved, eos_token="<|im_end|>")
     for text in EDGE_CASES + ["def f(x):\n    return x * 2\n"]:
         assert from_file.encode(text) == ours.encode(text)

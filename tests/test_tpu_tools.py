@@ -236,16 +236,16 @@ def test_an_interrupted_compile_redoes_only_the_unfinished_piece():
 
 
 @pytest.mark.slow
-def test_default_model_exports_and_compiles_in_f16(default_model, capsys):
+def test_smollm2_exports_and_compiles_in_f16(smollm2_model, capsys):
     """SmolLM2-135M, the whole path through the CLI: export (with its tokenizer) and an F16 compile."""
     from wizardcoder_tpu.inference.tpu.compile import bmodel_info
     from wizardcoder_tpu.inference.tpu.export import EXPORT_VERSION
 
     seq_len = 64  # a prefill block of 128 rows takes ~10 s on the simulator, 64 rows half that
-    key = f"{default_model.name}-{default_model.stat().st_size}-e{EXPORT_VERSION}-seq{seq_len}"
+    key = f"{smollm2_model.name}-{smollm2_model.stat().st_size}-e{EXPORT_VERSION}-seq{seq_len}"
     export_dir = cache_dir() / "test-bmodels" / f"smollm2-{key}"
     started = time.monotonic()
-    assert cli_main(["export", str(default_model), "--seq-len", str(seq_len), "--out", str(export_dir)]) == 0
+    assert cli_main(["export", str(smollm2_model), "--seq-len", str(seq_len), "--out", str(export_dir)]) == 0
     exported = time.monotonic()
     assert cli_main(["compile", str(export_dir), "--quantize", "f16", "--jobs", "2"]) == 0
     compiled = time.monotonic()

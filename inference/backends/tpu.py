@@ -260,5 +260,5 @@ def load_tpu_engine(path: str | os.PathLike, lib_dir: str | None = None,
     if devices is None:
         count = int(manifest.get("compiled", {}).get("num_device", 1) or 1)
         devices = list(range(count))
-    backend = TPUBackend(bmodel, devices=devices, lib_dir=lib_dir, stop_ids=[tokenizer.eos_id])
+    backend = TPUBackend(bmodel, devices=devices, lib_dir=lib_dir, stop_ids=sorted(tokenizer.stop_ids))
     return Engine(backend, tokenizer, model_name=bmodel.stem)

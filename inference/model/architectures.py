@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import gptbigcode, llama
+from . import gptbigcode, llama, qwen2
 from .config import ModelConfig
 
-ARCHITECTURES: dict[str, ModuleType] = {"gpt_bigcode": gptbigcode, "llama": llama}
+ARCHITECTURES: dict[str, ModuleType] = {"gpt_bigcode": gptbigcode, "llama": llama, "qwen2": qwen2}
 
 
 def architecture(c: ModelConfig) -> ModuleType:

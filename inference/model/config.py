@@ -1,8 +1,8 @@
 """The architecture-neutral description of a decoder-only transformer.
 
-Both supported architectures (GPTBigCode for WizardCoder/StarCoder, Llama for the SmolLM2
-default) fit one dataclass; the handful of places where they differ are the fields below
-``arch`` and are read by ``inference/model/{gptbigcode,llama}.py``.
+The three supported architectures (GPTBigCode for WizardCoder/StarCoder, Llama for SmolLM2,
+Qwen2 for the Qwen2.5-Coder default) fit one dataclass; the handful of places where they differ
+are the fields below ``arch`` and are read by ``inference/model/{gptbigcode,llama,qwen2}.py``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Arch = Literal["gpt_bigcode", "llama"]
-SUPPORTED_ARCHS: tuple[str, ...] = ("gpt_bigcode", "llama")
+Arch = Literal["gpt_bigcode", "llama", "qwen2"]
+SUPPORTED_ARCHS: tuple[str, ...] = ("gpt_bigcode", "llama", "qwen2")
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,9 @@ class ModelConfig:
     num_heads: int
     num_kv_heads: int  # 1: multi-query (StarCoder); == num_heads: multi-head; between: grouped
     intermediate_size: int
-    max_positions: int  # learned positions (GPTBigCode) or trained context (Llama)
+    max_positions: int  # learned positions (GPTBigCode) or trained context (Llama, Qwen2)
     norm_eps: float
-    rope_theta: float = 10000.0  # Llama only
+    rope_theta: float = 10000.0  # rotary architectures only (Llama 10^4, Qwen2.5 10^6)
     tie_embeddings: bool = False  # lm_head shares the token embedding matrix
 
     @property

@@ -42,7 +42,7 @@ def decoder_layer(g: GraphBuilder, c: ModelConfig, w: WeightView, i: int, x: str
     nh, nkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
 
     h = arch.norm(g, c, w, x, p + ".attn_norm")
-    qkv = g.linear(h, w(p + ".attn.qkv.weight"), w(p + ".attn.qkv.bias") if arch.HAS_BIAS else None)
+    qkv = g.linear(h, w(p + ".attn.qkv.weight"), w(p + ".attn.qkv.bias") if arch.QKV_BIAS else None)
     q, k, v = g.op("Split", qkv, g.const([nh * hd, nkv * hd, nkv * hd]), axis=-1, n_out=3)
     q = arch.rotate(g, c, g.reshape(q, [0, 0, nh, hd]), pos_ctx)  # [1, T, nh, hd]
     k_new = arch.rotate(g, c, g.reshape(k, [0, 0, nkv, hd]), pos_ctx)  # [1, T, nkv, hd]
@@ -59,7 +59,7 @@ def decoder_layer(g: GraphBuilder, c: ModelConfig, w: WeightView, i: int, x: str
     probs = g.reshape(g.op("Softmax", scores, axis=-1), [1, nkv, -1, 0])
     out = g.matmul(probs, g.transpose(values, [0, 2, 1, 3]))  # [1, nkv, group·T, hd]
     out = g.reshape(g.transpose(g.reshape(out, [1, nh, -1, hd]), [0, 2, 1, 3]), [0, 0, nh * hd])
-    out = g.linear(out, w(p + ".attn.out.weight"), w(p + ".attn.out.bias") if arch.HAS_BIAS else None)
+    out = g.linear(out, w(p + ".attn.out.weight"), w(p + ".attn.out.bias") if arch.OUT_BIAS else None)
     x = g.add(x, out)
 
     h = arch.norm(g, c, w, x, p + ".mlp_norm")

@@ -16,7 +16,7 @@ from .config import ModelConfig
 from .graph import GraphBuilder
 from .weights_view import WeightView
 
-HAS_BIAS = True
+QKV_BIAS = OUT_BIAS = True  # every linear layer has a bias
 
 
 def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -14,7 +14,7 @@ from .config import ModelConfig
 from .graph import GraphBuilder
 from .weights_view import WeightView
 
-HAS_BIAS = False
+QKV_BIAS = OUT_BIAS = False
 
 
 def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:

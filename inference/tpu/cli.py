@@ -15,11 +15,11 @@ from .pieces import DEFAULT_CHUNK
 def add_subcommands(sub) -> None:
     export = sub.add_parser(
         "export", help="write a model as static ONNX pieces for the TPU compiler",
-        description="Write MODEL (a .gguf file, a Hugging Face checkpoint directory, or 'default') as static "
+        description="Write MODEL (a .gguf file, a Hugging Face checkpoint directory, or a model name) as static "
                     "ONNX pieces with manifest.json and tokenizer.json: the input of `compile`. "
                     "Resumable: a rerun skips the layers already written.")
     export.add_argument("model", help="a .gguf file, a checkpoint directory (config.json + *.safetensors), "
-                                      "or 'default' (SmolLM2-135M-Instruct)")
+                                      "or a name of `wizardcoder-tpu fetch --help` ('default' is the default's)")
     export.add_argument("--seq-len", type=int, required=True, help="the static context length N")
     export.add_argument("--chunk-len", type=int, default=DEFAULT_CHUNK,
                         help=f"tokens per prefix-reuse chunk K (default {DEFAULT_CHUNK})")
@@ -49,11 +49,9 @@ def _export(args: argparse.Namespace) -> int:
     from .export import export
 
     try:
-        model = args.model
-        if model == "default":
-            from ..default_model import default_model_path
+        from ..loader import resolve_model
 
-            model = default_model_path()
+        model = resolve_model(args.model)  # a model name is its GGUF in the cache
         export(model, args.seq_len, args.out, chunk_len=args.chunk_len)
     except InferenceError as exc:
         print(f"wizardcoder-tpu export: {exc}", file=sys.stderr)

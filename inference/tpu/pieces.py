@@ -58,7 +58,7 @@ def uses_position_ids_in_blocks(c: ModelConfig) -> bool:
     learned position embeddings once, in ``embed``, so its blocks take no ``position_ids``. A
     piece declares only the inputs it reads: tpu-mlir drops a graph input nothing reads, and the
     bmodel's nets must have exactly the inputs the manifest lists."""
-    return c.arch == "llama"
+    return c.arch in ("llama", "qwen2")
 
 
 def piece_specs(c: ModelConfig, seq_len: int, chunk_len: int) -> list[PieceSpec]:

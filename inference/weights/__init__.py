@@ -4,22 +4,22 @@ Loaders only map names, reorder heads and dequantize; the math lives in ``infere
 Canonical names (``in × out`` matrices, so that a layer is ``x @ W + b``; the two vocabulary
 matrices keep one row per token):
 
-====================================  ===============================  =============
+====================================  ===============================  =====================
 name                                  shape                            architectures
-====================================  ===============================  =============
-tok_embeddings                        [vocab, hidden]                  both
+====================================  ===============================  =====================
+tok_embeddings                        [vocab, hidden]                  all
 pos_embeddings                        [max_positions, hidden]          gpt_bigcode
 layers.{i}.attn_norm.weight/.bias     [hidden]                         (bias: gpt_bigcode)
-layers.{i}.attn.qkv.weight            [hidden, (heads + 2·kv_heads)·head_dim]   both; q, then k, then v
-layers.{i}.attn.qkv.bias              [(heads + 2·kv_heads)·head_dim]  gpt_bigcode
+layers.{i}.attn.qkv.weight            [hidden, (heads + 2·kv_heads)·head_dim]   all; q, then k, then v
+layers.{i}.attn.qkv.bias              [(heads + 2·kv_heads)·head_dim]  gpt_bigcode, qwen2
 layers.{i}.attn.out.weight/.bias      [hidden, hidden]                 (bias: gpt_bigcode)
 layers.{i}.mlp_norm.weight/.bias      [hidden]                         (bias: gpt_bigcode)
 layers.{i}.mlp.up.weight/.bias        [hidden, intermediate]           (bias: gpt_bigcode)
-layers.{i}.mlp.gate.weight            [hidden, intermediate]           llama
+layers.{i}.mlp.gate.weight            [hidden, intermediate]           llama, qwen2
 layers.{i}.mlp.down.weight/.bias      [intermediate, hidden]           (bias: gpt_bigcode)
 final_norm.weight/.bias               [hidden]                         (bias: gpt_bigcode)
-lm_head.weight                        [vocab, hidden]                  both (tied: tok_embeddings)
-====================================  ===============================  =============
+lm_head.weight                        [vocab, hidden]                  all (tied: tok_embeddings)
+====================================  ===============================  =====================
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
-"""GGUF files (the SmolLM2 default): read with the ``gguf`` package, dequantized to float32.
+"""GGUF files (the Qwen2.5-Coder and SmolLM2 models): the container read lazily by
+``gguf_file.GGUFFile``, one tensor at a time, dequantized to float32 by ``dequantize`` (the
+``gguf`` package's own numpy code, the function transformers calls, so both read identical floats).
 
-Two things a GGUF reader must undo: llama.cpp stores the rows of ``attn_q`` / ``attn_k``
-permuted for its RoPE kernel (transformers' ``_reverse_permute_weights`` undoes the same), and a
-model with tied embeddings has no ``output`` tensor.
+Architectures ``llama`` and ``qwen2`` (their metadata keys carry the architecture's name as a
+prefix: ``qwen2.block_count``). Two things a reader must undo: llama.cpp stores the rows of a
+Llama's ``attn_q`` / ``attn_k`` permuted for its RoPE kernel (transformers'
+``_reverse_permute_weights`` undoes the same), but a Qwen2's as they are; and a model with tied
+embeddings has no ``output`` tensor.
 """
 
 from __future__ import annotations
@@ -16,44 +20,84 @@ from ..errors import ModelLoadError
 from ..model.config import ModelConfig
 from ..tokenizer import Tokenizer
 from .checkpoint import Checkpoint
+from .gguf_file import GGUFFile
+
+ARCHITECTURES = ("llama", "qwen2")
+_PERMUTED_ROPE = {"llama"}  # llama.cpp's converter reorders q/k rows for these architectures only
 
 _LAYER_TENSORS = {  # canonical suffix -> GGUF tensor names (concatenated along the output axis)
-    "attn_norm.weight": ("attn_norm",),
-    "attn.qkv.weight": ("attn_q", "attn_k", "attn_v"),
-    "attn.out.weight": ("attn_output",),
-    "mlp_norm.weight": ("ffn_norm",),
-    "mlp.gate.weight": ("ffn_gate",),
-    "mlp.up.weight": ("ffn_up",),
-    "mlp.down.weight": ("ffn_down",),
+    "attn_norm.weight": ("attn_norm.weight",),
+    "attn.qkv.weight": ("attn_q.weight", "attn_k.weight", "attn_v.weight"),
+    "attn.qkv.bias": ("attn_q.bias", "attn_k.bias", "attn_v.bias"),  # qwen2
+    "attn.out.weight": ("attn_output.weight",),
+    "mlp_norm.weight": ("ffn_norm.weight",),
+    "mlp.gate.weight": ("ffn_gate.weight",),
+    "mlp.up.weight": ("ffn_up.weight",),
+    "mlp.down.weight": ("ffn_down.weight",),
 }
+
+
+def _readable_types() -> dict:
+    """The tensor types ``dequantize`` reads: the floats, and the block formats of gguf's numpy
+    dequantizer that llama.cpp's common files use (Q4_0 … Q8_0, the K-quants)."""
+    from gguf import GGMLQuantizationType as T
+
+    return {t: t.name for t in (T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
+                                T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)}
+
+
+def dequantize(tensor, source: Path) -> np.ndarray:
+    """One GGUF tensor as float32, rows in torch's order ([out, in] for a matrix).
+
+    The one place where stored blocks become floats: a backend that keeps quantized weights
+    reads the blocks beside this function instead."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize as gguf_dequantize
+
+    readable = _readable_types()
+    if tensor.tensor_type not in readable:
+        kind = getattr(tensor.tensor_type, "name", str(tensor.tensor_type))
+        raise ModelLoadError(f"{source}: tensor {tensor.name} is stored as {kind}, which this loader cannot read "
+                             f"(it reads {', '.join(readable.values())}); convert the file with llama.cpp's "
+                             "llama-quantize to one of those")
+    try:
+        data = np.asarray(tensor.data)
+        if tensor.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            array = data.astype(np.float32)
+        else:
+            array = gguf_dequantize(data, tensor.tensor_type)
+        rows = [int(d) for d in reversed(tensor.shape)]  # GGUF lists dimensions fastest first
+        return array.reshape(rows).astype(np.float32, copy=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{source}: tensor {tensor.name} cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 class GGUFCheckpoint(Checkpoint):
     def __init__(self, path: Path):
-        import gguf
-
         self.path = path
         try:
-            self._reader = gguf.GGUFReader(str(path))
-        except Exception as exc:  # the reader raises ValueError, struct.error, IndexError, …
+            self._file = GGUFFile(path)
+        except Exception as exc:  # a cut or foreign file: ValueError, struct.error, KeyError, …
             raise ModelLoadError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
-        self._tensors = {t.name: t for t in self._reader.tensors}
+        self._tensors = self._file.tensors
         arch = self._field("general.architecture")
-        if arch != "llama":
-            raise ModelLoadError(f"{path}: GGUF architecture {arch!r} is not supported (supported: llama)")
-        tokens = self._reader.fields.get("tokenizer.ggml.tokens")
-        heads = int(self._field("llama.attention.head_count"))
+        if arch not in ARCHITECTURES:
+            raise ModelLoadError(
+                f"{path}: GGUF architecture {arch!r} is not supported (supported: {', '.join(ARCHITECTURES)})")
+        tokens = self._file.array_length("tokenizer.ggml.tokens")
+        key = lambda name: f"{arch}.{name}"  # noqa: E731
+        heads = int(self._field(key("attention.head_count")))
         self.config = ModelConfig(
-            arch="llama",
-            vocab_size=len(tokens.data) if tokens else int(self._field("llama.vocab_size")),
-            hidden_size=int(self._field("llama.embedding_length")),
-            num_layers=int(self._field("llama.block_count")),
+            arch=arch,
+            vocab_size=tokens or int(self._field(key("vocab_size"))),
+            hidden_size=int(self._field(key("embedding_length"))),
+            num_layers=int(self._field(key("block_count"))),
             num_heads=heads,
-            num_kv_heads=int(self._field("llama.attention.head_count_kv", heads)),
-            intermediate_size=int(self._field("llama.feed_forward_length")),
-            max_positions=int(self._field("llama.context_length")),
-            norm_eps=float(self._field("llama.attention.layer_norm_rms_epsilon")),
-            rope_theta=float(self._field("llama.rope.freq_base", 10000.0)),
+            num_kv_heads=int(self._field(key("attention.head_count_kv"), heads)),
+            intermediate_size=int(self._field(key("feed_forward_length"))),
+            max_positions=int(self._field(key("context_length"))),
+            norm_eps=float(self._field(key("attention.layer_norm_rms_epsilon"))),
+            rope_theta=float(self._field(key("rope.freq_base"), 10000.0)),
             tie_embeddings="output.weight" not in self._tensors,
         )
         try:
@@ -64,33 +108,22 @@ class GGUFCheckpoint(Checkpoint):
     _MISSING = object()
 
     def _field(self, key: str, default=_MISSING):
-        field = self._reader.fields.get(key)
-        if field is None:
+        value = self._file.field(key, None)
+        if value is None:
             if default is GGUFCheckpoint._MISSING:
                 raise ModelLoadError(f"{self.path}: GGUF metadata has no {key}")
             return default
-        return field.contents()
+        return value
 
     def _gguf_tensor(self, name: str) -> np.ndarray:
-        from gguf import GGMLQuantizationType
-        from gguf.quants import dequantize
-
         tensor = self._tensors.get(name)
         if tensor is None:
             raise ModelLoadError(f"{self.path}: tensor {name} is missing")
-        try:
-            data = np.asarray(tensor.data)
-            if tensor.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-                array = data.astype(np.float32)
-            else:
-                array = dequantize(data, tensor.tensor_type)
-        except Exception as exc:
-            raise ModelLoadError(f"{self.path}: tensor {name} cannot be read ({exc})") from exc
-        rows = [int(d) for d in reversed(tensor.shape)]  # GGUF lists dimensions fastest first
-        return array.reshape(rows).astype(np.float32, copy=False)
+        return dequantize(tensor, self.path)
 
     def _unpermute(self, rows: np.ndarray, heads: int) -> np.ndarray:
-        """Undo llama.cpp's RoPE row order: per head, (d/2, 2) → (2, d/2)."""
+        """Undo llama.cpp's RoPE row order: per head, (d/2, 2) → (2, d/2). Works on a weight
+        [out, in] and on a bias [out] alike."""
         out_dim = rows.shape[0]
         return rows.reshape(heads, out_dim // heads // 2, 2, -1).swapaxes(1, 2).reshape(rows.shape)
 
@@ -105,11 +138,9 @@ class GGUFCheckpoint(Checkpoint):
         _, index, suffix = name.split(".", 2)
         parts = []
         for part in _LAYER_TENSORS[suffix]:
-            array = self._gguf_tensor(f"blk.{index}.{part}.weight")  # [out, in] like torch
-            if part == "attn_q":
-                array = self._unpermute(array, c.num_heads)
-            elif part == "attn_k":
-                array = self._unpermute(array, c.num_kv_heads)
+            array = self._gguf_tensor(f"blk.{index}.{part}")  # [out, in] like torch
+            if c.arch in _PERMUTED_ROPE and part.startswith(("attn_q.", "attn_k.")):
+                array = self._unpermute(array, c.num_heads if part.startswith("attn_q.") else c.num_kv_heads)
             parts.append(array)
         array = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         return array if array.ndim == 1 else array.T
@@ -119,9 +150,7 @@ class GGUFCheckpoint(Checkpoint):
         model = self._field("tokenizer.ggml.model", None)
         if model != "gpt2":
             raise ModelLoadError(f"{self.path}: GGUF tokenizer model {model!r} is not supported (supported: gpt2)")
-        tokens = self._reader.fields["tokenizer.ggml.tokens"].contents()
-        types = self._reader.fields["tokenizer.ggml.token_type"].contents()
-        merges = self._reader.fields["tokenizer.ggml.merges"].contents()
+        tokens, types, merges = (self._field(f"tokenizer.ggml.{k}") for k in ("tokens", "token_type", "merges"))
         return Tokenizer.from_gguf_fields(tokens, types, merges, self._field("tokenizer.ggml.pre", "gpt2"),
                                           int(self._field("tokenizer.ggml.eos_token_id")), str(self.path))
 

@@ -1,6 +1,7 @@
 """Hugging Face checkpoint directories: ``config.json`` + ``*.safetensors`` (single or sharded).
 
-``model_type`` ``gpt_bigcode`` (WizardCoder, StarCoder; multi-query or multi-head) or ``llama``.
+``model_type`` ``gpt_bigcode`` (WizardCoder, StarCoder; multi-query or multi-head), ``llama`` or
+``qwen2`` (Llama's names plus ``q_proj`` / ``k_proj`` / ``v_proj`` biases).
 Tensors are read lazily from memory-mapped safetensors, one at a time.
 """
 
@@ -31,19 +32,21 @@ def config_from_hf(data: dict, source: Path) -> ModelConfig:
                 norm_eps=data.get("layer_norm_epsilon", 1e-5), tie_embeddings=data.get("tie_word_embeddings", True))
             if data.get("activation_function", "gelu_pytorch_tanh") not in ("gelu_pytorch_tanh", "gelu_new"):
                 raise ModelLoadError(f"{source}: activation {data['activation_function']!r} is not supported")
-        elif model_type == "llama":
+        elif model_type in ("llama", "qwen2"):
             heads = data["num_attention_heads"]
             if data.get("rope_scaling") or (data.get("rope_parameters") or {}).get("rope_type", "default") != "default":
                 raise ModelLoadError(f"{source}: RoPE scaling is not supported")
             theta = data.get("rope_theta") or (data.get("rope_parameters") or {}).get("rope_theta", 10000.0)
             config = ModelConfig(
-                arch="llama", vocab_size=data["vocab_size"], hidden_size=data["hidden_size"],
+                arch=model_type, vocab_size=data["vocab_size"], hidden_size=data["hidden_size"],
                 num_layers=data["num_hidden_layers"], num_heads=heads,
                 num_kv_heads=data.get("num_key_value_heads") or heads, intermediate_size=data["intermediate_size"],
                 max_positions=data.get("max_position_embeddings", 2048), norm_eps=data.get("rms_norm_eps", 1e-6),
                 rope_theta=float(theta), tie_embeddings=data.get("tie_word_embeddings", False))
-            if data.get("attention_bias") or data.get("mlp_bias"):
+            if model_type == "llama" and (data.get("attention_bias") or data.get("mlp_bias")):
                 raise ModelLoadError(f"{source}: Llama with attention or MLP biases is not supported")
+            if model_type == "qwen2" and data.get("use_sliding_window"):
+                raise ModelLoadError(f"{source}: Qwen2 with sliding-window attention is not supported")
         else:
             raise ModelLoadError(
                 f"{source}: model_type {model_type!r} is not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
@@ -155,6 +158,7 @@ def _read_gpt_bigcode(ck: HFCheckpoint, name: str) -> np.ndarray:
 
 
 def _read_llama(ck: HFCheckpoint, name: str) -> np.ndarray:
+    """Llama's names; Qwen2 uses the same ones, plus the q/k/v biases."""
     if name == "tok_embeddings":
         return ck._hf("model.embed_tokens.weight")
     if name == "lm_head.weight":
@@ -164,8 +168,9 @@ def _read_llama(ck: HFCheckpoint, name: str) -> np.ndarray:
         return ck._hf("model.norm.weight")
     _, i, rest = name.split(".", 2)
     p = f"model.layers.{i}."
-    if rest == "attn.qkv.weight":
-        array = np.concatenate([ck._hf(p + f"self_attn.{x}_proj.weight") for x in "qkv"], axis=0)
+    if rest in ("attn.qkv.weight", "attn.qkv.bias"):
+        kind = rest.rsplit(".", 1)[1]
+        array = np.concatenate([ck._hf(p + f"self_attn.{x}_proj.{kind}") for x in "qkv"], axis=0)
     else:
         source = {"attn_norm.weight": "input_layernorm.weight", "mlp_norm.weight": "post_attention_layernorm.weight",
                   "attn.out.weight": "self_attn.o_proj.weight", "mlp.gate.weight": "mlp.gate_proj.weight",
@@ -174,4 +179,4 @@ def _read_llama(ck: HFCheckpoint, name: str) -> np.ndarray:
     return array.T if array.ndim == 2 else array
 
 
-_READERS = {"gpt_bigcode": _read_gpt_bigcode, "llama": _read_llama}
+_READERS = {"gpt_bigcode": _read_gpt_bigcode, "llama": _read_llama, "qwen2": _read_llama}

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 class IdsTokenizer:
     def __init__(self, eos_id: int = -1):
         self.eos_id = eos_id  # -1: no token ends the generation
+        self.stop_ids = frozenset({eos_id})  # the engine stops on any of these
 
     def decode(self, ids: Sequence[int]) -> str:
         return " ".join(map(str, ids))

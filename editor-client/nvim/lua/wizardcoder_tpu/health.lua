@@ -1,12 +1,21 @@
 --- :checkhealth wizardcoder_tpu — the server executable, the model, the backend.
 local M = {}
 
---- Where the server keeps the default model (inference/paths.py, inference/default_model.py).
+--- The named models' files in the server's cache (inference/models.py: name → file_name).
+local MODEL_FILES = {
+  ['qwen2.5-coder-0.5b'] = { 'Qwen2.5-Coder-0.5B-Instruct', 'qwen2.5-coder-0.5b-instruct.gguf', '455 MiB' },
+  ['qwen2.5-coder-1.5b'] = { 'Qwen2.5-Coder-1.5B-Instruct', 'qwen2.5-coder-1.5b-instruct.gguf', '1 GiB' },
+  ['smollm2-135m'] = { 'SmolLM2-135M-Instruct', 'SmolLM2-135M-Instruct.Q4_1.gguf', '89 MiB' },
+}
+MODEL_FILES['default'] = MODEL_FILES['qwen2.5-coder-0.5b']
+
+--- Where the server keeps a named model (inference/paths.py, inference/models.py).
+---@param file string
 ---@return string
-local function default_model_path()
+local function cached_model_path(file)
   local root = vim.env.WIZARDCODER_TPU_CACHE
     or vim.fs.joinpath(vim.env.XDG_CACHE_HOME or vim.fs.joinpath(vim.uv.os_homedir(), '.cache'), 'wizardcoder-tpu')
-  return vim.fs.joinpath(root, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf')
+  return vim.fs.joinpath(root, 'models', file)
 end
 
 function M.check()
@@ -42,18 +51,21 @@ function M.check()
 
   vim.health.start('wizardcoder-tpu: model')
   local model = settings.model
-  if model == 'default' then
-    local file = default_model_path()
+  local named = MODEL_FILES[model]
+  if named then
+    local title, file, size = named[1], cached_model_path(named[2]), named[3]
+    local which = model == 'default' and 'default model' or ('model ' .. model)
     if vim.uv.fs_stat(file) then
-      vim.health.ok('default model (SmolLM2-135M-Instruct) present: ' .. file)
+      vim.health.ok(('%s (%s) present: %s'):format(which, title, file))
     else
-      vim.health.warn('default model not downloaded yet (' .. file .. ')',
-        { 'the server fetches it on first start (93 MB), or run `wizardcoder-tpu fetch`' })
+      vim.health.warn(('%s (%s) not downloaded yet (%s)'):format(which, title, file),
+        { ('the server fetches it on first start (%s), or run `wizardcoder-tpu fetch %s`'):format(size,
+          model == 'default' and '' or model) })
     end
   elseif vim.uv.fs_stat(vim.fs.normalize(model)) then
     vim.health.ok('model present: ' .. model)
   else
-    vim.health.error('model not found: ' .. model, { 'set settings.model to a .gguf, a checkpoint directory or a .bmodel' })
+    vim.health.error('model not found: ' .. model, { 'set settings.model to a model name, a .gguf, a checkpoint directory or a .bmodel' })
   end
 
   vim.health.start('wizardcoder-tpu: backend')
