@@ -13,11 +13,14 @@ holds no document text at the default level (``warning``); ``--log-level debug``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import logging
 import logging.handlers
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from ..inference.paths import cache_dir
 from .server import create_server
@@ -30,6 +33,7 @@ LOG_BACKUPS = 2
 
 
 def serve(args: argparse.Namespace) -> int:
+    """Serve one session; returns only for a bad command line (the session's end ends the process)."""
     try:
         host_port = parse_tcp(args.tcp) if getattr(args, "tcp", None) else None
     except ValueError as exc:
@@ -39,10 +43,25 @@ def serve(args: argparse.Namespace) -> int:
     server = create_server(from_command_line(args))
     logging.getLogger(__name__).info("serving (log: %s) on %s", log_file, "tcp %s:%d" % host_port if host_port else "stdio")
     if host_port is not None:
-        return serve_tcp(server, *host_port)
+        end_process(serve_tcp(server, *host_port))
     protocol_out = sys.stdout.buffer
     sys.stdout = sys.stderr
-    return serve_stdio(server, sys.stdin.buffer, protocol_out)
+    end_process(serve_stdio(server, sys.stdin.buffer, protocol_out))
+
+
+def end_process(code: int) -> NoReturn:
+    """End the server process once its session is over, without the interpreter's finalisation.
+
+    The model may still be loading or generating on the worker thread, inside native code that
+    holds no GIL (onnxruntime building a session, numpy reading the memory-mapped GGUF): tearing
+    down the interpreter under it unmaps what it reads (seen: SIGSEGV when ``exit`` came during a
+    load). Nothing is left that the operating system does not release, so flush what we wrote and
+    leave with the session's code."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def parse_tcp(value: str) -> tuple[str, int]:
