@@ -462,13 +462,12 @@ def test_an_engine_exception_mid_generation_is_reported_and_the_server_keeps_ser
         def failing(ids, params, cancel=None, on_text=None):
             count = 0
 
-            def fault(text):
+            def fault(text: str) -> bool:
                 nonlocal count
                 count += 1
                 if count == 3:
                     raise RuntimeError("injected: the device stopped answering")
-                if on_text is not None:
-                    on_text(text)
+                return on_text(text) if on_text is not None else True
             return real(ids, params, cancel, fault)
 
         engine.generate = failing
