@@ -60,6 +60,7 @@ SYSTEMS = ("default", "context", "bare", "llama.cpp", "small", "naive")
 FULL = {"holes": 20, "languages": LANGUAGES, "kinds": KINDS, "systems": ("default", "bare", "naive"), "options": {}}
 SMOKE = {"holes": 1, "languages": ("python", "cpp"), "kinds": KINDS, "systems": ("default",),
          "options": {"maxNewTokens": 16, "promptTokens": 256}}  # checks the path end to end, not the quality
+REPLAY_SUFFIX_CHARS = 4096  # as much of the text after the cursor as post-processing looks at
 NAIVE_MAX_NEW_TOKENS = 48  # the naive row keeps one line: no need to decode a whole block
 
 
@@ -77,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a setting for every server row, e.g. maxNewTokens=32 (repeatable)")
     p.add_argument("--bare-option", action="append", default=[], metavar="KEY=JSON",
                    help="a setting for the bare row only, e.g. contextTokens=0 (repeatable)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=JSON[;KEY=JSON…]",
+                   help="one more row: the default row with these settings (tuning, issue 11 item 7); the key "
+                        "@files=N opens N other files of the folder first, e.g. 'budget512:promptTokens=512' "
+                        "(repeatable)")
     p.add_argument("--context-files", type=int, default=4, help="other files opened by the context row (default 4)")
     p.add_argument("--small-model", default="smollm2-135m", help="the small row's model (default smollm2-135m)")
     p.add_argument("--gguf", help="the llama.cpp row's GGUF (default: the file --model names)")
@@ -96,9 +101,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     try:
         args.options = _options(args.option)
         args.bare_options = _options(args.bare_option)
+        args.variants = [_variant(v) for v in args.variant]
     except ValueError as exc:
         p.error(str(exc))
+    names = [*args.systems, *(name for name, _ in args.variants)]
+    if len(set(names)) != len(names):
+        p.error(f"two rows share a name: {', '.join(names)}")
     return args
+
+
+def _variant(spec: str) -> tuple[str, dict[str, Any]]:
+    name, sep, pairs = spec.partition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"--variant expects NAME:KEY=JSON[;KEY=JSON…], got {spec!r}")
+    return name.strip(), _options([pair for pair in pairs.split(";") if pair.strip()])
 
 
 def _choices(value: str, allowed: tuple[str, ...], flag: str, parser: argparse.ArgumentParser) -> tuple[str, ...]:
@@ -146,7 +162,13 @@ def build_systems(args: argparse.Namespace, log_dir: Path) -> list[Any]:
                                  "maxNewTokens": min(NAIVE_MAX_NEW_TOKENS, common.get("maxNewTokens", 64))},
                                 cut_first_line=True),
     }
-    return [makers[name]() for name in args.systems]
+    rows = [makers[name]() for name in args.systems]
+    for name, options in args.variants:
+        options = dict(options)
+        files = int(options.pop("@files", 0))
+        shown = "; ".join(f"{k}={json.dumps(v)}" for k, v in options.items()) + (f"; {files} other files open" if files else "")
+        rows.append(server(name, f"the default row with {shown}", options, context_count=files))
+    return rows
 
 
 def _gguf(args: argparse.Namespace) -> Path:
@@ -291,9 +313,12 @@ def write_details(path: Path, results: dict[str, tuple[list[Outcome], str | None
         for name, (outcomes, _) in results.items():
             for o in outcomes:
                 out.write(json.dumps({"row": name, "hole": o.hole.name, "language": o.hole.language,
-                                      "kind": o.hole.kind, "truth": o.hole.truth, "answer": o.text,
-                                      "latency_ms": round(o.latency_ms, 1), "error": o.error,
-                                      **asdict(score(o))}) + "\n")
+                                      "kind": o.hole.kind, "package": o.hole.package, "truth": o.hole.truth,
+                                      "answer": o.text, "latency_ms": round(o.latency_ms, 1), "error": o.error,
+                                      "reindented": o.reindented, **asdict(score(o)),
+                                      # what post-processing reads, for bench/quality_replay.py
+                                      "line_prefix": o.hole.line_prefix, "suffix_head": o.hole.suffix[:REPLAY_SUFFIX_CHARS],
+                                      }) + "\n")
 
 
 # Main -------------------------------------------------------------------------------------------

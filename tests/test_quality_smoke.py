@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import quality_holes as qh  # noqa: E402
 from quality_llamavim import indent_stop, local_context, render  # noqa: E402
 from quality_score import Outcome, repeats_suffix, score, summarize  # noqa: E402
+from quality_replay import replay  # noqa: E402
 
 
 def _sources() -> list[qh.Source]:
@@ -126,7 +127,8 @@ def test_llama_vim_render_trims_and_discards():
 def test_smoke_run_asks_the_real_server(tmp_path):
     """``--smoke`` (four holes, short answers) through the default row and the bare one; about a
     minute on an idle machine. The bare row (``postprocess: false``) gets the same greedy prompt,
-    so each default answer is the bare answer, cut."""
+    so each default answer is the bare answer post-processed (what bench/quality_replay.py relies
+    on to tune post-processing offline)."""
     report, details = tmp_path / "quality.md", tmp_path / "details.jsonl"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--smoke", "--systems", "default,bare",
                           "--output", str(report), "--details", str(details)],
@@ -139,7 +141,9 @@ def test_smoke_run_asks_the_real_server(tmp_path):
     answers = [json.loads(line) for line in details.read_text().splitlines()]
     assert len(answers) == 8 and all(a["error"] is None and a["latency_ms"] > 0 for a in answers)
     default = {a["hole"]: a["answer"] for a in answers if a["row"] == "default"}
-    bare = {a["hole"]: a["answer"] for a in answers if a["row"] == "bare"}
+    bare = {a["hole"]: a for a in answers if a["row"] == "bare"}
     assert default.keys() == bare.keys() and any(text.strip() for text in default.values())
     for hole, text in default.items():
-        assert bare[hole].startswith(text), (hole, text, bare[hole])
+        raw = bare[hole]
+        assert raw["answer"].startswith(text.rstrip()), (hole, text, raw["answer"])
+        assert replay(raw["answer"], raw["line_prefix"], raw["suffix_head"]) == text, (hole, text, raw["answer"])
