@@ -19,7 +19,12 @@ repeats of the text after the cursor, empty answers, latency). The rows (``--sys
   llama.vim's rules (``quality_llamavim.py``);
 - ``small``: the tiny option (``--small-model``, SmolLM2) as shipped;
 - ``naive``: greedy continuation of the prefix (``mode: prefix``, no post-processing), cut at
-  the first line break.
+  the first line break;
+- ``--variant NAME:KEY=JSON;…``: the default row with other settings (a prompt budget, a context
+  budget, other open files), for tuning.
+
+To tune post-processing, run the model once with the ``bare`` row and ``--details``, then score
+each change in seconds with ``bench/quality_replay.py``.
 
 Every server row runs with ``debounceMs: 0`` (one request per document, nothing to wait for) and
 its own server process; the rows run one after another, and the machine's load average is in the
