@@ -11,10 +11,12 @@ repeats of the text after the cursor, empty answers, latency). The rows (``--sys
 
 - ``default``: the server as shipped (``--model``, ``--server-arg``): our prompts and
   post-processing;
-- ``context``: the same, with up to ``--context-files`` other files of the hole's folder opened
-  first (what cross-file context adds);
-- ``bare``: the same model with post-processing off (setting ``postprocess: false``) and the plain
-  prompt of ``mode: auto`` (FIM where the vocabulary has it), plus any ``--bare-option``;
+- ``nocontext``: the same without code from other places (``contextTokens: 0``);
+- ``context``: the same as ``default``, with up to ``--context-files`` other files of the hole's
+  folder opened first (what cross-file context adds);
+- ``bare``: the same model with the plain prompt of ``mode: auto`` (FIM where the vocabulary has
+  it; ``contextTokens: 0``) and post-processing off (``postprocess: false``), plus any
+  ``--bare-option``: the ``nocontext`` row's prompt, the model's raw answer;
 - ``llama.cpp``: the same GGUF (``--gguf``, default: the file ``--model`` names) on llama.cpp with
   llama.vim's rules (``quality_llamavim.py``);
 - ``small``: the tiny option (``--small-model``, SmolLM2) as shipped;
@@ -28,7 +30,9 @@ each change in seconds with ``bench/quality_replay.py``.
 
 Every server row runs with ``debounceMs: 0`` (one request per document, nothing to wait for) and
 its own server process; the rows run one after another, and the machine's load average is in the
-report. The result is a markdown file (``--output``, default ``bench/results/quality.md``) with
+report. Each row takes the holes in the order of their files (language, package, path), so that
+the server's ring of chunks from places visited before holds code of the same package, as in an
+editor session within one project, not of an unrelated one. The result is a markdown file (``--output``, default ``bench/results/quality.md``) with
 the date, the machine, the versions, the hole counts and a table per language and hole kind.
 """
 
@@ -61,7 +65,7 @@ from quality_systems import LspSystem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "quality.md"
-SYSTEMS = ("default", "context", "bare", "llama.cpp", "small", "naive")
+SYSTEMS = ("default", "nocontext", "context", "bare", "llama.cpp", "small", "naive")
 FULL = {"holes": 20, "languages": LANGUAGES, "kinds": KINDS, "systems": ("default", "bare", "naive"), "options": {}}
 SMOKE = {"holes": 1, "languages": ("python", "cpp"), "kinds": KINDS, "systems": ("default",),
          "options": {"maxNewTokens": 16, "promptTokens": 256}}  # checks the path end to end, not the quality
@@ -154,16 +158,17 @@ def build_systems(args: argparse.Namespace, log_dir: Path) -> list[Any]:
 
     makers: dict[str, Callable[[], Any]] = {
         "default": lambda: server("default", "the server as shipped: our prompts and post-processing", {}),
+        "nocontext": lambda: server("nocontext", "the same without code from other places", {"contextTokens": 0}),
         "context": lambda: server("context", f"the same, with up to {args.context_files} other files of the folder open",
                                   {}, context_count=args.context_files),
         "bare": lambda: server("bare", "the same model, plain prompt (mode auto), post-processing off",
-                               {"mode": "auto", "postprocess": False, **args.bare_options}),
+                               {"mode": "auto", "postprocess": False, "contextTokens": 0, **args.bare_options}),
         "llama.cpp": lambda: LlamaVimSystem("llama.cpp", "the same GGUF on llama.cpp with llama.vim's rules",
                                             _gguf(args), threads=args.threads),
         "small": lambda: server("small", f"the small model ({args.small_model}) as shipped", {},
                                 server_args=["--model", args.small_model, *args.server_arg]),
         "naive": lambda: server("naive", "greedy continuation of the prefix, cut at the first line break",
-                                {"mode": "prefix", "postprocess": False,
+                                {"mode": "prefix", "postprocess": False, "contextTokens": 0,
                                  "maxNewTokens": min(NAIVE_MAX_NEW_TOKENS, common.get("maxNewTokens", 64))},
                                 cut_first_line=True),
     }
@@ -347,8 +352,9 @@ async def run(args: argparse.Namespace, argv: list[str]) -> tuple[str, bool]:
         log_dir.mkdir(parents=True, exist_ok=True)
         systems = build_systems(args, log_dir)
         results = {}
+        in_file_order = sorted(holes, key=lambda h: (h.language, h.package, h.relative_path, h.line))
         for system in systems:
-            results[system.name] = await run_system(system, holes, progress)
+            results[system.name] = await run_system(system, in_file_order, progress)
             if results[system.name][1]:
                 progress(f"{system.name}: not run: {results[system.name][1]}")
     text = report(args, argv, holes, systems, results, sources, load_start, load(), (time.monotonic() - started) / 60)

@@ -1,15 +1,15 @@
 """Tune post-processing without running a model again: replay it on a run's raw answers.
 
-    python bench/quality.py --systems default,bare --details run.jsonl   # the model, once
+    python bench/quality.py --systems nocontext,bare --details run.jsonl   # the model, once
     python bench/quality_replay.py run.jsonl                             # seconds, after each edit
 
 The ``bare`` row of ``bench/quality.py`` keeps what the model wrote, unstopped and uncut
-(``postprocess: false``), from the same greedy prompt as the default row. So the default row's
-answer is ``postprocess`` of the bare one, as ``lsp/completion.py`` calls it (the kind from
+(``postprocess: false``), from the same greedy prompt as the ``nocontext`` row (the default
+settings with ``contextTokens: 0``). So that row's answer is ``postprocess`` of the bare one, as ``lsp/completion.py`` calls it (the kind from
 ``completion_kind``, then ``postprocess``), and a change to ``inference/postprocess.py`` can be
 scored against the same raw answers in seconds (issue 11, item 7: the single/multi-line
 decision, the dedent and bracket stops, the suffix-overlap rule, whitespace). The replay also
-checks itself: where the run has a default row, the replayed answers should equal it (they
+checks itself: where the run has a nocontext row, the replayed answers should equal it (they
 differ only when the bare row ran out of tokens before the point where post-processing cuts, or
 when the server's early stop and ``postprocess`` disagree, which is a bug worth seeing).
 """
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("details", help="a --details file of bench/quality.py with a bare row")
     p.add_argument("--row", default="bare", help="the row of raw answers (default bare)")
-    p.add_argument("--against", default="default", help="the row the replay should reproduce (default default)")
+    p.add_argument("--against", default="nocontext",
+                   help="the row the replay should reproduce: one with the bare row's prompt (default nocontext)")
     args = p.parse_args(argv)
     entries = [json.loads(line) for line in Path(args.details).read_text(encoding="utf-8").splitlines() if line.strip()]
     raw = [e for e in entries if e["row"] == args.row and e["error"] is None]

@@ -125,12 +125,13 @@ def test_llama_vim_render_trims_and_discards():
 # The real server --------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_smoke_run_asks_the_real_server(tmp_path):
-    """``--smoke`` (four holes, short answers) through the default row and the bare one; about a
-    minute on an idle machine. The bare row (``postprocess: false``) gets the same greedy prompt,
-    so each default answer is the bare answer post-processed (what bench/quality_replay.py relies
-    on to tune post-processing offline)."""
+    """``--smoke`` (four holes, short answers) through the default row and the bare one, both
+    without other files' code (``contextTokens: 0``); about a minute on an idle machine. The bare
+    row (``postprocess: false``) then gets the same greedy prompt, so each default answer is the
+    bare answer post-processed (what bench/quality_replay.py relies on to tune post-processing
+    offline)."""
     report, details = tmp_path / "quality.md", tmp_path / "details.jsonl"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--smoke", "--systems", "default,bare",
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--smoke", "--systems", "default,bare", "--option", "contextTokens=0",
                           "--output", str(report), "--details", str(details)],
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
