@@ -140,8 +140,17 @@ def run_model(engine: Engine, cursor: Cursor, kind: Kind, settings: Settings, ca
         return ModelRun(None, prompt, None, prompt_ms)
     around = Surroundings.of(cursor.prefix, cursor.suffix)
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, stop_strings=prompt.stop_strings)
-    generation = engine.generate(prompt.ids, params, cancel, lambda text: not should_stop(text, around, kind))
-    result = None if generation.stop_reason == "cancelled" else postprocess(generation.text, around, kind)
+
+    def go_on(text: str) -> bool:  # with postprocess off (bench/quality.py's bare row) the model runs on
+        return not settings.postprocess or not should_stop(text, around, kind)
+
+    generation = engine.generate(prompt.ids, params, cancel, go_on)
+    if generation.stop_reason == "cancelled":
+        result = None
+    elif not settings.postprocess:  # what the model wrote, as it wrote it
+        result = Processed(generation.text, 0) if generation.text else None
+    else:
+        result = postprocess(generation.text, around, kind)
     return ModelRun(result, prompt, generation, prompt_ms)
 
 

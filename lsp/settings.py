@@ -60,6 +60,8 @@ class Settings:
     languages: tuple[str, ...] = setting((), "Language ids to complete in (for example `python`); empty means "
                                          "all. The clients attach to these only.")
     explain_max_new_tokens: int = setting(256, "Tokens of an explanation at most.", minimum=1, maximum=4096)
+    postprocess: bool = setting(True, "`false` shows the model's raw text, neither stopped early nor cut: for "
+                                "measuring what post-processing adds (`bench/quality.py`), not for everyday use.")
 
     def allows(self, language_id: str) -> bool:
         return not self.languages or language_id in self.languages

@@ -35,6 +35,8 @@ export interface ServerSettings {
   languages: string[];
   /** Tokens of an explanation at most. */
   explainMaxNewTokens: number;
+  /** `false` shows the model's raw text, neither stopped early nor cut: for measuring what post-processing adds (`bench/quality.py`), not for everyday use. */
+  postprocess: boolean;
 }
 
 /** What the server accepts of each setting; readServerSettings keeps to it. */
@@ -49,6 +51,7 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "mode", kind: "string", choices: ["auto", "fim", "instruct", "prefix"] },
   { key: "languages", kind: "string[]" },
   { key: "explainMaxNewTokens", kind: "integer", minimum: 1, maximum: 4096 },
+  { key: "postprocess", kind: "boolean" },
 ];
 
 export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
@@ -62,6 +65,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   mode: "auto",
   languages: [],
   explainMaxNewTokens: 256,
+  postprocess: true,
 });
 
 export const DEFAULT_SERVER_COMMAND: readonly string[] = Object.freeze(["wizardcoder-tpu", "serve", "--stdio"]);

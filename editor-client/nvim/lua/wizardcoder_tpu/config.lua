@@ -47,6 +47,9 @@ local server_settings = {
   languages = {},
   -- Tokens of an explanation at most. An integer from 1 to 4096.
   explainMaxNewTokens = 256,
+  -- `false` shows the model's raw text, neither stopped early nor cut: for measuring what post-
+  -- processing adds (`bench/quality.py`), not for everyday use. A boolean.
+  postprocess = true,
 }
 
 --- The values a setting may take, where the server names them.

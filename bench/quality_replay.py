@@ -1,0 +1,88 @@
+"""Tune post-processing without running a model again: replay it on a run's raw answers.
+
+    python bench/quality.py --systems nocontext,bare --details run.jsonl   # the model, once
+    python bench/quality_replay.py run.jsonl                             # seconds, after each edit
+
+The ``bare`` row of ``bench/quality.py`` keeps what the model wrote, unstopped and uncut
+(``postprocess: false``), from the same greedy prompt as the ``nocontext`` row (the default
+settings with ``contextTokens: 0``). So that row's answer is ``postprocess`` of the bare one, as ``lsp/completion.py`` calls it (the kind from
+``completion_kind``, then ``postprocess``), and a change to ``inference/postprocess.py`` can be
+scored against the same raw answers in seconds (issue 11, item 7: the single/multi-line
+decision, the dedent and bracket stops, the suffix-overlap rule, whitespace). The replay also
+checks itself: where the run has a nocontext row, the replayed answers should equal it (they
+differ only when the bare row ran out of tokens before the point where post-processing cuts, or
+when the server's early stop and ``postprocess`` disagree, which is a bug worth seeing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality import HEADER, row  # noqa: E402
+from quality_holes import Hole  # noqa: E402
+from quality_score import Outcome, summarize  # noqa: E402
+
+from wizardcoder_tpu.inference.postprocess import Surroundings, completion_kind, postprocess  # noqa: E402
+
+
+def replay(raw: str, line_prefix: str, suffix_head: str) -> str:
+    """What the server would show for the model's ``raw`` text (lsp/completion.py's steps)."""
+    around = Surroundings.of(line_prefix, suffix_head)
+    kind = completion_kind(around)
+    if kind is None:
+        return ""
+    processed = postprocess(raw, around, kind)
+    return processed.text if processed is not None else ""
+
+
+def hole_of(entry: dict) -> Hole:
+    """Enough of the hole to score an answer: the cursor's line, the text after it, the truth."""
+    return Hole(entry["language"], entry["kind"], entry.get("package", ""), Path(entry["hole"]), entry["hole"], 0,
+                len(entry["line_prefix"]), entry["line_prefix"], entry["suffix_head"], entry["truth"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("details", help="a --details file of bench/quality.py with a bare row")
+    p.add_argument("--row", default="bare", help="the row of raw answers (default bare)")
+    p.add_argument("--against", default="nocontext",
+                   help="the row the replay should reproduce: one with the bare row's prompt (default nocontext)")
+    args = p.parse_args(argv)
+    entries = [json.loads(line) for line in Path(args.details).read_text(encoding="utf-8").splitlines() if line.strip()]
+    raw = [e for e in entries if e["row"] == args.row and e["error"] is None]
+    if not raw:
+        raise SystemExit(f"{args.details}: no answers of row {args.row!r} (run bench/quality.py with --systems …,bare)")
+    against = {e["hole"]: e for e in entries if e["row"] == args.against}
+    groups: dict[tuple[str, str], dict[str, list[Outcome]]] = defaultdict(lambda: defaultdict(list))
+    differ = []
+    for entry in raw:
+        hole = hole_of(entry)
+        text = replay(entry["answer"], entry["line_prefix"], entry["suffix_head"])
+        for key in ((hole.language, hole.kind), ("all", hole.kind)):
+            groups[key][f"{args.row} (raw)"].append(Outcome(hole, entry["answer"], entry["latency_ms"]))
+            groups[key]["replayed"].append(Outcome(hole, text, entry["latency_ms"]))
+            if entry["hole"] in against:
+                served = against[entry["hole"]]
+                groups[key][f"{args.against} (served)"].append(Outcome(hole, served["answer"], served["latency_ms"],
+                                                                       served["error"]))
+        if entry["hole"] in against and against[entry["hole"]]["answer"] != text:
+            differ.append((entry["hole"], against[entry["hole"]]["answer"], text))
+    for (language, kind), rows in sorted(groups.items()):
+        print(f"\n## {language}, {kind} holes ({len(rows['replayed'])})\n\n{HEADER}")
+        for name, outcomes in rows.items():
+            print(row(name, summarize(outcomes)))
+    if against:
+        print(f"\nreplayed = {args.against} row on {len(raw) - len(differ)} of {len(raw)} holes")
+        for hole, served, text in differ:
+            print(f"- {hole}: served {served!r}, replayed {text!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
