@@ -33,6 +33,14 @@ def inspect_bmodel(path: str) -> dict[str, str | int]:
     """Header facts (chip, version, device_num, net_count) without the libraries; raises
     ModelError for a file that is not a bmodel, truncated, or damaged where bmrt would crash."""
 
+def check_bmodel(path: str) -> dict[str, int]:
+    """The piece contract (docs/tpu-pieces.md) checked on the file alone, without the libraries or
+    a device: the same check the engine runs on what the runtime reports. Returns seq_len,
+    chunk_len, num_layers, hidden_size, vocab_size (as the Engine's properties) and kv_row_bytes
+    (one position of one layer's K). Raises ModelError naming the net and what is wrong, for a
+    damaged file as inspect_bmodel does, and for a bmodel compiled for several devices (checked
+    when the engine loads it)."""
+
 class EngineStats:
     @property
     def tokens_fed(self) -> int: ...

@@ -1,5 +1,5 @@
-// pybind11 adapters for errors.h, runtime.h and engine.h; the only file besides module.cpp that
-// knows about Python.
+// pybind11 adapters for errors.h, runtime.h, bmodel_file.h (with the contract check) and engine.h;
+// the only file besides module.cpp that knows about Python.
 #include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -47,6 +47,9 @@ void register_runtime(py::module_& m) {
       }, py::arg("devices"),
       "Open and free each device; raises DeviceError. The cmodel's bmlib exits the process when it "
       "cannot start its simulator, so callers run this in a child process first.");
+}
+
+void register_bmodel(py::module_& m) {
   m.def("inspect_bmodel", [](const std::string& path) {
         wct::BmodelInfo info = wct::read_bmodel_info(path);
         py::dict d;
@@ -56,6 +59,19 @@ void register_runtime(py::module_& m) {
         d["net_count"] = info.net_count;
         return d;
       }, py::arg("path"), "Header facts of a .bmodel (no libraries needed); raises ModelError if damaged.");
+  m.def("check_bmodel", [](const std::string& path) {
+        wct::Contract c = wct::check_bmodel_file(path);
+        py::dict d;
+        d["seq_len"] = c.seq_len;
+        d["chunk_len"] = c.chunk_len;
+        d["num_layers"] = c.num_layers;
+        d["hidden_size"] = c.hidden;
+        d["vocab_size"] = c.vocab;
+        d["kv_row_bytes"] = c.kv_row_bytes[0];
+        return d;
+      }, py::arg("path"),
+      "The piece contract (docs/tpu-pieces.md) checked on the file alone, no libraries or device; "
+      "raises ModelError naming the net and what is wrong.");
 }
 
 void register_engine(py::module_& m) {
