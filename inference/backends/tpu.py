@@ -158,9 +158,8 @@ class TPUBackend(Backend):
         super().__init__()
         self.library_dir = load_libraries(lib_dir)
         bmrt = _module()
-        try:  # not a bmodel, truncated, not the pieces' nets: said precisely, no device needed
-            if bmrt.inspect_bmodel(str(bmodel))["device_num"] == 1:
-                bmrt.check_bmodel(str(bmodel))  # a multi-device bmodel is checked when the engine loads it
+        try:
+            bmrt.inspect_bmodel(str(bmodel))  # not a bmodel, truncated: said precisely, no device needed
         except bmrt.ModelError as exc:
             raise ModelLoadError(str(exc)) from None
         probe(Path(bmodel), list(devices), self.library_dir)
