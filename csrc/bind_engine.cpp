@@ -64,6 +64,9 @@ void register_bmodel(py::module_& m) {
         py::dict d;
         d["seq_len"] = c.seq_len;
         d["chunk_len"] = c.chunk_len;
+        py::list rows;
+        for (const wct::ChunkSet& set : c.chunks) rows.append(set.rows);
+        d["chunk_rows"] = rows;
         d["num_layers"] = c.num_layers;
         d["hidden_size"] = c.hidden;
         d["vocab_size"] = c.vocab;
@@ -75,6 +78,15 @@ void register_bmodel(py::module_& m) {
 }
 
 void register_engine(py::module_& m) {
+  m.def("plan_feed", [](int length, int count, int seq_len, const std::vector<int>& chunk_rows) {
+        py::list calls;
+        for (const wct::FeedCall& call : wct::plan_feed(length, count, seq_len, chunk_rows))
+          calls.append(py::make_tuple(wct::feed_call_name(call.kind), call.rows));
+        return calls;
+      }, py::arg("length"), py::arg("count"), py::arg("seq_len"), py::arg("chunk_rows"),
+      "The calls the engine makes to feed `count` tokens after `length` cached ones: (kind, rows) "
+      "with kind prefill | chunk | decode. Pure: no libraries, no device.");
+  m.attr("CALL_ROWS") = wct::kCallRows;
   py::class_<wct::EngineStats>(m, "EngineStats")
       .def_readonly("tokens_fed", &wct::EngineStats::tokens_fed)
       .def_readonly("block_rows", &wct::EngineStats::block_rows)
@@ -92,6 +104,7 @@ void register_engine(py::module_& m) {
       .def_property_readonly("closed", &wct::Engine::closed)
       .def_property_readonly("seq_len", &wct::Engine::seq_len)
       .def_property_readonly("chunk_len", &wct::Engine::chunk_len)
+      .def_property_readonly("chunk_rows", &wct::Engine::chunk_rows)
       .def_property_readonly("num_layers", &wct::Engine::num_layers)
       .def_property_readonly("hidden_size", &wct::Engine::hidden_size)
       .def_property_readonly("vocab_size", &wct::Engine::vocab_size)

@@ -125,12 +125,29 @@ Contract check_contract(const std::vector<NetDesc>& nets, int devices) {
   if (c.num_layers == 0) throw ModelError("the bmodel has no block_0 net; see docs/tpu-pieces.md");
   const std::vector<std::string> kv_out = {"hidden_out", "present_k", "present_v"};
   const std::vector<std::string> past_in = {"hidden", "position_ids", "attention_mask", "past_k", "past_v"};
-  const bool has_chunk = find(nets, "block_chunk_0") != nullptr;
   for (int i = 0; i < c.num_layers; ++i) {
     const std::string s = std::to_string(i);
     c.blocks.push_back(layout(nets, "block_" + s, {"hidden", "position_ids", "attention_mask"}, "position_ids", kv_out, true));
     c.blocks_cache.push_back(layout(nets, "block_cache_" + s, past_in, "position_ids", kv_out, true));
-    if (has_chunk) c.blocks_chunk.push_back(layout(nets, "block_chunk_" + s, past_in, "position_ids", kv_out, true));
+  }
+  // Chunk sets: "block_chunk_" (K rows) and each "block_chunk<R>_", known by their layer-0 net.
+  std::vector<std::pair<std::string, int>> chunk_prefixes;  // (prefix, rows named; 0 = read from the net)
+  for (const NetDesc& n : nets) {
+    const std::string& name = n.name;  // block_chunk_0, block_chunk64_0, …
+    const std::string head = "block_chunk";
+    if (name.size() < head.size() + 2 || name.compare(0, head.size(), head) || name.compare(name.size() - 2, 2, "_0"))
+      continue;
+    const std::string rows = name.substr(head.size(), name.size() - head.size() - 2);
+    if (rows.empty()) chunk_prefixes.push_back({"block_chunk_", 0});
+    else if (rows.find_first_not_of("0123456789") == std::string::npos && rows.size() < 7)
+      chunk_prefixes.push_back({head + rows + "_", std::stoi(rows)});
+  }
+  for (const auto& [prefix, named_rows] : chunk_prefixes) {
+    ChunkSet set;
+    set.rows = named_rows;
+    for (int i = 0; i < c.num_layers; ++i)
+      set.blocks.push_back(layout(nets, prefix + std::to_string(i), past_in, "position_ids", kv_out, true));
+    c.chunks.push_back(std::move(set));
   }
 
   // Shapes, from stage 0 of each net and checked against each other.
@@ -174,13 +191,21 @@ Contract check_contract(const std::vector<NetDesc>& nets, int devices) {
     expect_float(c.lm_logits, false, 0, "logits");
   }
 
-  if (has_chunk) {
-    const bm_shape_t& hid = c.blocks_chunk[0].in(kHidden, 0).shape;
-    c.chunk_len = static_cast<int>(element_count(hid) / H);
-    if (c.chunk_len < 1 || static_cast<size_t>(c.chunk_len) > N)
-      fail(c.blocks_chunk[0], "hidden has shape " + shape_str(hid));
+  for (ChunkSet& set : c.chunks) {
+    const NetLayout& first = set.blocks[0];
+    const bm_shape_t& hid = first.in(kHidden, 0).shape;
+    const int rows = static_cast<int>(element_count(hid) / H);
+    if (rows < 1 || static_cast<size_t>(rows) > N) fail(first, "hidden has shape " + shape_str(hid));
+    if (set.rows && set.rows != rows)
+      fail(first, "is named for " + std::to_string(set.rows) + " rows, its hidden has " + std::to_string(rows));
+    if (!set.rows) c.chunk_len = rows;  // block_chunk_{i}: K
+    set.rows = rows;
   }
-  const size_t K = static_cast<size_t>(c.chunk_len);
+  std::sort(c.chunks.begin(), c.chunks.end(), [](const ChunkSet& a, const ChunkSet& b) { return a.rows < b.rows; });
+  for (size_t j = 1; j < c.chunks.size(); ++j)
+    if (c.chunks[j].rows == c.chunks[j - 1].rows)
+      fail(c.chunks[j].blocks[0], "has the rows of " + c.chunks[j - 1].blocks[0].desc.name + " (" +
+                                      std::to_string(c.chunks[j].rows) + ")");
   c.kv_row_bytes.assign(D, 0);
   expect_devices(c.blocks[0], D);
   const bm_data_type_t kv_type = c.blocks[0].out(kPresentK, 0).dtype;
@@ -214,7 +239,7 @@ Contract check_contract(const std::vector<NetDesc>& nets, int devices) {
     expect_kv(b, false, kPresentK, N, "present_k");
     expect_kv(b, false, kPresentV, N, "present_v");
     std::vector<std::pair<const NetLayout*, size_t>> incremental = {{&c.blocks_cache[i], 1}};
-    if (has_chunk) incremental.push_back({&c.blocks_chunk[i], K});
+    for (const ChunkSet& set : c.chunks) incremental.push_back({&set.blocks[i], static_cast<size_t>(set.rows)});
     for (auto [n, rows] : incremental) {
       expect_devices(*n, D);
       expect_hidden(*n, true, kHidden, rows);

@@ -53,12 +53,20 @@ enum EmbedIn { kIds = 0, kPositions = 1 };
 enum BlockIn { kHidden = 0, kBlockPositions = 1, kMask = 2, kPastK = 3, kPastV = 4 };
 enum BlockOut { kHiddenOut = 0, kPresentK = 1, kPresentV = 2 };
 
+// Block nets over `rows` new positions against the cached history, one per layer: `block_chunk_{i}`
+// (K rows, the keystroke chunk) and any `block_chunk{R}_{i}` (R rows, for prefill in steps).
+struct ChunkSet {
+  int rows = 0;
+  std::vector<NetLayout> blocks;
+};
+
 struct Contract {
   NetLayout embed, embed_cache, lm_head, lm_logits;  // lm_logits optional (present() false)
-  std::vector<NetLayout> blocks, blocks_cache, blocks_chunk;  // blocks_chunk empty: no chunk nets
+  std::vector<NetLayout> blocks, blocks_cache;
+  std::vector<ChunkSet> chunks;  // ascending rows; empty: no chunk nets
   int devices = 1;
   int seq_len = 0;    // N: the context
-  int chunk_len = 0;  // K, 0 without block_chunk nets
+  int chunk_len = 0;  // K: the rows of block_chunk_{i}, 0 without them
   int num_layers = 0;
   int hidden = 0;
   int vocab = 0;  // 0 without lm_head_logits

@@ -122,7 +122,7 @@ void Engine::open(const std::string& bmodel_path, const std::vector<int>& device
 // ---- device buffers ---------------------------------------------------------------------------
 
 void Engine::allocate() {
-  const size_t N = contract_.seq_len, K = contract_.chunk_len;
+  const size_t N = contract_.seq_len, K = contract_.chunks.empty() ? 0 : contract_.chunks.back().rows;
   const size_t mask_elems = std::max({N * N, K * (N + K), N + 1});
   dev_.resize(handles_.size());
   for (int d = 0; d < static_cast<int>(handles_.size()); ++d) {
@@ -272,9 +272,9 @@ void Engine::prefill(const std::vector<int>& tokens) {
   stats_.tokens_fed += n;
 }
 
-// `count` <= K tokens at positions length_ ..., through embed (its first K rows) and block_chunk_i.
-void Engine::chunk(const int* tokens, int count) {
-  const int N = contract_.seq_len, K = contract_.chunk_len, L = length_;
+// `count` <= set.rows tokens at positions length_ ..., through embed (its first rows) and the set's blocks.
+void Engine::chunk(const int* tokens, int count, const ChunkSet& set) {
+  const int N = contract_.seq_len, K = set.rows, L = length_;
   std::vector<int32_t> ids(N, 0), pos(N, 0);
   std::copy(tokens, tokens + count, ids.begin());
   for (int t = 0; t < K; ++t) pos[t] = std::min(L + t, N - 1);  // padding rows: any valid position
@@ -283,9 +283,9 @@ void Engine::chunk(const int* tokens, int count) {
   for (int t = 0; t < K; ++t)
     for (int j = 0; j < cols; ++j)
       mask[static_cast<size_t>(t) * cols + j] = (j < N ? j < L : j - N <= t) ? 0.0f : kMaskHidden;
-  write_inputs(ids, pos, contract_.blocks_chunk[0], mask);
+  write_inputs(ids, pos, set.blocks[0], mask);
   run_embed(contract_.embed);
-  run_blocks(contract_.blocks_chunk, L, count);
+  run_blocks(set.blocks, L, count);
   last_row_ = count - 1;
   length_ = L + count;
   stats_.chunks++;
@@ -308,7 +308,6 @@ void Engine::decode(int token) {
   stats_.tokens_fed += 1;
 }
 
-// Prefill from empty when it is cheaper than chunks, else chunks of K, else one by one.
 void Engine::feed(const std::vector<int>& ids) {
   const int n = static_cast<int>(ids.size());
   if (n == 0) throw Error("feed needs at least one token");
@@ -316,21 +315,58 @@ void Engine::feed(const std::vector<int>& ids) {
     throw Error(std::to_string(length_ + n) + " positions exceed the bmodel's context of " + std::to_string(contract_.seq_len));
   for (int id : ids)
     if (id < 0 || (contract_.vocab > 0 && id >= contract_.vocab)) throw Error("token id " + std::to_string(id) + " is out of range");
-  if (length_ == 0 && n > 1 && (contract_.chunk_len == 0 || n > contract_.chunk_len)) {
-    prefill(ids);
-    return;
-  }
-  for (int done = 0; done < n;) {
-    const int rest = n - done;
-    if (contract_.chunk_len > 0 && rest > 1) {
-      const int c = std::min(rest, contract_.chunk_len);
-      chunk(ids.data() + done, c);
-      done += c;
-    } else {
+  int done = 0;
+  for (const FeedCall& call : plan_feed(length_, n, contract_.seq_len, chunk_rows())) {
+    const int take = std::min(call.rows, n - done);
+    if (call.kind == FeedCall::Prefill) {
+      prefill(ids);
+    } else if (call.kind == FeedCall::Decode) {
       decode(ids[done]);
-      done += 1;
+    } else {
+      const auto set = std::find_if(contract_.chunks.begin(), contract_.chunks.end(),
+                                    [&](const ChunkSet& s) { return s.rows == call.rows; });
+      chunk(ids.data() + done, take, *set);
+    }
+    done += take;
+  }
+}
+
+std::vector<int> Engine::chunk_rows() const {
+  std::vector<int> rows;
+  for (const ChunkSet& set : contract_.chunks) rows.push_back(set.rows);
+  return rows;
+}
+
+const char* feed_call_name(FeedCall::Kind kind) {
+  switch (kind) {
+    case FeedCall::Prefill: return "prefill";
+    case FeedCall::Chunk: return "chunk";
+    case FeedCall::Decode: return "decode";
+  }
+  return "?";
+}
+
+std::vector<FeedCall> plan_feed(int length, int count, int seq_len, const std::vector<int>& chunk_rows) {
+  if (count <= 0) return {};
+  if (chunk_rows.empty()) {
+    if (length == 0 && count > 1) return {{FeedCall::Prefill, seq_len}};
+    return std::vector<FeedCall>(count, {FeedCall::Decode, 1});
+  }
+  // cost[r]: the cheapest way to feed r tokens; first[r]: the rows of its first call (1 = decode).
+  std::vector<int64_t> cost(count + 1, 0);
+  std::vector<int> first(count + 1, 1);
+  for (int r = 1; r <= count; ++r) {
+    cost[r] = 1 + kCallRows + cost[r - 1];
+    for (int rows : chunk_rows) {
+      const int64_t c = rows + kCallRows + cost[std::max(0, r - rows)];
+      if (c <= cost[r]) cost[r] = c, first[r] = rows;  // ties: the bigger call first
     }
   }
+  if (length == 0 && count > 1 && seq_len + kCallRows < cost[count]) return {{FeedCall::Prefill, seq_len}};
+  std::vector<FeedCall> plan;
+  for (int r = count; r > 0; r -= std::min(r, first[r]))
+    plan.push_back({first[r] == 1 ? FeedCall::Decode : FeedCall::Chunk, first[r]});
+  return plan;
 }
 
 // The last position's hidden row into `net`'s input on each device it spans, then launch it.

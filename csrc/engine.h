@@ -26,6 +26,20 @@
 
 namespace wct {
 
+// How `feed` covers `count` new tokens after `length` cached ones: its calls in order. It minimises
+// rows computed plus kCallRows per call. A call reads all of a layer's weights whatever its rows:
+// on a BM1684X (64 GB/s, 16 TFLOPS f16) that read takes as long as about 64 rows of compute with
+// int4 weights (250 with f16), so a few padding rows are cheaper than one more call, and a long
+// prompt goes through big chunks rather than the N-row block. Without chunk sets: the N-row
+// prefill from empty, else a decode step per token.
+struct FeedCall {
+  enum Kind { Prefill, Chunk, Decode } kind;
+  int rows;  // rows the block nets compute: N, the chunk set's, or 1
+};
+constexpr int kCallRows = 64;
+std::vector<FeedCall> plan_feed(int length, int count, int seq_len, const std::vector<int>& chunk_rows);
+const char* feed_call_name(FeedCall::Kind kind);
+
 enum class StopReason { MaxSteps, StopToken, Callback, Cancelled, Context };
 const char* stop_reason_name(StopReason reason);
 
@@ -61,6 +75,7 @@ class Engine {
 
   int seq_len() const { return contract_.seq_len; }      // N: the context
   int chunk_len() const { return contract_.chunk_len; }  // K, 0 when the bmodel has no block_chunk nets
+  std::vector<int> chunk_rows() const;                    // every chunk set's rows, ascending
   int num_layers() const { return contract_.num_layers; }
   int hidden_size() const { return contract_.hidden; }
   int vocab_size() const { return contract_.vocab; }  // 0 when the bmodel has no lm_head_logits
@@ -111,7 +126,7 @@ class Engine {
   void run_blocks(const std::vector<NetLayout>& nets, int at, int keep);
   // Each leaves the last position's hidden state in hidden[cur_] row `last_row_`.
   void prefill(const std::vector<int>& ids);
-  void chunk(const int* ids, int count);
+  void chunk(const int* ids, int count, const ChunkSet& set);
   void decode(int token);
   void feed(const std::vector<int>& ids);
   void run_head(const NetLayout& net, Buf DeviceBufs::*output);

@@ -108,6 +108,7 @@ def test_a_compiled_tiny_bmodel_meets_the_contract(kind):
     config = _config(kind)
     checked = _bmrt.check_bmodel(str(tiny_bmodel(kind)))
     assert checked["seq_len"] == SEQ_LEN and checked["chunk_len"] == CHUNK_LEN
+    assert checked["chunk_rows"] == [CHUNK_LEN]  # block_chunk_{i} only
     assert checked["num_layers"] == config.get("n_layer", config.get("num_hidden_layers"))
     assert checked["hidden_size"] == config.get("n_embd", config.get("hidden_size"))
     assert checked["vocab_size"] == config["vocab_size"]
@@ -129,6 +130,7 @@ def test_contract_violations_name_the_net_and_what_is_wrong(tmp_path):
     cases = {
         "no lm_head": (lambda d: d.rename_net("lm_head", "lm_heaX"), "the bmodel has no net 'lm_head' (it has: "),
         "a layer missing": (lambda d: d.rename_net("block_cache_2", "block_cache_X"), "no net 'block_cache_2'"),
+        "a chunk layer missing": (lambda d: d.rename_net("block_chunk_2", "block_chunk92"), "no net 'block_chunk_2'"),
         "ids as floats": (lambda d: d.set_dtype(d.tensor("embed", "input_ids"), BM_FLOAT32),
                           "net 'embed': input_ids is f32, expected i32"),
         "ids as bytes": (lambda d: d.set_dtype(d.tensor("embed_cache", "input_ids"), BM_INT8),

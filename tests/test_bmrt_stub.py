@@ -19,6 +19,8 @@ def _stub_names() -> dict[str, list[str]]:
     for node in ast.parse(STUB.read_text()).body:
         if isinstance(node, ast.FunctionDef):
             names[node.name] = []
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names[node.target.id] = []
         elif isinstance(node, ast.ClassDef):
             names[node.name] = [n.name for n in node.body if isinstance(n, ast.FunctionDef) and n.name != "__init__"]
     return names
