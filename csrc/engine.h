@@ -5,7 +5,8 @@
 //   (each block's present_k/v row is copied d2d into the device cache)  -->  lm_head (top-1)
 //   --d2s 4 bytes-->  token.
 // Prefill runs `embed` + `block_i` over N padded positions and writes the caches directly;
-// `block_chunk_i` appends K positions against the history (prefix reuse without a re-prefill).
+// `block_chunk_i` appends K positions against the history (prefix reuse without a re-prefill), and
+// `block_chunk{R}_i` R positions: `plan_feed` below picks the calls that cover the new tokens.
 //
 // The nets are checked against the piece contract (contract.h) as the runtime describes them, and
 // bound through the resulting layout; the buffers are device_memory.h's. No pybind11 here
