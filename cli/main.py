@@ -115,6 +115,9 @@ def _add_tpu_tools(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from wizardcoder_tpu.inference.native_stdout import protect_stdout
+
+    protect_stdout()  # before any command runs: the TPU runtime prints to descriptor 1 from C
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

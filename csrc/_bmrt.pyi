@@ -33,6 +33,23 @@ def inspect_bmodel(path: str) -> dict[str, str | int]:
     """Header facts (chip, version, device_num, net_count) without the libraries; raises
     ModelError for a file that is not a bmodel, truncated, or damaged where bmrt would crash."""
 
+def check_bmodel(path: str) -> dict[str, int]:
+    """The piece contract (docs/tpu-pieces.md) checked on the file alone, without the libraries or
+    a device: the same check the engine runs on what the runtime reports. Returns seq_len,
+    chunk_len, chunk_rows, num_layers, hidden_size, vocab_size (as the Engine's properties) and
+    kv_row_bytes (one position of one layer's K). Raises ModelError naming the net and what is wrong, for a
+    damaged file as inspect_bmodel does, and for a bmodel compiled for several devices (checked
+    when the engine loads it)."""
+
+CALL_ROWS: int
+"""What plan_feed charges a call, in rows: the weight read every call makes, about 64 rows of
+compute on a BM1684X with int4 weights."""
+
+def plan_feed(length: int, count: int, seq_len: int, chunk_rows: Sequence[int]) -> list[tuple[str, int]]:
+    """The calls the engine makes to feed ``count`` tokens after ``length`` cached ones, in order:
+    (``prefill`` | ``chunk`` | ``decode``, rows computed). Fewest rows plus CALL_ROWS per call;
+    without chunk sets, the N-row prefill from empty, else a decode step per token."""
+
 class EngineStats:
     @property
     def tokens_fed(self) -> int: ...
@@ -61,6 +78,9 @@ class Engine:
     @property
     def chunk_len(self) -> int:
         """K, or 0 when the bmodel has no block_chunk nets."""
+    @property
+    def chunk_rows(self) -> list[int]:
+        """The rows of every chunk set (block_chunk_{i} and block_chunk{R}_{i}), ascending."""
     @property
     def num_layers(self) -> int: ...
     @property

@@ -1,5 +1,5 @@
-// pybind11 adapters for errors.h, runtime.h and engine.h; the only file besides module.cpp that
-// knows about Python.
+// pybind11 adapters for errors.h, runtime.h, bmodel_file.h (with the contract check) and engine.h;
+// the only file besides module.cpp that knows about Python.
 #include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -47,6 +47,9 @@ void register_runtime(py::module_& m) {
       }, py::arg("devices"),
       "Open and free each device; raises DeviceError. The cmodel's bmlib exits the process when it "
       "cannot start its simulator, so callers run this in a child process first.");
+}
+
+void register_bmodel(py::module_& m) {
   m.def("inspect_bmodel", [](const std::string& path) {
         wct::BmodelInfo info = wct::read_bmodel_info(path);
         py::dict d;
@@ -56,9 +59,34 @@ void register_runtime(py::module_& m) {
         d["net_count"] = info.net_count;
         return d;
       }, py::arg("path"), "Header facts of a .bmodel (no libraries needed); raises ModelError if damaged.");
+  m.def("check_bmodel", [](const std::string& path) {
+        wct::Contract c = wct::check_bmodel_file(path);
+        py::dict d;
+        d["seq_len"] = c.seq_len;
+        d["chunk_len"] = c.chunk_len;
+        py::list rows;
+        for (const wct::ChunkSet& set : c.chunks) rows.append(set.rows);
+        d["chunk_rows"] = rows;
+        d["num_layers"] = c.num_layers;
+        d["hidden_size"] = c.hidden;
+        d["vocab_size"] = c.vocab;
+        d["kv_row_bytes"] = c.kv_row_bytes[0];
+        return d;
+      }, py::arg("path"),
+      "The piece contract (docs/tpu-pieces.md) checked on the file alone, no libraries or device; "
+      "raises ModelError naming the net and what is wrong.");
 }
 
 void register_engine(py::module_& m) {
+  m.def("plan_feed", [](int length, int count, int seq_len, const std::vector<int>& chunk_rows) {
+        py::list calls;
+        for (const wct::FeedCall& call : wct::plan_feed(length, count, seq_len, chunk_rows))
+          calls.append(py::make_tuple(wct::feed_call_name(call.kind), call.rows));
+        return calls;
+      }, py::arg("length"), py::arg("count"), py::arg("seq_len"), py::arg("chunk_rows"),
+      "The calls the engine makes to feed `count` tokens after `length` cached ones: (kind, rows) "
+      "with kind prefill | chunk | decode. Pure: no libraries, no device.");
+  m.attr("CALL_ROWS") = wct::kCallRows;
   py::class_<wct::EngineStats>(m, "EngineStats")
       .def_readonly("tokens_fed", &wct::EngineStats::tokens_fed)
       .def_readonly("block_rows", &wct::EngineStats::block_rows)
@@ -76,6 +104,7 @@ void register_engine(py::module_& m) {
       .def_property_readonly("closed", &wct::Engine::closed)
       .def_property_readonly("seq_len", &wct::Engine::seq_len)
       .def_property_readonly("chunk_len", &wct::Engine::chunk_len)
+      .def_property_readonly("chunk_rows", &wct::Engine::chunk_rows)
       .def_property_readonly("num_layers", &wct::Engine::num_layers)
       .def_property_readonly("hidden_size", &wct::Engine::hidden_size)
       .def_property_readonly("vocab_size", &wct::Engine::vocab_size)

@@ -56,11 +56,31 @@ struct Reader {
     if (!ok || str + 4 + len + 1 > buf.size() || buf[str + 4 + len] != 0) return ok = false, "";
     return std::string(reinterpret_cast<const char*>(buf.data() + str + 4), len);
   }
+
+  uint32_t u32(uint64_t table, int id, uint32_t fallback) {
+    const uint64_t at = field(table, id);
+    return ok && at ? get<uint32_t>(at) : fallback;
+  }
+
+  // A vector field: (position of its first element, length); (0, 0) when absent.
+  std::pair<uint64_t, uint32_t> vector(uint64_t table, int id, uint64_t elem_bytes) {
+    const uint64_t at = field(table, id);
+    if (!ok || at == 0) return {0, 0};
+    const uint64_t vec = at + get<uint32_t>(at);
+    const uint32_t n = get<uint32_t>(vec);
+    if (!ok || vec + 4 + elem_bytes * n > buf.size()) return ok = false, std::pair<uint64_t, uint32_t>{0, 0};
+    return {vec + 4, n};
+  }
+
+  // The table that element `i` of a vector of tables at `first` points to.
+  uint64_t table_at(uint64_t first, uint32_t i) {
+    const uint64_t slot = first + 4ull * i;
+    return slot + get<uint32_t>(slot);
+  }
 };
 
-}  // namespace
-
-BmodelInfo read_bmodel_info(const std::string& path) {
+// The header checked and the model description (the flatbuffer) read.
+std::vector<uint8_t> read_description(const std::string& path) {
   std::ifstream file(path, std::ios::binary | std::ios::ate);
   if (!file) throw ModelError(path + ": cannot open the bmodel (" + std::strerror(errno) + ")");
   const auto size = static_cast<uint64_t>(file.tellg());
@@ -75,30 +95,98 @@ BmodelInfo read_bmodel_info(const std::string& path) {
                      std::to_string(need) + "); copy or compile it again");
   if (header[2] < 8 || header[2] > (256u << 20))
     throw ModelError(path + ": corrupt bmodel (model description of " + std::to_string(header[2]) + " bytes)");
-
   std::vector<uint8_t> fb(header[2]);
   file.seekg(header[1]);
   if (!file.read(reinterpret_cast<char*>(fb.data()), static_cast<std::streamsize>(fb.size())))
     throw ModelError(path + ": cannot read the bmodel's model description");
-  Reader r{fb};
+  return fb;
+}
+
+[[noreturn]] void damaged(const std::string& path) {
+  throw ModelError(path + ": corrupt bmodel (its model description is damaged); copy or compile it again");
+}
+
+BmodelInfo parse_info(Reader& r, const std::string& path) {
   const uint64_t root = r.get<uint32_t>(0);
   BmodelInfo info;
   r.string(root, 0);  // type
   info.version = r.string(root, 1);
   r.string(root, 2);  // time
   info.chip = r.string(root, 3);
-  const uint64_t nets = r.field(root, 4);
-  if (r.ok && nets) {
-    const uint64_t vec = nets + r.get<uint32_t>(nets);
-    info.net_count = static_cast<int>(r.get<uint32_t>(vec));
-    if (vec + 4 + 4ull * static_cast<uint64_t>(info.net_count) > fb.size()) r.ok = false;
-  }
+  const auto [nets, count] = r.vector(root, 4, 4);
+  info.net_count = static_cast<int>(count);
   const uint64_t devices = r.field(root, 7);
   if (r.ok && devices) info.device_num = static_cast<int>(r.get<uint32_t>(devices));
-  if (!r.ok || nets == 0 || info.net_count < 1 || info.device_num < 0 || info.device_num > 64)
-    throw ModelError(path + ": corrupt bmodel (its model description is damaged); copy or compile it again");
+  if (!r.ok || nets == 0 || info.net_count < 1 || info.device_num < 0 || info.device_num > 64) damaged(path);
   if (info.device_num == 0) info.device_num = 1;  // absent in single-device bmodels of older compilers
   return info;
+}
+
+std::vector<TensorDesc> parse_tensors(Reader& r, uint64_t parameter, int id) {
+  std::vector<TensorDesc> out;
+  const auto [first, n] = r.vector(parameter, id, 4);
+  for (uint32_t i = 0; r.ok && i < n; ++i) {
+    const uint64_t t = r.table_at(first, i);
+    TensorDesc desc;
+    desc.name = r.string(t, 0);
+    desc.dtype = static_cast<bm_data_type_t>(r.u32(t, 1, BM_FLOAT32));
+    const auto [shapes, shape_count] = r.vector(t, 5, 4);
+    if (shape_count > 0) {
+      const auto [dims, dim_count] = r.vector(r.table_at(shapes, 0), 0, 8);
+      if (dim_count > BM_MAX_DIMS_NUM) r.ok = false;
+      desc.shape.num_dims = static_cast<int>(dim_count);
+      for (uint32_t d = 0; r.ok && d < dim_count; ++d) {
+        const uint64_t dim = r.get<uint64_t>(dims + 8ull * d);
+        if (dim > 0x7fffffffu) r.ok = false;
+        desc.shape.dims[d] = static_cast<int>(dim);
+      }
+    }
+    out.push_back(desc);
+  }
+  return out;
+}
+
+}  // namespace
+
+BmodelInfo read_bmodel_info(const std::string& path) {
+  const std::vector<uint8_t> fb = read_description(path);
+  Reader r{fb};
+  return parse_info(r, path);
+}
+
+std::vector<NetDesc> read_bmodel_nets(const std::string& path) {
+  const std::vector<uint8_t> fb = read_description(path);
+  Reader r{fb};
+  parse_info(r, path);
+  const auto [nets, count] = r.vector(r.get<uint32_t>(0), 4, 4);
+  std::vector<NetDesc> out;
+  for (uint32_t i = 0; r.ok && i < count; ++i) {
+    const uint64_t net = r.table_at(nets, i);
+    NetDesc desc;
+    desc.name = r.string(net, 0);
+    const auto [parameters, stages] = r.vector(net, 3, 4);
+    if (!r.ok) break;
+    if (stages == 0)
+      throw ModelError(path + ": net '" + desc.name + "' has no stage (a bmodel format older than this engine reads)");
+    const uint64_t stage0 = r.table_at(parameters, 0);
+    desc.inputs = parse_tensors(r, stage0, 0);
+    desc.outputs = parse_tensors(r, stage0, 1);
+    out.push_back(std::move(desc));
+  }
+  if (!r.ok) damaged(path);
+  return out;
+}
+
+Contract check_bmodel_file(const std::string& path) {
+  const BmodelInfo info = read_bmodel_info(path);
+  if (info.device_num != 1)
+    throw ModelError(path + ": compiled for " + std::to_string(info.device_num) +
+                     " devices; its nets are checked when the engine loads it");
+  try {
+    return check_contract(read_bmodel_nets(path), 1);
+  } catch (const ModelError& e) {
+    throw ModelError(path + ": " + e.what());
+  }
 }
 
 }  // namespace wct

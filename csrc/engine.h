@@ -5,9 +5,12 @@
 //   (each block's present_k/v row is copied d2d into the device cache)  -->  lm_head (top-1)
 //   --d2s 4 bytes-->  token.
 // Prefill runs `embed` + `block_i` over N padded positions and writes the caches directly;
-// `block_chunk_i` appends K positions against the history (prefix reuse without a re-prefill).
+// `block_chunk_i` appends K positions against the history (prefix reuse without a re-prefill), and
+// `block_chunk{R}_i` R positions: `plan_feed` below picks the calls that cover the new tokens.
 //
-// No pybind11 here (bind_engine.cpp adapts it); failures throw wct::Error subclasses.
+// The nets are checked against the piece contract (contract.h) as the runtime describes them, and
+// bound through the resulting layout; the buffers are device_memory.h's. No pybind11 here
+// (bind_engine.cpp adapts it); failures throw wct::Error subclasses.
 #pragma once
 
 #include <atomic>
@@ -19,8 +22,24 @@
 
 #include "bmodel_file.h"
 #include "bmrt_api.h"
+#include "contract.h"
+#include "device_memory.h"
 
 namespace wct {
+
+// How `feed` covers `count` new tokens after `length` cached ones: its calls in order. It minimises
+// rows computed plus kCallRows per call. A call reads all of a layer's weights whatever its rows:
+// on a BM1684X (64 GB/s, 16 TFLOPS f16) that read takes as long as about 64 rows of compute with
+// int4 weights (250 with f16), so a few padding rows are cheaper than one more call, and a long
+// prompt goes through big chunks rather than the N-row block. Without chunk sets: the N-row
+// prefill from empty, else a decode step per token.
+struct FeedCall {
+  enum Kind { Prefill, Chunk, Decode } kind;
+  int rows;  // rows the block nets compute: N, the chunk set's, or 1
+};
+constexpr int kCallRows = 64;
+std::vector<FeedCall> plan_feed(int length, int count, int seq_len, const std::vector<int>& chunk_rows);
+const char* feed_call_name(FeedCall::Kind kind);
 
 enum class StopReason { MaxSteps, StopToken, Callback, Cancelled, Context };
 const char* stop_reason_name(StopReason reason);
@@ -40,8 +59,8 @@ struct EngineStats {
 class Engine {
  public:
   // Opens `devices` (one handle each; the bmodel must span that many; empty = 0 … its device
-  // count - 1), loads the bmodel, checks
-  // every net against the contract and allocates the device buffers. Throws ModelError /
+  // count - 1), loads the bmodel, checks every net against the contract and allocates the
+  // device buffers. Throws ModelError /
   // DeviceError; nothing is left held when it throws.
   Engine(const Api& api, const std::string& bmodel_path, const std::vector<int>& devices);
   ~Engine();
@@ -55,11 +74,12 @@ class Engine {
   void close_at_exit();
   bool closed() const { return closed_; }
 
-  int seq_len() const { return seq_len_; }      // N: the context
-  int chunk_len() const { return chunk_len_; }  // K, 0 when the bmodel has no block_chunk nets
-  int num_layers() const { return num_layers_; }
-  int hidden_size() const { return hidden_; }
-  int vocab_size() const { return vocab_; }  // 0 when the bmodel has no lm_head_logits
+  int seq_len() const { return contract_.seq_len; }      // N: the context
+  int chunk_len() const { return contract_.chunk_len; }  // K, 0 when the bmodel has no block_chunk nets
+  std::vector<int> chunk_rows() const;                    // every chunk set's rows, ascending
+  int num_layers() const { return contract_.num_layers; }
+  int hidden_size() const { return contract_.hidden; }
+  int vocab_size() const { return contract_.vocab; }  // 0 when the bmodel has no lm_head_logits
   int device_count() const { return static_cast<int>(handles_.size()); }
   std::vector<std::string> net_names() const { return net_names_; }
   const BmodelInfo& bmodel_info() const { return info_; }
@@ -81,25 +101,10 @@ class Engine {
   EngineStats stats() const { return stats_; }
 
  private:
-  struct Buf {
-    int dev = 0;
-    bm_device_mem_t mem{};
-    size_t bytes = 0;
-  };
-  struct Net {
-    std::string name;
-    const bm_net_info_t* info = nullptr;
-    int groups = 1;  // devices the net spans: its inputs/outputs repeat once per device
-    int in_per = 0, out_per = 0;
-    // Contract slot (the order in docs/tpu-pieces.md) -> index within one device's group, or -1
-    // for an input the net does not take (GPTBigCode blocks take no position_ids).
-    std::vector<int> in_slot, out_slot;
-    bool has_input(int slot) const { return in_slot[slot] >= 0; }
-  };
   struct Launch {  // the tensors of one launch
-    const Net& net;
+    const NetLayout& net;
     std::vector<bm_tensor_t> in, out;
-    explicit Launch(const Net& n) : net(n), in(n.info->input_num), out(n.info->output_num) {}
+    explicit Launch(const NetLayout& n) : net(n), in(n.desc.inputs.size()), out(n.desc.outputs.size()) {}
   };
   struct DeviceBufs {  // one set per device
     Buf ids, pos, mask, hidden[2], present_k, present_v;
@@ -109,47 +114,36 @@ class Engine {
 
   void open(const std::string& bmodel_path, const std::vector<int>& devices);
   void release();
-  Net find_net(const std::string& name, const std::vector<std::string>& inputs, const std::string& optional,
-               const std::vector<std::string>& outputs, bool required);
-  void check_layout();
   void allocate();
-  Buf alloc(int dev, size_t bytes, const char* what);
 
   void bind_in(Launch& l, int slot, int dev, const Buf& buf) const;  // no-op for an absent input
   void bind_out(Launch& l, int slot, int dev, const Buf& buf) const;
   void launch(Launch& l);
-  void write(Buf& buf, const void* data, size_t bytes);
-  void write_mask(const Net& net, std::vector<float>& mask);
-  void copy(Buf& dst, size_t dst_offset, Buf& src, size_t src_offset, size_t bytes);
-  void read(void* dst, Buf& src, size_t bytes);
+  void write_mask(const NetLayout& net, std::vector<float>& mask);
 
-  void write_inputs(const std::vector<int32_t>& ids, const std::vector<int32_t>& pos, const Net& masked,
+  void write_inputs(const std::vector<int32_t>& ids, const std::vector<int32_t>& pos, const NetLayout& masked,
                     std::vector<float>& mask);
-  void run_embed(const Net& net);
-  void run_blocks(const std::vector<Net>& nets, int at, int keep);
+  void run_embed(const NetLayout& net);
+  void run_blocks(const std::vector<NetLayout>& nets, int at, int keep);
   // Each leaves the last position's hidden state in hidden[cur_] row `last_row_`.
   void prefill(const std::vector<int>& ids);
-  void chunk(const int* ids, int count);
+  void chunk(const int* ids, int count, const ChunkSet& set);
   void decode(int token);
   void feed(const std::vector<int>& ids);
-  void run_head(const Net& net, Buf DeviceBufs::*output);
+  void run_head(const NetLayout& net, Buf DeviceBufs::*output);
   int head_token();
   std::vector<float> head_logits();
   void require_open() const;
 
   const Api& api_;
   std::vector<bm_handle_t> handles_;
+  DeviceMemory memory_{api_, handles_};  // after handles_: it refers to them
   void* bmrt_ = nullptr;
   bool closed_ = true;
   BmodelInfo info_;
   std::vector<std::string> net_names_;
-  Net embed_, embed_cache_, lm_head_, lm_logits_;
-  std::vector<Net> blocks_, blocks_cache_, blocks_chunk_;
-  int seq_len_ = 0, chunk_len_ = 0, num_layers_ = 0, hidden_ = 0, vocab_ = 0;
-  std::vector<size_t> kv_row_bytes_;  // per device: one position of one layer's K (or V)
-  size_t hidden_row_bytes_ = 0;
+  Contract contract_;
   std::vector<DeviceBufs> dev_;
-  std::vector<Buf> owned_;  // every allocation, freed by release()
 
   int length_ = 0;
   int cur_ = 0, last_row_ = 0;

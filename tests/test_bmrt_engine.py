@@ -6,10 +6,13 @@ once per process, and a crash there must fail a test, not end pytest. CPU refere
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -344,3 +347,205 @@ def test_cli_tpu_path_from_the_repository_root_equals_another_folder(tmp_path):
         printed[cwd] = done.stdout
     assert printed[repo_root] == printed[tmp_path]
     assert "stop:" in done.stderr
+
+
+# ---- stdout holds the answer alone: the runtime's prints go to stderr ------------------------------
+
+@pytest.mark.slow
+def test_cli_completion_only_prints_the_completion_alone(tmp_path):
+    """The simulator prints a banner and a line per network call to the process's stdout; with
+    ``--completion-only`` stdout must be the completion, byte for byte, and the runtime's lines
+    must have gone to stderr."""
+    model = tpu_model_dir(tmp_path / "model")
+    prompt_text, steps = "def add(a, b):", 6
+    expected = run_json(f"""
+from wizardcoder_tpu.inference.backends.tpu import load_tpu_engine
+from wizardcoder_tpu.inference.engine import GenerationParams
+engine = load_tpu_engine({str(model)!r})
+emit(engine.generate(engine.tokenizer.encode({prompt_text!r}), GenerationParams(max_new_tokens={steps})).text)
+""")
+    assert expected.strip(), "the tiny model completed nothing: the check below would prove little"
+    command = [sys.executable, "-m", "wizardcoder_tpu", "complete", "--backend", "tpu", "--model", str(model),
+               "--completion-only", "--max-tokens", str(steps), prompt_text]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout == (expected + "\n").encode()
+    assert b"do_allreduce" in done.stderr, done.stderr[-2000:]  # the runtime did speak, elsewhere
+
+
+HEADER = re.compile(rb"[A-Za-z][A-Za-z-]*: [^\r\n]*")
+
+
+def _frames(stream: bytes) -> tuple[list[dict], int]:
+    """The complete LSP messages at the start of ``stream`` and how many bytes they take. Fails at
+    the first byte that is not part of a well-formed Content-Length frame."""
+    messages, at = [], 0
+    while at < len(stream):
+        rest = stream[at:]
+        assert rest.startswith(b"Content-") or b"Content-".startswith(rest), \
+            f"stray bytes on the protocol stream: {rest[:200]!r}"
+        end = stream.find(b"\r\n\r\n", at)
+        if end < 0:
+            break
+        lines = stream[at:end].split(b"\r\n")
+        assert all(HEADER.fullmatch(line) for line in lines), f"stray bytes on the protocol stream: {rest[:200]!r}"
+        headers = dict(line.split(b": ", 1) for line in lines)
+        body_at, length = end + 4, int(headers[b"Content-Length"])
+        if body_at + length > len(stream):
+            break
+        message = json.loads(stream[body_at:body_at + length])
+        assert message.get("jsonrpc") == "2.0", message
+        messages.append(message)
+        at = body_at + length
+    return messages, at
+
+
+class RawClient:
+    """An LSP client over the server's pipes that keeps every byte the server writes to stdout,
+    so that the whole stream can be checked to be frames and nothing else. Answers the server's
+    own requests (progress tokens) with null."""
+
+    def __init__(self, command: list[str], stderr: Path):
+        self._stderr = stderr.open("wb")
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        self.raw = bytearray()
+        self.messages: list[dict] = []
+        self._parsed = 0
+        self._lock = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._next_id = 0
+
+    def _read(self) -> None:
+        while chunk := self.proc.stdout.read1(65536):
+            with self._lock:
+                self.raw += chunk
+                self._lock.notify_all()
+        with self._lock:
+            self._lock.notify_all()
+
+    def send(self, message: dict) -> None:
+        body = json.dumps({"jsonrpc": "2.0", **message}).encode()
+        self.proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        self.proc.stdin.flush()
+
+    def request(self, method: str, params: dict | None = None, timeout: float = 300) -> dict:
+        self._next_id += 1
+        self.send({"id": self._next_id, "method": method, **({} if params is None else {"params": params})})
+        reply = self.wait_for(lambda m: m.get("id") == self._next_id and "method" not in m, timeout)
+        assert "error" not in reply, reply
+        return reply["result"]
+
+    def wait_for(self, predicate, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for message in self._take():
+                    if "method" in message and "id" in message:  # the server asks: say nothing much
+                        self.send({"id": message["id"], "result": None})
+                    if predicate(message):
+                        return message
+                left = deadline - time.monotonic()
+                assert left > 0 and self.proc.poll() is None, (f"no such message within {timeout} s", self.messages)
+                self._lock.wait(min(left, 1.0))
+
+    def _take(self) -> list[dict]:
+        fresh, used = _frames(bytes(self.raw[self._parsed:]))
+        self._parsed += used
+        self.messages += fresh
+        return fresh
+
+    def close(self) -> bytes:
+        """Shut the server down; everything it wrote to stdout."""
+        try:
+            self.request("shutdown", timeout=60)
+            self.send({"method": "exit"})
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._reader.join(timeout=10)
+            self._stderr.close()
+        return bytes(self.raw)
+
+
+@pytest.mark.slow
+def test_no_stray_byte_reaches_the_protocol_stream_while_the_tpu_backend_runs(tmp_path):
+    """Every byte the server writes to stdout, from start to exit, belongs to a Content-Length
+    frame, through loading the bmodel (probe child included) and an inline completion on the
+    simulator, which prints a line per network call."""
+    model = tpu_model_dir(tmp_path / "model")
+    client = RawClient([sys.executable, "-m", "wizardcoder_tpu", "serve", "--stdio", "--backend", "tpu",
+                        "--model", str(model), "--log-file", str(tmp_path / "server.log")], tmp_path / "stderr")
+    try:
+        client.request("initialize", {
+            "processId": None, "rootUri": "file:///tmp", "initializationOptions": LSP_SETTINGS,
+            "capabilities": {"window": {"workDoneProgress": True},
+                             "textDocument": {"inlineCompletion": {}, "synchronization": {}}}})
+        client.send({"method": "initialized", "params": {}})
+        status = client.wait_for(lambda m: m.get("method") == "wizardcoder/status"
+                                 and m["params"]["state"] in ("idle", "error"))
+        assert status["params"]["state"] == "idle", status
+        client.send({"method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": "file:///tmp/add.py", "languageId": "python", "version": 1, "text": CODE}}})
+        result = client.request("textDocument/inlineCompletion", {
+            "textDocument": {"uri": "file:///tmp/add.py"}, "position": {"line": 3, "character": 11},
+            "context": {"triggerKind": 2}})
+        assert result["items"] and result["items"][0]["insertText"].strip(), result
+    finally:
+        stream = client.close()
+    messages, used = _frames(stream)
+    assert used == len(stream), f"stray bytes after the last frame: {stream[used:used + 200]!r}"
+    assert messages == client.messages
+    assert b"do_allreduce" in (tmp_path / "stderr").read_bytes()  # the runtime did speak, elsewhere
+
+
+# ---- prefill through chunks that cover the prompt, not the N-row block ---------------------------------
+
+PREFILL_SEQ, PREFILL_CHUNKS = 512, (64, 256)  # with K = CHUNK_LEN: chunk sets of 16, 64 and 256 rows
+
+
+def cpu_logits(kind: str, ids: list[int]) -> np.ndarray:
+    return CPUBackend(open_checkpoint(tiny_checkpoint(kind))).forward(ids)
+
+
+@pytest.mark.slow
+def test_prefill_runs_only_the_chunk_rows_that_cover_the_prompt():
+    """Prompts of 1, 17, 100 and 300 tokens on a bmodel with N = 512 and chunk sets of 16, 64 and
+    256 rows: each runs only the rows of its plan (never the 512-row block), and its last
+    position's logits equal the CPU backend's; the 300-token one then decodes the CPU's tokens."""
+    kind = "llama_gqa"
+    bmodel = tiny_bmodel(kind, seq_len=PREFILL_SEQ, prefill_chunks=PREFILL_CHUNKS)
+    lengths, steps = (1, 17, 100, 300), 4
+    prompts = [prompt(n, 21 + n) for n in lengths]  # 300 tokens: seed 321, no near-tie in its 4 CPU steps
+    code = f"""
+import numpy as np
+from wizardcoder_tpu.inference.backends.tpu import TPUBackend
+backend = TPUBackend({str(bmodel)!r}, devices=[0])
+out = {{"chunk_rows": backend._engine.chunk_rows, "runs": []}}
+for ids in {prompts!r}:
+    backend.truncate(0)
+    before = backend.stats
+    logits = backend.forward(ids)
+    after = backend.stats
+    out["runs"].append({{"rows": after.block_rows - before.block_rows, "prefills": after.prefills - before.prefills,
+                        "logits": logits.tolist()}})
+out["tokens"] = [int(np.argmax(logits))] + backend.generate(int(np.argmax(logits)), {steps} - 1)[0]
+backend.close()
+emit(out)
+"""
+    got = run_json(code, timeout=900)
+    assert got["chunk_rows"] == [CHUNK_LEN, *PREFILL_CHUNKS]
+    assert [run["rows"] for run in got["runs"]] == [1, 64, 128, 320]  # plan_feed's; the block would run 512
+    assert all(run["prefills"] == 0 for run in got["runs"])
+    for ids, run in zip(prompts, got["runs"]):
+        expected = cpu_logits(kind, ids)
+        logits = np.array(run["logits"], np.float32)
+        cosine = float(logits @ expected / np.linalg.norm(logits) / np.linalg.norm(expected))
+        assert cosine > 0.999, (len(ids), cosine)
+    margins: list[float] = []
+    reference = comparable(cpu_greedy(kind, prompts[-1], steps, margins), margins)
+    assert len(reference) == steps, margins  # this seed has no near-tie on the CPU: every token compared
+    assert got["tokens"] == reference

@@ -47,30 +47,31 @@ def tiny_checkpoint(kind: str, weight_scale: float = 1.0) -> Path:
     return path
 
 
-def _content_key(checkpoint: Path) -> str:
+def _content_key(checkpoint: Path, seq_len: int = SEQ_LEN, prefill_chunks: tuple[int, ...] = ()) -> str:
     from wizardcoder_tpu.inference.tpu.compile import COMPILE_VERSION
     from wizardcoder_tpu.inference.tpu.export import EXPORT_VERSION
     from wizardcoder_tpu.inference.tpu.toolchain import TPU_MLIR_VERSION
 
-    digest = hashlib.sha256(f"{EXPORT_VERSION}|{COMPILE_VERSION}|{TPU_MLIR_VERSION}|{SEQ_LEN}|{CHUNK_LEN}".encode())
+    extra = f"|{','.join(map(str, prefill_chunks))}" if prefill_chunks else ""  # the default keeps its key
+    digest = hashlib.sha256(f"{EXPORT_VERSION}|{COMPILE_VERSION}|{TPU_MLIR_VERSION}|{seq_len}|{CHUNK_LEN}{extra}".encode())
     for f in sorted(checkpoint.iterdir()):
         if f.name in ("config.json", "model.safetensors"):
             digest.update(f.name.encode() + f.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def tiny_export(kind: str, weight_scale: float = 1.0) -> Path:
+def tiny_export(kind: str, weight_scale: float = 1.0, seq_len: int = SEQ_LEN, prefill_chunks: tuple[int, ...] = ()) -> Path:
     """The exported pieces of a tiny model (``manifest.json`` + ONNX + weights), cached."""
     from wizardcoder_tpu.inference.tpu.export import export
 
     checkpoint = tiny_checkpoint(kind, weight_scale)
-    target = cache_dir() / "test-bmodels" / f"tiny-{kind}-{_content_key(checkpoint)}"
+    target = cache_dir() / "test-bmodels" / f"tiny-{kind}-{_content_key(checkpoint, seq_len, prefill_chunks)}"
     if (target / "manifest.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".tiny-{kind}-", dir=target.parent))
     try:
-        export(checkpoint, SEQ_LEN, work, chunk_len=CHUNK_LEN, log=lambda m: None)
+        export(checkpoint, seq_len, work, chunk_len=CHUNK_LEN, prefill_chunks=prefill_chunks, log=lambda m: None)
         try:
             os.rename(work, target)  # another process may have won the race: keep its copy
         except OSError:
@@ -81,11 +82,13 @@ def tiny_export(kind: str, weight_scale: float = 1.0) -> Path:
     return target
 
 
-def tiny_bmodel(kind: str, quantize: str = "f16", num_device: int = 1, weight_scale: float = 1.0) -> Path:
-    """A tiny model compiled for the BM1684X (validated on the simulator when 1-device)."""
+def tiny_bmodel(kind: str, quantize: str = "f16", num_device: int = 1, weight_scale: float = 1.0,
+                seq_len: int = SEQ_LEN, prefill_chunks: tuple[int, ...] = ()) -> Path:
+    """A tiny model compiled for the BM1684X (validated on the simulator when 1-device).
+    ``seq_len`` and ``prefill_chunks`` as ``wizardcoder-tpu export`` takes them."""
     from wizardcoder_tpu.inference.tpu.compile import compile_export
 
-    export_dir = tiny_export(kind, weight_scale)
+    export_dir = tiny_export(kind, weight_scale, seq_len, prefill_chunks)
     with open(export_dir / f".lock-{quantize}-{num_device}", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two test processes: the second waits, then finds it current
         return compile_export(export_dir, quantize=quantize, num_device=num_device, jobs=2, log=lambda m: None)

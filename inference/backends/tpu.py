@@ -34,6 +34,7 @@ import numpy as np
 
 from ..engine import Backend, Engine
 from ..errors import BackendError, ModelLoadError
+from ..native_stdout import protect_stdout
 from ..paths import cache_dir
 from ..tokenizer import Tokenizer
 from .tpu_probe import PROBE_MARK, STEP_DEVICES, STEP_LOADED
@@ -88,7 +89,10 @@ def library_dirs(lib_dir: str | os.PathLike | None = None) -> list[str]:
 
 
 def load_libraries(lib_dir: str | os.PathLike | None = None) -> str:
-    """Load the Sophgo runtime once per process; returns the directory it came from."""
+    """Load the Sophgo runtime once per process; returns the directory it came from. From here on
+    the runtime's prints to descriptor 1 go to stderr (``native_stdout``; the console script has
+    done it already, this covers a program that uses the backend directly)."""
+    protect_stdout()
     bmrt = _module()
     try:
         return bmrt.load_libraries(library_dirs(lib_dir))

@@ -8,7 +8,8 @@ the whole bmodel); a child that dies becomes a Python exception in the parent.
 
 Run as ``python -m wizardcoder_tpu.inference.backends.tpu_probe --lib-dir D --devices 0 [--bmodel F]``.
 The child prints one ``PROBE_MARK`` line per finished step and one with the error it caught, so
-the parent knows how far it got when it dies without a word.
+the parent knows how far it got when it dies without a word. The runtime's own prints go to
+stderr (``native_stdout``), so stdout carries the marks alone.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bmodel", help="also load this bmodel fully")
     args = parser.parse_args(argv)
     from wizardcoder_tpu import _bmrt  # no libsophon needed to import it
+    from wizardcoder_tpu.inference.native_stdout import protect_stdout
+
+    protect_stdout()  # the marks alone on stdout; the runtime's banner goes to stderr with the rest
 
     devices = [int(d) for d in args.devices.split(",") if d]
     try:

@@ -23,6 +23,9 @@ def add_subcommands(sub) -> None:
     export.add_argument("--seq-len", type=int, required=True, help="the static context length N")
     export.add_argument("--chunk-len", type=int, default=DEFAULT_CHUNK,
                         help=f"tokens per prefix-reuse chunk K (default {DEFAULT_CHUNK})")
+    export.add_argument("--prefill-chunks", type=_row_counts, default=(), metavar="R,R,…",
+                        help="further chunk sizes, e.g. 64,256: the engine prefills a prompt through chunks "
+                             "that cover it instead of the N-row block (default: none)")
     export.add_argument("--out", required=True, help="the export directory")
     export.set_defaults(func=_export)
 
@@ -44,6 +47,13 @@ def add_subcommands(sub) -> None:
     compile_.set_defaults(func=_compile)
 
 
+def _row_counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected row counts like 64,256, not {text!r}") from None
+
+
 def _export(args: argparse.Namespace) -> int:
     from ..errors import InferenceError
     from .export import export
@@ -52,7 +62,7 @@ def _export(args: argparse.Namespace) -> int:
         from ..loader import resolve_model
 
         model = resolve_model(args.model)  # a model name is its GGUF in the cache
-        export(model, args.seq_len, args.out, chunk_len=args.chunk_len)
+        export(model, args.seq_len, args.out, chunk_len=args.chunk_len, prefill_chunks=args.prefill_chunks)
     except InferenceError as exc:
         print(f"wizardcoder-tpu export: {exc}", file=sys.stderr)
         return 1

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +73,7 @@ def _externalize(model: onnx.ModelProto, weights: _GroupWeights, location: str) 
                 entry.key, entry.value = key, value
 
 
-def check_arguments(ck: Checkpoint, seq_len: int, chunk_len: int) -> None:
+def check_arguments(ck: Checkpoint, seq_len: int, chunk_len: int, prefill_chunks: Sequence[int] = ()) -> None:
     c = ck.config
     if c.arch not in SUPPORTED_ARCHS:
         raise ExportError(f"{ck.path}: unknown architecture {c.arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
@@ -83,32 +83,42 @@ def check_arguments(ck: Checkpoint, seq_len: int, chunk_len: int) -> None:
         raise ExportError(f"--seq-len {seq_len} is above the model's maximum of {c.max_positions} positions ({ck.path})")
     if not 1 <= chunk_len <= seq_len:
         raise ExportError(f"--chunk-len must be between 1 and --seq-len ({seq_len}), not {chunk_len}")
+    for rows in prefill_chunks:
+        if not 2 <= rows <= seq_len or rows == chunk_len:
+            raise ExportError(f"--prefill-chunks: {rows} rows must be between 2 and --seq-len ({seq_len}) and differ "
+                              f"from --chunk-len ({chunk_len})")
+    if sorted(set(prefill_chunks)) != list(prefill_chunks):
+        raise ExportError(f"--prefill-chunks must be distinct and ascending, not {list(prefill_chunks)}")
 
 
-def export_key(ck: Checkpoint, seq_len: int, chunk_len: int) -> str:
-    return hashlib.sha256(f"{EXPORT_VERSION}|{ck.fingerprint()}|{seq_len}|{chunk_len}".encode()).hexdigest()
+def export_key(ck: Checkpoint, seq_len: int, chunk_len: int, prefill_chunks: Sequence[int] = ()) -> str:
+    extra = f"|{','.join(map(str, prefill_chunks))}" if prefill_chunks else ""  # earlier exports keep their key
+    return hashlib.sha256(f"{EXPORT_VERSION}|{ck.fingerprint()}|{seq_len}|{chunk_len}{extra}".encode()).hexdigest()
 
 
 def export(model: str | Path, seq_len: int, out: str | Path, chunk_len: int = DEFAULT_CHUNK,
-           log: Callable[[str], None] | None = None) -> Manifest:
-    """Export ``model`` (a .gguf file or a Hugging Face directory) into ``out``."""
+           log: Callable[[str], None] | None = None, prefill_chunks: Sequence[int] = ()) -> Manifest:
+    """Export ``model`` (a .gguf file or a Hugging Face directory) into ``out``. ``prefill_chunks``:
+    further chunk sizes (rows) through which the engine prefills a prompt instead of the N-row
+    block (docs/tpu-pieces.md)."""
     say = log or (lambda m: print(f"export: {m}", file=sys.stderr, flush=True))
     try:
         ck = open_checkpoint(model)
     except ValueError as exc:  # a config the model code rejects (an unknown architecture, say)
         raise ExportError(f"{model}: {exc}") from exc
-    check_arguments(ck, seq_len, chunk_len)
+    prefill_chunks = tuple(prefill_chunks)
+    check_arguments(ck, seq_len, chunk_len, prefill_chunks)
     c = ck.config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    key = export_key(ck, seq_len, chunk_len)
+    key = export_key(ck, seq_len, chunk_len, prefill_chunks)
     existing = Manifest.load_if_current(out, key)
     if existing is not None:
         say(f"{out / MANIFEST} is current; nothing to do")
         return existing
     (out / MANIFEST).unlink(missing_ok=True)  # a manifest present means a complete export
 
-    specs = piece_specs(c, seq_len, chunk_len)
+    specs = piece_specs(c, seq_len, chunk_len, prefill_chunks)
     groups: dict[str, list[PieceSpec]] = {}
     for spec in specs:
         groups.setdefault(spec.group, []).append(spec)
@@ -137,7 +147,7 @@ def export(model: str | Path, seq_len: int, out: str | Path, chunk_len: int = DE
 
     manifest = Manifest(
         format=MANIFEST_FORMAT, export_key=key, architecture=c.arch, config=c.to_dict(), seq_len=seq_len,
-        chunk_len=chunk_len, mask_value=MASK_VALUE, source={"path": str(ck.path), "fingerprint": ck.fingerprint()},
+        chunk_len=chunk_len, prefill_chunks=list(prefill_chunks), mask_value=MASK_VALUE, source={"path": str(ck.path), "fingerprint": ck.fingerprint()},
         pieces=[s.to_dict() | {"onnx": f"{s.name}.onnx", "weights": f"{s.group}.weights"} for s in specs],
         files=files, tokenizer=tokenizer)
     manifest.save(out)

@@ -46,6 +46,7 @@ class Manifest:
     files: dict[str, dict]  # file name → {"sha256", "bytes"}
     tokenizer: str | None
     kv_layout: str = "[1, seq, kv_heads, head_dim], keys after RoPE"
+    prefill_chunks: list[int] = field(default_factory=list)  # rows of the block_chunk{R}_{i} sets
     compiled: dict = field(default_factory=dict)  # filled in the copy beside a bmodel
 
     @property

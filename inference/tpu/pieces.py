@@ -8,7 +8,7 @@ inputs, outputs, shapes) is ``docs/tpu-pieces.md``; ``piece_specs`` is its execu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -61,9 +61,10 @@ def uses_position_ids_in_blocks(c: ModelConfig) -> bool:
     return c.arch in ("llama", "qwen2")
 
 
-def piece_specs(c: ModelConfig, seq_len: int, chunk_len: int) -> list[PieceSpec]:
-    """Every piece of a model, in bmodel order: embeddings, then per layer the three blocks, then
-    the two heads."""
+def piece_specs(c: ModelConfig, seq_len: int, chunk_len: int, prefill_chunks: Sequence[int] = ()) -> list[PieceSpec]:
+    """Every piece of a model, in bmodel order: embeddings, then per layer the three blocks (and a
+    ``block_chunk{R}_{i}`` per size R of ``prefill_chunks``: the engine prefills through chunks that
+    cover the prompt instead of the N-row block), then the two heads."""
     n, k, h = seq_len, chunk_len, c.hidden_size
     kv = lambda rows: (1, rows, c.num_kv_heads, c.head_dim)  # noqa: E731
     i32, f32 = "int32", "float32"
@@ -79,8 +80,10 @@ def piece_specs(c: ModelConfig, seq_len: int, chunk_len: int) -> list[PieceSpec]
         PieceSpec("embed_cache", "embed_cache", None, "globals", embed_inputs(1), (T("hidden", f32, (1, 1, h)),)),
     ]
     for i in range(c.num_layers):
-        for kind, name, t, past in (("block", f"block_{i}", n, 0), ("block_cache", f"block_cache_{i}", 1, n),
-                                    ("block_chunk", f"block_chunk_{i}", k, n)):
+        blocks = [("block", f"block_{i}", n, 0), ("block_cache", f"block_cache_{i}", 1, n),
+                  ("block_chunk", f"block_chunk_{i}", k, n)]
+        blocks += [("block_chunk", f"block_chunk{r}_{i}", r, n) for r in prefill_chunks]
+        for kind, name, t, past in blocks:
             inputs = [T("hidden", f32, (1, t, h))]
             if rope:
                 inputs.append(T("position_ids", i32, (1, t)))

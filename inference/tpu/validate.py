@@ -26,6 +26,8 @@ def piece_inputs(spec: dict, manifest, seed: int = 0) -> dict[str, np.ndarray]:
     n, k, mask_value = manifest.seq_len, manifest.chunk_len, np.float32(manifest.mask_value)
     kind = spec["kind"]
     length = max(1, n // 2)  # tokens already in the cache for block_cache / block_chunk
+    if kind == "block_chunk":  # block_chunk_{i} has K rows, block_chunk{R}_{i} R
+        k = next(t["shape"][1] for t in spec["inputs"] if t["name"] == "hidden")
     start = {"embed": 0, "block": 0, "embed_cache": length, "block_cache": length,
              "block_chunk": max(0, min(length, n - k))}.get(kind, 0)
     feeds: dict[str, np.ndarray] = {}

@@ -1,0 +1,42 @@
+// The engine's own device buffers and the copies between them and the host.
+//
+// Buffers of our own, not the nets' input/output memories: the runtime may place those in the
+// neuron area that every net shares, and a KV cache there would be overwritten by the next launch.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "bmrt_api.h"
+
+namespace wct {
+
+struct Buf {
+  int dev = 0;  // index into the engine's device handles
+  bm_device_mem_t mem{};
+  size_t bytes = 0;
+};
+
+class DeviceMemory {
+ public:
+  // `handles` is the engine's, opened before the first alloc and kept until free_all().
+  DeviceMemory(const Api& api, const std::vector<bm_handle_t>& handles) : api_(api), handles_(handles) {}
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+
+  // Throws DeviceError naming `what` when the device is out of memory.
+  Buf alloc(int dev, size_t bytes, const char* what);
+  void free_all();  // every buffer alloc() returned; before the handles are freed
+
+  // Each throws DeviceError when bmlib refuses.
+  void write(const Buf& dst, const void* src, size_t bytes);
+  void read(void* dst, const Buf& src, size_t bytes);
+  void copy(const Buf& dst, size_t dst_offset, const Buf& src, size_t src_offset, size_t bytes);
+
+ private:
+  const Api& api_;
+  const std::vector<bm_handle_t>& handles_;
+  std::vector<Buf> owned_;
+};
+
+}  // namespace wct
