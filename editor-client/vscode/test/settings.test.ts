@@ -17,6 +17,7 @@ test("an empty configuration gives the protocol's defaults", () => {
   assert.deepEqual(DEFAULT_SETTINGS, {
     model: "default", backend: "cpu", fallbackToCpu: true, maxNewTokens: 64, debounceMs: 150,
     promptTokens: 1024, contextTokens: 512, mode: "auto", languages: [], explainMaxNewTokens: 256,
+    postprocess: true,
   });
 });
 
@@ -24,12 +25,12 @@ test("valid values pass through with the protocol's key names", () => {
   const settings = readServerSettings(source({
     model: " /models/wizardcoder.gguf ", backend: "tpu", fallbackToCpu: false, maxNewTokens: 32,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
-    explainMaxNewTokens: 512, serverCommand: ["x"],
+    explainMaxNewTokens: 512, postprocess: false, serverCommand: ["x"],
   }));
   assert.deepEqual(settings, {
     model: "/models/wizardcoder.gguf", backend: "tpu", fallbackToCpu: false, maxNewTokens: 32,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
-    explainMaxNewTokens: 512,
+    explainMaxNewTokens: 512, postprocess: false,
   });
   assert.equal("serverCommand" in settings, false, "client-only keys are not sent to the server");
 });
