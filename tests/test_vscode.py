@@ -87,7 +87,7 @@ def test_ghost_text_accept_and_explain(built, editors, tmp_path):
                                                    f"{done.stderr[-4000:]}\ncode-server log:\n{log}")
 
     # The status bar item reported the model loaded.
-    assert "idle" in result["status"]["label"] and "SmolLM2" in result["status"]["label"], result["status"]
+    assert "idle" in result["status"]["label"] and "qwen2.5-coder-0.5b" in result["status"]["label"], result["status"]
 
     # The ghost text, then the file as saved after Tab: the typed text followed by exactly what was shown.
     ghost = result["ghost"]
