@@ -50,7 +50,7 @@ class WizardServer(LanguageServer):
         self.last_change: dict[str, float] = {}  # uri -> time.monotonic() of its last change
         self._pending: dict[str, CancelToken] = {}  # uri -> the newest completion request's token
         self._warned: set[str] = set()
-        self._model_key: tuple[str, str, bool] | None = None  # what the last load was asked for
+        self._model_key: tuple | None = None  # what the last load was asked for (Settings.model_key)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # Requests and the worker -------------------------------------------------------------------

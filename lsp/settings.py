@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from ..inference.loader import WEIGHTS
 from ..inference.prompt import MODES
 
 SECTION = "wizardcoder"
@@ -23,6 +24,8 @@ class Settings:
     model: str = "default"  # default | a .gguf | a checkpoint directory | a .bmodel (tpu)
     backend: str = "cpu"  # cpu | tpu
     fallback_to_cpu: bool = True  # a model that cannot be loaded: serve from the CPU default instead
+    weights: str = "auto"  # cpu: auto (the file's precision) | int8 | int4 | f32 (the reference)
+    threads: int = 0  # cpu: onnxruntime threads; 0 = one per physical core
     max_new_tokens: int = 64  # tokens per completion at most
     debounce_ms: int = 150  # wait after the last change of a document before running the model
     prompt_tokens: int = 1024  # prompt budget (¾ prefix, ¼ suffix)
@@ -34,9 +37,9 @@ class Settings:
         return not self.languages or language_id in self.languages
 
     @property
-    def model_key(self) -> tuple[str, str, bool]:
+    def model_key(self) -> tuple[str, str, bool, str, int]:
         """What a reload depends on."""
-        return self.model, self.backend, self.fallback_to_cpu
+        return self.model, self.backend, self.fallback_to_cpu, self.weights, self.threads
 
 
 def _string(choices: tuple[str, ...] | None = None) -> Callable[[Any], str]:
@@ -74,6 +77,8 @@ KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "model": ("model", _string()),
     "backend": ("backend", _string(("cpu", "tpu"))),
     "fallbackToCpu": ("fallback_to_cpu", _bool),
+    "weights": ("weights", _string(WEIGHTS)),
+    "threads": ("threads", _int(0, 256)),
     "maxNewTokens": ("max_new_tokens", _int(1, 4096)),
     "debounceMs": ("debounce_ms", _int(0, 10_000)),
     "promptTokens": ("prompt_tokens", _int(64, 32_768)),
@@ -111,4 +116,8 @@ def from_command_line(args: Any) -> Settings:
     settings = Settings(model=getattr(args, "model", None) or "default", backend=getattr(args, "backend", None) or "cpu")
     if getattr(args, "fallback_cpu", False):
         settings = replace(settings, fallback_to_cpu=True)
+    if getattr(args, "weights", None):
+        settings = replace(settings, weights=args.weights)
+    if getattr(args, "threads", None):
+        settings = replace(settings, threads=args.threads)
     return settings

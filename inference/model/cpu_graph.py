@@ -37,7 +37,7 @@ from .graph import CONTRIB, GraphBuilder
 from .weights_view import WeightView
 
 ROTARY_RMS_ARCHS = ("llama", "qwen2")  # RMSNorm and rotary positions; the others LayerNorm and a position table
-WEIGHTS = ("auto", "f32", "int8", "int4")
+WEIGHTS = ("auto", "int8", "int4", "f32")  # inference.loader.WEIGHTS repeats these for the settings
 ACTIVATIONS = ("int8", "float")
 
 
