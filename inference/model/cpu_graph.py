@@ -56,8 +56,9 @@ class GraphOptions:
     """How weights are stored in the graph.
 
     ``weights``: ``auto`` keeps each matrix in its file's precision (GGUF blocks as they are,
-    float stays float); ``int8``/``int4`` store every linear layer at that width (the file's
-    blocks where they map, requantized otherwise); ``f32`` dequantizes all (the reference).
+    float stays float); ``int8``/``int4`` store every linear layer at that width as plain
+    ``MatMulNBits`` blocks (the file's where they map, requantized otherwise); ``f32``
+    dequantizes all (the reference).
     ``activations``: ``int8`` lets ``MatMulNBits`` quantize its input per block (fast);
     ``float`` keeps float activations (8-bit matrices then run dequantized to float32: onnxruntime
     1.31 has no fast float kernel for them)."""
@@ -77,7 +78,11 @@ class GraphOptions:
 
 
 def linear_storage(w: Weights, name: str, options: GraphOptions) -> BlockQuantized | None:
-    """How the linear layer ``name`` is stored: blocks ``[out, in]``, or None for float32."""
+    """How the linear layer ``name`` is stored: blocks ``[out, in]``, or None for float32.
+
+    ``auto`` keeps Q4_1/Q4_K's offsets (exact, at the cost of a small extra product per layer);
+    ``int4``/``int8`` take only blocks ``MatMulNBits`` multiplies by itself and requantize the
+    rest from float (the 4-bit ones with an integer zero point per block)."""
     if options.weights == "f32":
         return None
     blocks = w.quantized(name)
@@ -85,9 +90,10 @@ def linear_storage(w: Weights, name: str, options: GraphOptions) -> BlockQuantiz
         if blocks is None:
             return None
         bits = blocks.bits
+        offsets = True
     else:
-        bits = 8 if options.weights == "int8" else 4
-    blocks = _at_width(w, name, blocks, bits, transpose=True)
+        bits, offsets = (8 if options.weights == "int8" else 4), False
+    blocks = _at_width(w, name, blocks, bits, transpose=True, offsets=offsets)
     return None if blocks.bits == 8 and options.activations == "float" else blocks
 
 
