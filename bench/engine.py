@@ -78,7 +78,7 @@ class Engine:
     file: str  # the GGUF it reads
     first: Callable[[list[int]], int]
     step: Callable[[int], int]
-    generate: Callable[[list[int], int], tuple[float, float]] | None = None  # (first ms, tokens/s)
+    generate: Callable[[list[int], int], tuple[float, float, list[int]]] | None = None  # (ms, tokens/s, tokens)
     close: Callable[[], None] = lambda: None
 
 
@@ -102,14 +102,20 @@ def llama_cpp(path: Path, threads: int, context: int) -> Engine:
     llm = Llama(model_path=str(path), n_ctx=context, n_batch=512, n_ubatch=512, n_threads=threads,
                 n_threads_batch=threads, verbose=False, logits_all=False)
 
+    vocab = llm.n_vocab()
+
+    def last_logits() -> np.ndarray:
+        # llama-cpp-python 0.3.36 keeps no scores without logits_all: read the context's last row.
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))
+
     def first(prompt: list[int]) -> int:
         llm.reset()
         llm.eval(prompt)
-        return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        return int(np.argmax(last_logits()))
 
     def step(token: int) -> int:
         llm.eval([token])
-        return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        return int(np.argmax(last_logits()))
 
     return Engine("llama.cpp", path.name, first, step, close=llm.close)
 
@@ -134,31 +140,31 @@ def transformers_engine(path: Path, threads: int) -> Engine:
             self.times.append(time.perf_counter())
             return scores
 
-    def generate(prompt: list[int], new: int) -> tuple[float, float]:
+    def generate(prompt: list[int], new: int) -> tuple[float, float, list[int]]:
         torch.set_num_threads(threads)
         stamp = Stamp()
         start = time.perf_counter()
         with torch.no_grad():
-            model.generate(torch.tensor([prompt]), max_new_tokens=new + 1, min_new_tokens=new + 1, do_sample=False,
-                           logits_processor=LogitsProcessorList([stamp]), pad_token_id=0)
+            out = model.generate(torch.tensor([prompt]), max_new_tokens=new + 1, min_new_tokens=new + 1,
+                                 do_sample=False, logits_processor=LogitsProcessorList([stamp]), pad_token_id=0)
         times = stamp.times
-        return (times[0] - start) * 1000, (len(times) - 1) / (times[-1] - times[0])
+        return (times[0] - start) * 1000, (len(times) - 1) / (times[-1] - times[0]), out[0, len(prompt):].tolist()
 
     unused = lambda *a: 0  # noqa: E731
     return Engine("transformers", path.name, unused, unused, generate=generate)
 
 
-def run_round(engine: Engine, prompt: list[int], new: int) -> tuple[float, float]:
-    """(first token ms, decode tokens/s) of one round from an empty cache."""
+def run_round(engine: Engine, prompt: list[int], new: int) -> tuple[float, float, list[int]]:
+    """(first token ms, decode tokens/s, the tokens) of one round from an empty cache."""
     if engine.generate is not None:
         return engine.generate(prompt, new)
     start = time.perf_counter()
-    token = engine.first(prompt)
+    tokens = [engine.first(prompt)]
     first_ms = (time.perf_counter() - start) * 1000
     start = time.perf_counter()
     for _ in range(new):
-        token = engine.step(token)
-    return first_ms, new / (time.perf_counter() - start)
+        tokens.append(engine.step(tokens[-1]))
+    return first_ms, new / (time.perf_counter() - start), tokens
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -166,9 +172,12 @@ def run_round(engine: Engine, prompt: list[int], new: int) -> tuple[float, float
 @dataclass
 class Results:
     rows: dict[tuple[int, str, str, int], list[tuple[float, float]]] = field(default_factory=dict)
+    tokens: dict[tuple[int, str, str, int], list[int]] = field(default_factory=dict)  # the first round's
 
-    def add(self, threads: int, engine: Engine, prompt: int, result: tuple[float, float]) -> None:
-        self.rows.setdefault((threads, engine.name, engine.file, prompt), []).append(result)
+    def add(self, threads: int, engine: Engine, prompt: int, result: tuple[float, float, list[int]]) -> None:
+        key = (threads, engine.name, engine.file, prompt)
+        self.rows.setdefault(key, []).append(result[:2])
+        self.tokens.setdefault(key, result[2])
 
 
 def engine_specs(shipped: Path, q4_0: Path | None, include_transformers: bool) -> list[tuple[str, Path, str]]:
@@ -279,12 +288,16 @@ def report(results: Results, load_before: tuple[float, ...], load_after: tuple[f
              f"Median (min–max) of {repeats} interleaved rounds; first token = empty cache → prompt → first "
              f"token; decode = the next {decode} greedy tokens one call each. Ratios: llama.cpp's time ÷ ours for "
              "first token (above 1: we are faster), our tokens/s ÷ llama.cpp's for decode, against llama.cpp "
-             "on the same file.", ""]
+             "on the same file. Last column: the greedy tokens equal those of the first engine listed for that "
+             "file and prompt (ours f32 for the shipped file).", ""]
     reference = {(t, f, p): rows for (t, name, f, p), rows in results.rows.items() if name == "llama.cpp"}
+    first_engine: dict[tuple[int, str, int], list[int]] = {}  # the tokens of the first engine on a file
+    for (t, name, f, p), tokens in results.tokens.items():
+        first_engine.setdefault((t, f, p), tokens)
     for threads in sorted({k[0] for k in results.rows}):
         lines += [f"## {threads} thread{'s' if threads > 1 else ''}", "",
                   "| engine | file | prompt tokens | first token ms | decode tokens/s | first token vs llama.cpp | "
-                  "decode vs llama.cpp |", "|---|---|---:|---:|---:|---:|---:|"]
+                  "decode vs llama.cpp | tokens = first row's |", "|---|---|---:|---:|---:|---:|---:|---|"]
         for (t, name, file, prompt), rows in results.rows.items():
             if t != threads:
                 continue
@@ -295,8 +308,9 @@ def report(results: Results, load_before: tuple[float, ...], load_after: tuple[f
             if ref and name != "llama.cpp":
                 ratios = [f"{statistics.median(r[0] for r in ref) / statistics.median(first):.2f}×",
                           f"{statistics.median(rate) / statistics.median(r[1] for r in ref):.2f}×"]
+            same = results.tokens[(t, name, file, prompt)] == first_engine[(t, file, prompt)]
             lines.append(f"| {name} | {file} | {prompt} | {_stat(first, '.0f')} | {_stat(rate, '.1f')} | "
-                         f"{ratios[0]} | {ratios[1]} |")
+                         f"{ratios[0]} | {ratios[1]} | {'yes' if same else 'no'} |")
         lines.append("")
     if memory:
         lines += ["## Peak resident memory (load, one 500-token prompt, decode)", "", "| engine | MiB |", "|---|---:|"]

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 
 
-def profile(model: str, weights: str, activations: str, prompt_tokens: int, threads: int) -> dict:
+def profile(model: str, weights: str, prompt_tokens: int, threads: int) -> dict:
     from wizardcoder_tpu.inference.backends import cpu
     from wizardcoder_tpu.inference.loader import resolve_model
     from wizardcoder_tpu.inference.weights import open_checkpoint
 
     ort = cpu.ort
     checkpoint = open_checkpoint(resolve_model(model))
-    backend = cpu.CPUBackend(checkpoint, threads=threads, weights=weights, activations=activations)
+    backend = cpu.CPUBackend(checkpoint, threads=threads, weights=weights)
     path = cpu.ensure_decoder(checkpoint, backend.options)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -77,12 +77,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--weights", default="auto")
-    parser.add_argument("--activations", default="int8")
     parser.add_argument("--prompt", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    result = profile(args.model, args.weights, args.activations, args.prompt, args.threads)
-    print(f"{args.weights}/{args.activations}: {result['nodes_per_call']:.0f} kernels per decode call, "
+    result = profile(args.model, args.weights, args.prompt, args.threads)
+    print(f"{args.weights}: {result['nodes_per_call']:.0f} kernels per decode call, "
           f"{result['ms_per_call']:.1f} ms per call (profiled)")
     for op, (count, ms) in result["ops"].items():
         print(f"  {op:36s} {count:6.0f} {ms:8.2f} ms")

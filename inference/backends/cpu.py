@@ -33,11 +33,11 @@ from ..model.cpu_graph import GraphOptions, build_cpu_graph, kv_names
 from ..paths import cache_dir
 from ..weights import Checkpoint
 
-GRAPH_VERSION = "5"  # bump when build_cpu_graph or the way it is saved changes
+GRAPH_VERSION = "6"  # bump when build_cpu_graph or the way it is saved changes
 
 
 def decoder_path(checkpoint: Checkpoint, options: GraphOptions = GraphOptions()) -> Path:
-    identity = f"{GRAPH_VERSION}|{options.weights}|{options.activations}|{checkpoint.fingerprint()}"
+    identity = f"{GRAPH_VERSION}|{options.weights}|{checkpoint.fingerprint()}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return cache_dir() / "onnx" / key / "decoder.onnx"
 
@@ -76,14 +76,14 @@ class CPUBackend(Backend):
     name = "cpu"
 
     def __init__(self, checkpoint: Checkpoint, threads: int | None = None, weights: str = "auto",
-                 activations: str = "int8", context: int | None = None):
+                 context: int | None = None):
         """``threads``: onnxruntime's intra-op threads (default: one per physical core);
-        ``weights``/``activations``: see ``GraphOptions``; ``context``: positions the KV buffers
-        hold (default: the model's trained context; memory is committed only as it fills)."""
+        ``weights``: see ``GraphOptions``; ``context``: positions the KV buffers hold (default:
+        the model's trained context; memory is committed only as it fills)."""
         super().__init__()
         self.config: ModelConfig = checkpoint.config
         try:
-            self.options = GraphOptions(weights, activations)
+            self.options = GraphOptions(weights)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
         self.max_context = min(context or self.config.max_positions, self.config.max_positions)

@@ -11,9 +11,11 @@ contrib ops where they exist:
   back is changing that length;
 - ``SkipSimplifiedLayerNormalization`` / ``SkipLayerNormalization``: the residual add and the
   next norm in one kernel; ``SimplifiedLayerNormalization`` for the first;
-- ``MatMulNBits`` for block-quantized linear layers (``inference/weights/quantized.py``), with
-  ``accuracy_level`` 4 (activations quantized to int8 per block, as llama.cpp's q8 dot products
-  do) or 0 (float activations, the exact path);
+- ``MatMulNBits`` for block-quantized linear layers (``inference/weights/quantized.py``): 4-bit
+  blocks with float activations (``accuracy_level`` 0: exact), or, under ``weights: int8``,
+  8-bit blocks with activations quantized to int8 per block (``accuracy_level`` 4, the only way
+  onnxruntime 1.31 runs 8-bit blocks fast; lossy, and a row's result depends on how many rows
+  the call has, so prefix reuse can change a token);
 - ``GatherBlockQuantized`` for a quantized token embedding, sharing the output layer's blocks
   when the two are tied.
 
@@ -38,7 +40,6 @@ from .weights_view import WeightView
 
 ROTARY_RMS_ARCHS = ("llama", "qwen2")  # RMSNorm and rotary positions; the others LayerNorm and a position table
 WEIGHTS = ("auto", "int8", "int4", "f32")  # inference.loader.WEIGHTS repeats these for the settings
-ACTIVATIONS = ("int8", "float")
 
 
 class Weights(Protocol):
@@ -53,63 +54,53 @@ class Weights(Protocol):
 
 @dataclass(frozen=True)
 class GraphOptions:
-    """How weights are stored in the graph.
+    """How weights are stored in the graph (measured on SmolLM2 in ``bench/results/engine.md``).
 
-    ``weights``: ``auto`` keeps each matrix in its file's precision (GGUF blocks as they are,
-    float stays float); ``int8``/``int4`` store every linear layer at that width as plain
-    ``MatMulNBits`` blocks (the file's where they map, requantized otherwise); ``f32``
-    dequantizes all (the reference).
-    ``activations``: ``int8`` lets ``MatMulNBits`` quantize its input per block (fast);
-    ``float`` keeps float activations (8-bit matrices then run dequantized to float32: onnxruntime
-    1.31 has no fast float kernel for them)."""
+    - ``auto``: the file's precision as closely as a fast kernel allows: 4-bit GGUF blocks as
+      they are (Q4_1/Q4_K with their offsets), 8-bit blocks (Q8_0, Q5_0, Q6_K) and float as
+      float32 (onnxruntime has no fast float-activation kernel for 8-bit blocks); the
+      embedding as the file's blocks. Exact: the same tokens as transformers on the file.
+    - ``int4``: every linear layer as plain 4-bit ``MatMulNBits`` blocks (the file's where they
+      map, requantized otherwise with an integer zero point), float activations; the
+      vocabulary matrices as under ``auto`` (a 4-bit output layer costs quality).
+    - ``int8``: every matrix as 8-bit blocks, activations quantized to int8.
+    - ``f32``: everything dequantized: the reference.
+    """
 
     weights: str = "auto"
-    activations: str = "int8"
 
     def __post_init__(self) -> None:
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, not {self.weights!r}")
-        if self.activations not in ACTIVATIONS:
-            raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)}, not {self.activations!r}")
 
     @property
     def accuracy_level(self) -> int:
-        return 4 if self.activations == "int8" else 0
+        return 4 if self.weights == "int8" else 0
 
 
 def linear_storage(w: Weights, name: str, options: GraphOptions) -> BlockQuantized | None:
-    """How the linear layer ``name`` is stored: blocks ``[out, in]``, or None for float32.
-
-    ``auto`` keeps Q4_1/Q4_K's offsets (exact, at the cost of a small extra product per layer);
-    ``int4``/``int8`` take only blocks ``MatMulNBits`` multiplies by itself and requantize the
-    rest from float (the 4-bit ones with an integer zero point per block)."""
+    """How the linear layer ``name`` is stored: blocks ``[out, in]``, or None for float32."""
     if options.weights == "f32":
         return None
     blocks = w.quantized(name)
     if options.weights == "auto":
-        if blocks is None:
-            return None
-        bits = blocks.bits
-        offsets = True
-    else:
-        bits, offsets = (8 if options.weights == "int8" else 4), False
-    blocks = _at_width(w, name, blocks, bits, transpose=True, offsets=offsets)
-    return None if blocks.bits == 8 and options.activations == "float" else blocks
+        return blocks if blocks is not None and blocks.bits == 4 else None
+    bits = 8 if options.weights == "int8" else 4
+    return _at_width(w, name, blocks, bits, transpose=True, offsets=False)
 
 
 def vocabulary_storage(w: Weights, name: str, options: GraphOptions) -> BlockQuantized | None:
-    """The token embedding and the output layer: the file's blocks whatever the linear layers'
-    width (requantized to 8 bits from blocks with offsets, which ``GatherBlockQuantized`` cannot
-    take, and from float under ``int8``/``int4``); float32 under ``f32``, and under ``auto``
-    for a float file."""
+    """The token embedding and the output layer, whatever the linear layers' width: the
+    embedding as the file's blocks (``GatherBlockQuantized`` has no accuracy question; blocks
+    with offsets, which it cannot take, and float under ``int4``/``int8`` are requantized to 8
+    bits), the output layer like an ``auto`` linear layer (8-bit blocks under ``int8``)."""
     blocks = w.quantized(name)
     if options.weights == "f32" or (options.weights == "auto" and blocks is None):
         return None
+    if name == "lm_head.weight" and options.weights != "int8":
+        return blocks if blocks is not None and blocks.bits == 4 and blocks.offsets is None else None
     bits = 8 if blocks is None or options.weights == "int8" else blocks.bits
-    blocks = _at_width(w, name, blocks, bits, transpose=False, offsets=False)
-    if name == "lm_head.weight" and blocks.bits == 8 and options.activations == "float":
-        return None
-    return blocks
+    return _at_width(w, name, blocks, bits, transpose=False, offsets=False)
 
 
 def _at_width(w: Weights, name: str, blocks: BlockQuantized | None, bits: int, transpose: bool,
@@ -247,8 +238,7 @@ def build_cpu_graph(w: Weights, options: GraphOptions = GraphOptions()) -> onnx.
         h, x = _skip_norm(g, c, wv, x, m, f"layers.{i + 1}.attn_norm" if i + 1 < c.num_layers else "final_norm")
 
     g.output(_head(g, c, w, wv, options, g.reshape(h, [1, c.hidden_size])), "logits", np.float32, [1, c.vocab_size])
-    return g.build(doc=f"{c.arch} CPU decoder, {c.num_layers} layers, weights {options.weights}, "
-                       f"activations {options.activations}")
+    return g.build(doc=f"{c.arch} CPU decoder, {c.num_layers} layers, weights {options.weights}")
 
 
 def _linear(g: _Graph, wv: _Weights, x: str, weight: str, bias: str) -> str:
