@@ -173,6 +173,7 @@ def run_round(engine: Engine, prompt: list[int], new: int) -> tuple[float, float
 class Results:
     rows: dict[tuple[int, str, str, int], list[tuple[float, float]]] = field(default_factory=dict)
     tokens: dict[tuple[int, str, str, int], list[int]] = field(default_factory=dict)  # the first round's
+    rounds: dict[int, int] = field(default_factory=dict)  # threads -> rounds completed
 
     def add(self, threads: int, engine: Engine, prompt: int, result: tuple[float, float, list[int]]) -> None:
         key = (threads, engine.name, engine.file, prompt)
@@ -210,7 +211,10 @@ def available(kind: str) -> bool:
 
 
 def benchmark(shipped: Path, q4_0: Path | None, threads: Sequence[int], repeats: int, decode: int,
-              prompt_tokens: Sequence[int], include_transformers: bool) -> Results:
+              prompt_tokens: Sequence[int], include_transformers: bool,
+              on_round: Callable[[Results], None] = lambda r: None) -> Results:
+    """All rounds; ``on_round`` sees the results so far after each (a long run on a loaded
+    machine leaves a report even when it is stopped)."""
     from wizardcoder_tpu.inference.weights import open_checkpoint
 
     tokenizer = open_checkpoint(shipped).tokenizer()
@@ -226,6 +230,8 @@ def benchmark(shipped: Path, q4_0: Path | None, threads: Sequence[int], repeats:
             for n, prompt in prompts.items():
                 for engine in engines:
                     results.add(t, engine, len(prompt), run_round(engine, prompt, decode))
+            results.rounds[t] = r + 1
+            on_round(results)
             print(f"threads {t}: round {r + 1}/{repeats} done", file=sys.stderr, flush=True)
         for engine in engines:
             engine.close()
@@ -295,7 +301,7 @@ def report(results: Results, load_before: tuple[float, ...], load_after: tuple[f
     for (t, name, f, p), tokens in results.tokens.items():
         first_engine.setdefault((t, f, p), tokens)
     for threads in sorted({k[0] for k in results.rows}):
-        lines += [f"## {threads} thread{'s' if threads > 1 else ''}", "",
+        lines += [f"## {threads} thread{'s' if threads > 1 else ''} ({results.rounds.get(threads, 0)} of {repeats} rounds)", "",
                   "| engine | file | prompt tokens | first token ms | decode tokens/s | first token vs llama.cpp | "
                   "decode vs llama.cpp | tokens = first row's |", "|---|---|---:|---:|---:|---:|---:|---|"]
         for (t, name, file, prompt), rows in results.rows.items():
@@ -354,19 +360,23 @@ def main() -> int:
         print("llama-cpp-python is not installed (python bench/llama_cpp_wheel.py --install): llama.cpp skipped",
               file=sys.stderr)
     load_before = os.getloadavg()
+
+    def write(results: Results, memory: dict[str, float] | None = None) -> str:
+        text = report(results, load_before, os.getloadavg(), args.repeats, args.decode, memory or {})
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        return text
+
     results = benchmark(shipped, copy, args.threads, args.repeats, args.decode, args.prompts,
-                        not args.no_transformers)
+                        not args.no_transformers, on_round=write)
     memory = {}
     if args.memory:
-        for kind, path, weights in engine_specs(shipped, copy, not args.no_transformers):
-            if available(kind):
+        for kind, path, weights in engine_specs(shipped, copy, include_transformers=False):
+            if available(kind) and weights in ("", "auto", "int4"):
                 name = f"{kind} {weights}".strip() + f" ({path.name})"
                 memory[name] = peak_memory(kind, path, weights, args.threads[0], args.decode)
-    text = report(results, load_before, os.getloadavg(), args.repeats, args.decode, memory)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    print(write(results, memory))
     if args.smoke:
         json.dumps({str(k): v for k, v in results.rows.items()})  # every engine produced numbers
         assert all(rows for rows in results.rows.values())

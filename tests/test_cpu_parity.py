@@ -22,7 +22,7 @@ def _tiny_prompts(vocab: int) -> list[list[int]]:
 def test_tiny_models_match_transformers(tiny_model):
     kind, path = tiny_model
     checkpoint = open_checkpoint(path)
-    backend = CPUBackend(checkpoint)
+    backend = CPUBackend(checkpoint, weights="f32")  # the float reference graph
     reference = load_transformers(path)
     for prompt in _tiny_prompts(checkpoint.config.vocab_size):
         expected = torch_greedy(reference, prompt, NEW_TOKENS)
@@ -54,7 +54,7 @@ def _source_prompts() -> list[str]:
 def test_default_model_matches_transformers(default_model):
     checkpoint = open_checkpoint(default_model)
     tokenizer = checkpoint.tokenizer()
-    backend = CPUBackend(checkpoint)
+    backend = CPUBackend(checkpoint, weights="f32")  # the float reference graph
     reference = load_transformers(default_model)
     prompts = [tokenizer.encode(text) for text in _source_prompts()]
     assert max(len(p) for p in prompts) > 512
