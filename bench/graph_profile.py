@@ -35,12 +35,11 @@ def profile(model: str, weights: str, prompt_tokens: int, threads: int) -> dict:
     backend._binding = _rebind(backend)
     rng = np.random.default_rng(0)
     backend.forward(rng.integers(0, checkpoint.config.vocab_size, prompt_tokens).tolist())
-    start = _count_runs(backend)
     for _ in range(5):
         backend.forward([int(rng.integers(0, checkpoint.config.vocab_size))])
     trace = json.loads(Path(backend._session.end_profiling()).read_text())
     runs = [e for e in trace if e.get("name") == "model_run"]
-    decode = runs[start:]
+    decode = runs[1:]  # after the prompt's call
     nodes = [e for e in trace if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
              and any(r["ts"] <= e["ts"] <= r["ts"] + r["dur"] for r in decode)]
     by_op = collections.Counter()
@@ -56,6 +55,7 @@ def profile(model: str, weights: str, prompt_tokens: int, threads: int) -> dict:
 
 
 def _rebind(backend):
+    """The backend's KV buffers bound to the profiling session, as the backend binds its own."""
     from wizardcoder_tpu.inference.model.cpu_graph import kv_names
 
     binding = backend._session.io_binding()
@@ -67,10 +67,6 @@ def _rebind(backend):
         binding.bind_ortvalue_output(present_v, backend._kv[2 * i + 1])
     binding.bind_output("logits")
     return binding
-
-
-def _count_runs(backend) -> int:
-    return 1  # the prompt's call; the decode calls follow
 
 
 def main() -> int:
