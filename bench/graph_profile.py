@@ -32,7 +32,7 @@ def profile(model: str, weights: str, prompt_tokens: int, threads: int) -> dict:
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
     backend._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    backend._binding = _rebind(backend)
+    backend._binding = backend.bind_buffers()
     rng = np.random.default_rng(0)
     backend.forward(rng.integers(0, checkpoint.config.vocab_size, prompt_tokens).tolist())
     for _ in range(5):
@@ -52,21 +52,6 @@ def profile(model: str, weights: str, prompt_tokens: int, threads: int) -> dict:
     return {"calls": calls, "nodes_per_call": len(nodes) / calls,
             "ms_per_call": sum(r["dur"] for r in decode) / calls / 1000,
             "ops": {op: (n / calls, time_by_op[op] / calls / 1000) for op, n in by_op.most_common()}}
-
-
-def _rebind(backend):
-    """The backend's KV buffers bound to the profiling session, as the backend binds its own."""
-    from wizardcoder_tpu.inference.model.cpu_graph import kv_names
-
-    binding = backend._session.io_binding()
-    for i in range(backend.config.num_layers):
-        past_k, past_v, present_k, present_v = kv_names(i)
-        binding.bind_ortvalue_input(past_k, backend._kv[2 * i])
-        binding.bind_ortvalue_input(past_v, backend._kv[2 * i + 1])
-        binding.bind_ortvalue_output(present_k, backend._kv[2 * i])
-        binding.bind_ortvalue_output(present_v, backend._kv[2 * i + 1])
-    binding.bind_output("logits")
-    return binding
 
 
 def main() -> int:

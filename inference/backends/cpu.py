@@ -106,15 +106,20 @@ class CPUBackend(Backend):
         # One buffer per layer and kind, allocated by onnxruntime and never copied.
         self._kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cpu", 0)
                     for _ in range(2 * self.config.num_layers)]
-        self._binding = self._session.io_binding()
+        self._binding = self.bind_buffers()
+        self._length = 0
+
+    def bind_buffers(self) -> ort.IOBinding:
+        """A binding of the session with each layer's buffer as both its past and its present."""
+        binding = self._session.io_binding()
         for i in range(self.config.num_layers):
             past_k, past_v, present_k, present_v = kv_names(i)
-            for name, value in ((past_k, self._kv[2 * i]), (past_v, self._kv[2 * i + 1])):
-                self._binding.bind_ortvalue_input(name, value)
-            for name, value in ((present_k, self._kv[2 * i]), (present_v, self._kv[2 * i + 1])):
-                self._binding.bind_ortvalue_output(name, value)
-        self._binding.bind_output("logits")
-        self._length = 0
+            binding.bind_ortvalue_input(past_k, self._kv[2 * i])
+            binding.bind_ortvalue_input(past_v, self._kv[2 * i + 1])
+            binding.bind_ortvalue_output(present_k, self._kv[2 * i])
+            binding.bind_ortvalue_output(present_v, self._kv[2 * i + 1])
+        binding.bind_output("logits")
+        return binding
 
     @property
     def cached_length(self) -> int:
