@@ -33,7 +33,6 @@ import inspect
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -253,7 +252,10 @@ def _memory_child(kind: str, path: str, weights: str, threads: int, decode: int)
     prompt = code_prompt(open_checkpoint(Path(path)).tokenizer(), 500)
     engine = load(kind, Path(path), weights, threads, len(prompt) + decode + 8)
     run_round(engine, prompt, decode)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec from the parent, whose
+    # peak (every engine loaded) would hide the child's.
+    peak = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    print(int(peak.split()[1]) / 1024)
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -346,6 +348,7 @@ def main() -> int:
     parser.add_argument("--no-q4-0", action="store_true", help="skip the Q4_0 copy")
     parser.add_argument("--no-transformers", action="store_true")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS per engine (child processes)")
+    parser.add_argument("--memory-only", action="store_true", help="print only the peak RSS table")
     parser.add_argument("--smoke", action="store_true", help="1 round, 1 thread, a 100-token prompt, 4 tokens")
     parser.add_argument("--out", type=Path, help="write the markdown report here")
     args = parser.parse_args()
@@ -368,10 +371,11 @@ def main() -> int:
             args.out.write_text(text)
         return text
 
-    results = benchmark(shipped, copy, args.threads, args.repeats, args.decode, args.prompts,
-                        not args.no_transformers, on_round=write)
+    results = Results() if args.memory_only else benchmark(
+        shipped, copy, args.threads, args.repeats, args.decode, args.prompts, not args.no_transformers,
+        on_round=write)
     memory = {}
-    if args.memory:
+    if args.memory or args.memory_only:
         for kind, path, weights in engine_specs(shipped, copy, include_transformers=False):
             if available(kind) and weights in ("", "auto", "int4"):
                 name = f"{kind} {weights}".strip() + f" ({path.name})"
