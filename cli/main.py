@@ -22,6 +22,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"a model name ({', '.join(MODELS)}; 'default' is {DEFAULT_MODEL}), a .gguf file, a Hugging "
                         "Face checkpoint directory (config.json + *.safetensors), or a .bmodel with --backend tpu")
     p.add_argument("--backend", default="cpu", choices=("cpu", "tpu"), help="where the model runs (default: cpu)")
+    p.add_argument("--weights", default="auto", choices=("auto", "int8", "int4", "f32"),
+                   help="cpu: how weights are stored: auto keeps the file's precision (GGUF blocks as they are), "
+                        "int8/int4 requantize where needed, f32 is the float reference (default: auto)")
+    p.add_argument("--threads", type=int, default=0, help="cpu: threads; 0 = one per physical core (default)")
 
 
 def _complete(args: argparse.Namespace) -> int:
@@ -34,7 +38,7 @@ def _complete(args: argparse.Namespace) -> int:
         print("wizardcoder-tpu complete: empty prompt", file=sys.stderr)
         return 2
     try:
-        engine = load_engine(args.model, args.backend)
+        engine = load_engine(args.model, args.backend, threads=args.threads or None, weights=args.weights)
         ids = engine.tokenizer.encode(prompt)
         params = GenerationParams(max_new_tokens=args.max_tokens, stop_strings=("\n",) if args.single_line else ())
         result = engine.generate(ids, params)

@@ -10,6 +10,7 @@ from .errors import ModelLoadError
 from .models import DEFAULT_MODEL, MODELS, model_path
 
 BACKENDS = ("cpu", "tpu")
+WEIGHTS = ("auto", "int8", "int4", "f32")  # how the CPU graph stores weights (inference/model/cpu_graph.py)
 
 
 def resolve_model(model: str | None) -> Path:
@@ -24,14 +25,18 @@ def resolve_model(model: str | None) -> Path:
     return path
 
 
-def load_engine(model: str | None = None, backend: str = "cpu", threads: int | None = None) -> Engine:
+def load_engine(model: str | None = None, backend: str = "cpu", threads: int | None = None,
+                weights: str = "auto") -> Engine:
+    """``threads`` and ``weights`` apply to the CPU backend (a bmodel's precision is fixed when it
+    is compiled)."""
     path = resolve_model(model)
     if backend == "cpu":
         from .backends.cpu import CPUBackend
         from .weights import open_checkpoint
 
         checkpoint = open_checkpoint(path)
-        return Engine(CPUBackend(checkpoint, threads=threads), checkpoint.tokenizer(), model_name=path.name)
+        backend_ = CPUBackend(checkpoint, threads=threads, weights=weights)
+        return Engine(backend_, checkpoint.tokenizer(), model_name=path.name)
     if backend == "tpu":
         from .backends.tpu import load_tpu_engine  # the C++ bmrt engine (csrc/)
 

@@ -63,7 +63,7 @@ class ModelHost:
         engine, error, fell_back = None, "", False
         try:
             on_message(f"loading {requested}")
-            engine = self._load(settings.model, settings.backend)
+            engine = self._load(settings.model, settings.backend, settings)
             loaded = describe(engine.model_name or settings.model, settings.backend)
         except ModelLoadError as exc:
             error = f"cannot load {requested}: {exc}"
@@ -73,7 +73,7 @@ class ModelHost:
                 on_message(f"{error}; loading {fallback} instead")
                 fell_back = True
                 try:
-                    engine = self._load("default", "cpu")
+                    engine = self._load("default", "cpu", settings)
                 except ModelLoadError as second:
                     error += f"; the CPU default failed too: {second}"
             loaded = describe(engine.model_name or "default", "cpu") if engine is not None else ""
@@ -82,11 +82,11 @@ class ModelHost:
             self.description, self.error = loaded, error
         return LoadReport(loaded, error, fell_back)
 
-    def _load(self, model: str, backend: str) -> Engine:
+    def _load(self, model: str, backend: str, settings: Settings) -> Engine:
         """Every failure of a load as ModelLoadError (a backend that is not built, a library that
         raises its own error on a corrupt file)."""
         try:
-            return load_engine(model, backend)
+            return load_engine(model, backend, threads=settings.threads or None, weights=settings.weights)
         except ModelLoadError:
             raise
         except InferenceError as exc:

@@ -51,7 +51,7 @@ class WizardServer(LanguageServer):
         self.worker = InferenceWorker(on_state=self._worker_state)
         self.requests = DocumentRequests()
         self._warned: set[str] = set()
-        self._model_key: tuple[str, str, bool] | None = None  # what the last load was asked for
+        self._model_key: tuple | None = None  # what the last load was asked for (Settings.model_key)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # The worker's state ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from typing import Any, get_type_hints
 
+from ..inference.loader import WEIGHTS
 from ..inference.prompt import MODES
 
 SECTION = "wizardcoder"
@@ -42,11 +43,16 @@ class Settings:
     """The table. A new setting is a new field: a type from ``KINDS``, then ``setting(default,
     meaning, ...)``; run ``python scripts/gen_settings.py`` and the clients and docs know it."""
 
-    model: str = setting("default", "`default` (SmolLM2-135M-Instruct), a `.gguf` file, a checkpoint directory, "
-                         "or a `.bmodel` (tpu backend).")
+    model: str = setting("default", "`default` (qwen2.5-coder-0.5b), a named model (`qwen2.5-coder-0.5b`, "
+                         "`qwen2.5-coder-1.5b`, `smollm2-135m`), a `.gguf` file, a checkpoint directory, or a "
+                         "`.bmodel` (tpu backend).")
     backend: str = setting("cpu", "Where the model runs.", choices=("cpu", "tpu"))
     fallback_to_cpu: bool = setting(True, "When the model cannot be loaded (a missing file, no TPU device): serve "
                                     "the CPU default model instead.")
+    weights: str = setting("auto", "How the CPU backend stores the weights: `auto` keeps the file's precision as "
+                           "closely as a fast kernel allows, `int8`/`int4` requantize, `f32` is the reference.",
+                           choices=WEIGHTS)
+    threads: int = setting(0, "CPU backend threads; 0 is one per physical core.", minimum=0, maximum=256)
     max_new_tokens: int = setting(64, "Tokens per completion at most.", minimum=1, maximum=4096)
     debounce_ms: int = setting(150, "Milliseconds the server waits after the last change of a document before "
                                "running the model.", minimum=0, maximum=10_000)
@@ -67,9 +73,9 @@ class Settings:
         return not self.languages or language_id in self.languages
 
     @property
-    def model_key(self) -> tuple[str, str, bool]:
+    def model_key(self) -> tuple[str, str, bool, str, int]:
         """What a reload depends on."""
-        return self.model, self.backend, self.fallback_to_cpu
+        return self.model, self.backend, self.fallback_to_cpu, self.weights, self.threads
 
 
 # The JSON type of each Python type a setting may have, as the clients and the docs name it.
@@ -169,5 +175,6 @@ def merge(settings: Settings, raw: Any) -> tuple[Settings, list[str]]:
 def from_command_line(args: Any) -> Settings:
     """The defaults overridden by the ``serve`` arguments that were given."""
     given = {"model": getattr(args, "model", None), "backend": getattr(args, "backend", None),
-             "fallback_to_cpu": True if getattr(args, "fallback_cpu", False) else None}
+             "fallback_to_cpu": True if getattr(args, "fallback_cpu", False) else None,
+             "weights": getattr(args, "weights", None), "threads": getattr(args, "threads", None)}
     return replace(Settings(), **{name: value for name, value in given.items() if value})

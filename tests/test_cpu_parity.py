@@ -22,7 +22,7 @@ def _tiny_prompts(vocab: int) -> list[list[int]]:
 def test_tiny_models_match_transformers(tiny_model):
     kind, path = tiny_model
     checkpoint = open_checkpoint(path)
-    backend = CPUBackend(checkpoint)
+    backend = CPUBackend(checkpoint, weights="f32")  # the float reference graph
     reference = load_transformers(path)
     for prompt in _tiny_prompts(checkpoint.config.vocab_size):
         expected = torch_greedy(reference, prompt, NEW_TOKENS)
@@ -54,7 +54,7 @@ def _source_prompts() -> list[str]:
 def test_smollm2_matches_transformers(smollm2_model):
     checkpoint = open_checkpoint(smollm2_model)
     tokenizer = checkpoint.tokenizer()
-    backend = CPUBackend(checkpoint)
+    backend = CPUBackend(checkpoint, weights="f32")  # the float reference graph
     reference = load_transformers(smollm2_model)
     prompts = [tokenizer.encode(text) for text in _source_prompts()]
     assert max(len(p) for p in prompts) > 512
@@ -95,7 +95,7 @@ def test_qwen_default_matches_transformers(qwen_model):
     prompts = [tokenizer.backend.encode(text, add_special_tokens=False).ids for text in _qwen_prompts()]
     assert max(len(p) for p in prompts) > 1000
     assert sum(tokenizer.require("<|fim_middle|>") in p for p in prompts) == 3
-    backend = CPUBackend(checkpoint)
+    backend = CPUBackend(checkpoint, weights="f32")  # the float reference graph
     reference = load_transformers(qwen_model)
     for prompt in prompts:
         assert backend_greedy(backend, prompt, NEW_TOKENS) == torch_greedy(reference, prompt, NEW_TOKENS), \
@@ -154,7 +154,7 @@ def test_tiny_qwen2_gguf_matches_transformers(tiny_model_factory, tmp_path):
     _write_qwen2_gguf(tiny_model_factory("qwen2"), path)
     checkpoint = open_checkpoint(path)
     assert checkpoint.config.arch == "qwen2" and not checkpoint.config.tie_embeddings
-    backend = CPUBackend(checkpoint)
+    backend = CPUBackend(checkpoint, weights="f32")  # the float reference graph
     reference = load_transformers(path)
     for prompt in _tiny_prompts(checkpoint.config.vocab_size)[:6]:
         expected = torch_greedy(reference, prompt, NEW_TOKENS)

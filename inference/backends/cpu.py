@@ -1,9 +1,12 @@
-"""The CPU backend: the whole decoder as one dynamic-shape ONNX graph on onnxruntime.
+"""The CPU backend: the whole decoder as one ONNX graph on onnxruntime, with a KV cache that is
+written in place.
 
-The graph comes from ``inference.model.decoder.build_cpu_decoder`` (the same layer definition the
-TPU pieces use). It is built once per checkpoint and kept under the cache directory, so a
-restart of the server skips dequantizing and graph building. The KV cache stays in onnxruntime
-values between calls (IOBinding), fed back without a copy through numpy.
+The graph comes from ``inference.model.cpu_graph.build_cpu_graph`` (fused onnxruntime kernels,
+weights stored as the options say). It is built once per checkpoint and options and kept under
+the cache directory, so a restart of the server skips dequantizing and graph building. Each
+layer's keys and values live in one preallocated buffer ``[1, kv_heads, context, head_dim]``
+bound as both the attention's past input and its present output (IOBinding), so a call appends
+its rows in place; the cache's length is a number here, and ``truncate`` only lowers it.
 """
 
 from __future__ import annotations
@@ -17,31 +20,36 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+from .threads import physical_cores, quiet_onnxruntime
+
+quiet_onnxruntime()
+import onnxruntime as ort  # noqa: E402  (after quiet_onnxruntime)
 
 from ..engine import Backend
 from ..errors import BackendError, ModelLoadError
 from ..model.config import ModelConfig
-from ..model.decoder import build_cpu_decoder, kv_names
+from ..model.cpu_graph import GraphOptions, build_cpu_graph, kv_names
 from ..paths import cache_dir
 from ..weights import Checkpoint
 
-GRAPH_VERSION = "3"  # bump when build_cpu_decoder or the way it is saved changes
+GRAPH_VERSION = "6"  # bump when build_cpu_graph or the way it is saved changes
 
 
-def decoder_path(checkpoint: Checkpoint) -> Path:
-    key = hashlib.sha256(f"{GRAPH_VERSION}|{checkpoint.fingerprint()}".encode()).hexdigest()[:16]
+def decoder_path(checkpoint: Checkpoint, options: GraphOptions = GraphOptions()) -> Path:
+    identity = f"{GRAPH_VERSION}|{options.weights}|{checkpoint.fingerprint()}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return cache_dir() / "onnx" / key / "decoder.onnx"
 
 
-def ensure_decoder(checkpoint: Checkpoint) -> Path:
+def ensure_decoder(checkpoint: Checkpoint, options: GraphOptions = GraphOptions()) -> Path:
     """The cached decoder graph for ``checkpoint``, built (weights as external data) if absent.
 
     Built in a private folder that is renamed into place whole: onnx appends external data to
     an existing file, so two servers starting at once on a shared cache, writing one folder,
     used to interleave their weights (a graph whose offsets pointed into the other's bytes:
     fluent garbage from a correct model)."""
-    path = decoder_path(checkpoint)
+    path = decoder_path(checkpoint, options)
     if path.exists():
         return path
     folder = path.parent
@@ -50,7 +58,7 @@ def ensure_decoder(checkpoint: Checkpoint) -> Path:
         shutil.rmtree(folder, ignore_errors=True)  # a folder without a graph: an older, interrupted build
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        model = build_cpu_decoder(checkpoint.config, checkpoint.tensor)
+        model = build_cpu_graph(checkpoint, options)
         onnx.save_model(model, str(work / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="decoder.weights", size_threshold=1024)
         del model
@@ -67,38 +75,59 @@ def ensure_decoder(checkpoint: Checkpoint) -> Path:
 class CPUBackend(Backend):
     name = "cpu"
 
-    def __init__(self, checkpoint: Checkpoint, threads: int | None = None):
+    def __init__(self, checkpoint: Checkpoint, threads: int | None = None, weights: str = "auto",
+                 context: int | None = None):
+        """``threads``: onnxruntime's intra-op threads (default: one per physical core);
+        ``weights``: see ``GraphOptions``; ``context``: positions the KV buffers hold (default:
+        the model's trained context; memory is committed only as it fills)."""
         super().__init__()
         self.config: ModelConfig = checkpoint.config
-        self.max_context = self.config.max_positions
+        try:
+            self.options = GraphOptions(weights)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        self.max_context = min(context or self.config.max_positions, self.config.max_positions)
         self.vocab_size = self.config.vocab_size
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or physical_cores()
+        options.inter_op_num_threads = 1
+        # Spinning threads burn a core for a while after each call: halves decode speed when the
+        # editor or a build runs beside the server (measured in issue 12), so they sleep instead.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = ensure_decoder(checkpoint)
+        path = ensure_decoder(checkpoint, self.options)
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelLoadError(f"{path}: onnxruntime cannot load the decoder graph ({exc}); delete it to rebuild") from exc
-        self._empty = np.zeros((1, 0, self.config.num_kv_heads, self.config.head_dim), np.float32)
-        self._kv = self._empty_cache()
+        self._learned_positions = "position_ids" in {i.name for i in self._session.get_inputs()}
+        shape = [1, self.config.num_kv_heads, self.max_context, self.config.head_dim]
+        # One buffer per layer and kind, allocated by onnxruntime and never copied.
+        self._kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cpu", 0)
+                    for _ in range(2 * self.config.num_layers)]
+        self._binding = self.bind_buffers()
         self._length = 0
+
+    def bind_buffers(self) -> ort.IOBinding:
+        """A binding of the session with each layer's buffer as both its past and its present."""
+        binding = self._session.io_binding()
+        for i in range(self.config.num_layers):
+            past_k, past_v, present_k, present_v = kv_names(i)
+            binding.bind_ortvalue_input(past_k, self._kv[2 * i])
+            binding.bind_ortvalue_input(past_v, self._kv[2 * i + 1])
+            binding.bind_ortvalue_output(present_k, self._kv[2 * i])
+            binding.bind_ortvalue_output(present_v, self._kv[2 * i + 1])
+        binding.bind_output("logits")
+        return binding
 
     @property
     def cached_length(self) -> int:
         return self._length
 
     def truncate(self, length: int) -> None:
-        if length >= self._length:
-            return
-        if length == 0:
-            self._kv = self._empty_cache()
-        else:
-            self._kv = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :length])) for v in self._kv]
-        self._length = length
-
-    def _empty_cache(self) -> list[ort.OrtValue]:
-        return [ort.OrtValue.ortvalue_from_numpy(self._empty)] * (2 * self.config.num_layers)
+        """Rows past ``length`` stay in the buffers and are overwritten by the next call."""
+        self._length = min(self._length, max(length, 0))
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
         n = len(token_ids)
@@ -106,22 +135,17 @@ class CPUBackend(Backend):
             raise BackendError("forward needs at least one token")
         if self._length + n > self.max_context:
             raise BackendError(f"{self._length + n} positions exceed the context of {self.max_context}")
-        binding = self._session.io_binding()
+        total = self._length + n
+        binding = self._binding
         binding.bind_cpu_input("input_ids", np.asarray([token_ids], np.int64))
-        binding.bind_cpu_input("position_ids", np.arange(self._length, self._length + n, dtype=np.int64)[None])
-        for i in range(self.config.num_layers):
-            past_k, past_v, present_k, present_v = kv_names(i)
-            binding.bind_ortvalue_input(past_k, self._kv[2 * i])
-            binding.bind_ortvalue_input(past_v, self._kv[2 * i + 1])
-            binding.bind_output(present_k)
-            binding.bind_output(present_v)
-        binding.bind_output("logits")
+        if self._learned_positions:
+            binding.bind_cpu_input("position_ids", np.arange(self._length, total, dtype=np.int64)[None])
+        binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
+        binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         try:
             self._session.run_with_iobinding(binding)
         except Exception as exc:
             raise BackendError(f"onnxruntime failed: {exc}") from exc
-        outputs = binding.get_outputs()
-        self._kv = outputs[:-1]
-        self._length += n
+        self._length = total
         self.tokens_fed += n
-        return outputs[-1].numpy()[0]
+        return binding.get_outputs()[-1].numpy()[0].copy()  # onnxruntime reuses the logits buffer

@@ -1,21 +1,22 @@
-"""The decoder shared by every architecture, and the CPU graph built from it.
+"""The decoder block shared by every architecture, in portable ONNX ops (the TPU pieces).
 
-One source of truth: ``decoder_layer`` is the transformer block; the CPU backend wraps all layers
-in one dynamic-shape graph (``build_cpu_decoder``), the TPU exporter wraps each layer in static
-pieces (``inference/tpu/export.py``). The architecture-specific steps come from
-``architectures.architecture(config)``.
+One source of truth for the math: ``decoder_layer`` is the transformer block in portable ONNX
+ops, which the TPU exporter wraps layer by layer in static pieces (``inference/tpu/export.py``).
+The CPU graph (``cpu_graph.py``) is the same block written with onnxruntime's fused kernels and
+an in-place KV cache; both take the architecture-specific steps from
+``architectures.architecture(config)``, and both are checked token by token against
+transformers.
 
-KV cache layout, everywhere: ``[1, seq, kv_heads, head_dim]`` (one contiguous row per token,
-so a device engine appends a decode step's keys with one copy). Keys are cached after RoPE.
+KV cache layout of the TPU pieces: ``[1, seq, kv_heads, head_dim]`` (one contiguous row per
+token, so a device engine appends a decode step's keys with one copy); the CPU graph keeps
+onnxruntime's ``[1, kv_heads, context, head_dim]``. Keys are cached after RoPE.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-import onnx
 
 from .architectures import architecture
 from .config import ModelConfig
@@ -75,53 +76,3 @@ def lm_head(g: GraphBuilder, c: ModelConfig, w: WeightView, x_last: str) -> str:
     LayerNorm of a 2-D input whose scale is all ones and shift all zeros, which it folds away."""
     h = architecture(c).norm(g, c, w, x_last, "final_norm")
     return g.op("Gemm", g.reshape(h, [1, c.hidden_size]), w("lm_head.weight"), transB=1)
-
-
-def causal_mask(g: GraphBuilder, past_len: str, new_len: str) -> str:
-    """Additive [T, S] mask from scalar int64 lengths: query t sees keys 0 … past + t."""
-    total = g.add(past_len, new_len)
-    rows = g.add(g.op("Unsqueeze", g.op("Range", g.const(0), new_len, g.const(1)), g.const([1])), past_len)
-    cols = g.op("Unsqueeze", g.op("Range", g.const(0), total, g.const(1)), g.const([0]))
-    future = g.op("Greater", cols, rows)
-    return g.op("Where", future, g.const(MASK_VALUE, np.float32), g.const(0.0, np.float32))
-
-
-def kv_names(i: int) -> tuple[str, str, str, str]:
-    return f"past_key_{i}", f"past_value_{i}", f"present_key_{i}", f"present_value_{i}"
-
-
-def build_cpu_decoder(c: ModelConfig, fetch: Callable[[str], np.ndarray]) -> onnx.ModelProto:
-    """All layers in one graph with dynamic sequence lengths.
-
-    Inputs: ``input_ids`` [1, T] int64, ``position_ids`` [1, T] int64, ``past_key_i`` /
-    ``past_value_i`` [1, P, kv_heads, head_dim]. Outputs: ``logits`` [1, vocab] of the last
-    position, ``present_key_i`` / ``present_value_i`` [1, P + T, kv_heads, head_dim].
-    """
-    c.validate()
-    arch = architecture(c)
-    g = GraphBuilder(f"{c.arch}_decoder")
-    w = WeightView(g, fetch)
-    ids = g.input("input_ids", np.int64, [1, "T"])
-    pos = g.input("position_ids", np.int64, [1, "T"])
-    kv_shape = lambda n: [1, n, c.num_kv_heads, c.head_dim]  # noqa: E731
-    past = []
-    for i in range(c.num_layers):
-        pk, pv, _, _ = kv_names(i)
-        past.append((g.input(pk, np.float32, kv_shape("P")), g.input(pv, np.float32, kv_shape("P"))))
-
-    past_len = g.op("Squeeze", g.op("Slice", g.op("Shape", past[0][0]), g.const([1]), g.const([2])), g.const([0]))
-    new_len = g.op("Squeeze", g.op("Slice", g.op("Shape", ids), g.const([1]), g.const([2])), g.const([0]))
-    mask = causal_mask(g, past_len, new_len)
-
-    x = arch.embed(g, c, w, ids, pos)
-    pos_ctx = arch.position_context(g, c, pos)
-    for i in range(c.num_layers):
-        layer = decoder_layer(g, c, w, i, x, pos_ctx, mask, *past[i])
-        x = layer.x
-        _, _, present_k, present_v = kv_names(i)
-        g.output(layer.keys, present_k, np.float32, kv_shape("S"))
-        g.output(layer.values, present_v, np.float32, kv_shape("S"))
-
-    last = g.reshape(g.op("Slice", x, g.const([-1]), g.const([np.iinfo(np.int64).max]), g.const([1])), [1, c.hidden_size])
-    g.output(lm_head(g, c, w, last), "logits", np.float32, [1, c.vocab_size])
-    return g.build(doc=f"{c.arch} decoder, {c.num_layers} layers")

@@ -13,8 +13,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17  # LayerNormalization is opset 17; tpu-mlir 1.30 imports it.
+CONTRIB = "com.microsoft"  # onnxruntime's contrib ops (the CPU graph only)
 
 _ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
+         np.dtype(np.uint8): TensorProto.UINT8,
          np.dtype(np.float16): TensorProto.FLOAT16, np.dtype(np.int32): TensorProto.INT32,
          np.dtype(np.bool_): TensorProto.BOOL}
 
@@ -58,9 +60,12 @@ class GraphBuilder:
             self._consts[key] = self.weight(self.fresh("const"), array)
         return self._consts[key]
 
-    def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs) -> str | list[str]:
-        outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
+    def op(self, op_type: str, *inputs: str, n_out: int = 1, domain: str = "", unused: Sequence[int] = (),
+           **attrs) -> str | list[str]:
+        """One node; an input ``""`` skips an optional input, the outputs at ``unused`` get no
+        name (returned as ``""``); ``domain="com.microsoft"`` for onnxruntime's contrib ops."""
+        outs = ["" if i in unused else self.fresh(op_type.lower()) for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, domain=domain or None, **attrs))
         return outs[0] if n_out == 1 else outs
 
     # Shorthands for the ops the decoder uses over and over.
@@ -86,7 +91,9 @@ class GraphBuilder:
 
     def build(self, doc: str = "") -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="wizardcoder-tpu", doc_string=doc)
+        opsets = [helper.make_opsetid("", OPSET)]
+        if any(n.domain == CONTRIB for n in self.nodes):
+            opsets.append(helper.make_opsetid(CONTRIB, 1))
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="wizardcoder-tpu", doc_string=doc)
         model.ir_version = 8  # readable by onnxruntime and by tpu-mlir's onnx
         return model

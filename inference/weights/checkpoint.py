@@ -11,6 +11,7 @@ from ..errors import ModelLoadError
 from ..model.architectures import expected_shapes
 from ..model.config import ModelConfig
 from ..tokenizer import Tokenizer
+from .quantized import BlockQuantized
 
 
 class Checkpoint(abc.ABC):
@@ -38,6 +39,13 @@ class Checkpoint(abc.ABC):
                 f"{self.path}: tensor {name} has shape {tuple(array.shape)}, the config implies {shapes[name]}"
             )
         return np.ascontiguousarray(array, dtype=np.float32)
+
+    def quantized(self, name: str) -> BlockQuantized | None:
+        """The canonical matrix ``name`` as the file's own blocks, ``[out, in]`` (a linear
+        layer's weight transposed; the vocabulary matrices as they are), when its storage maps
+        onto ``BlockQuantized`` without rounding; None for float storage (the graph then reads
+        ``tensor`` and requantizes it where asked)."""
+        return None
 
     def tensor_names(self) -> list[str]:
         return list(expected_shapes(self.config))

@@ -21,6 +21,7 @@ from ..model.config import ModelConfig
 from ..tokenizer import Tokenizer
 from .checkpoint import Checkpoint
 from .gguf_file import GGUFFile
+from .quantized import MAPPED_TYPES, BlockQuantized, concatenate, from_gguf_blocks
 
 ARCHITECTURES = ("llama", "qwen2")
 _PERMUTED_ROPE = {"llama"}  # llama.cpp's converter reorders q/k rows for these architectures only
@@ -144,6 +145,46 @@ class GGUFCheckpoint(Checkpoint):
             parts.append(array)
         array = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         return array if array.ndim == 1 else array.T
+
+    # --- the file's own blocks, for a graph that keeps them (inference/weights/quantized.py) ---
+
+    def raw_blocks(self, name: str) -> tuple[str, np.ndarray, int]:
+        """A GGUF tensor's storage undecoded: (type name, uint8 ``[rows, bytes per row]``,
+        elements per row)."""
+        tensor = self._tensors.get(name)
+        if tensor is None:
+            raise ModelLoadError(f"{self.path}: tensor {name} is missing")
+        data = np.asarray(tensor.data)
+        return tensor.tensor_type.name, data.reshape(data.shape[0], -1).view(np.uint8), int(tensor.shape[0])
+
+    def _blocks(self, name: str) -> BlockQuantized | None:
+        kind, raw, k = self.raw_blocks(name)
+        if kind not in MAPPED_TYPES:
+            return None
+        try:
+            return from_gguf_blocks(kind, raw, k)
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.path}: tensor {name} cannot be read ({exc})") from exc
+
+    def quantized(self, name: str) -> BlockQuantized | None:
+        c = self.config
+        if name in ("tok_embeddings", "lm_head.weight"):
+            tied = name == "tok_embeddings" or c.tie_embeddings
+            return self._blocks("token_embd.weight" if tied else "output.weight")
+        _, index, suffix = name.split(".", 2)
+        if suffix not in _LAYER_TENSORS or not suffix.endswith(".weight") or suffix.endswith("norm.weight"):
+            return None  # norms and biases stay float
+        parts = []
+        for part in _LAYER_TENSORS[suffix]:
+            blocks = self._blocks(f"blk.{index}.{part}")
+            if blocks is None:
+                return None
+            heads = {"attn_q.weight": c.num_heads, "attn_k.weight": c.num_kv_heads}.get(part)
+            if heads is not None and c.arch in _PERMUTED_ROPE:  # the rows _unpermute reorders, in the same order
+                order = self._unpermute(np.arange(blocks.shape[0])[:, None], heads)[:, 0]
+                blocks = blocks.rows(order)
+            parts.append(blocks)
+        return concatenate(parts) if len(parts) > 1 else parts[0]
 
     @cached_property
     def _tokenizer(self) -> Tokenizer:
