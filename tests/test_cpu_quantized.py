@@ -123,17 +123,17 @@ def _source_prompts(tokenizer, count: int, offset: int) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def q4_0_copy(default_model, tmp_path_factory) -> Path:
+def q4_0_copy(smollm2_model, tmp_path_factory) -> Path:
     from wizardcoder_tpu.inference.weights.gguf_requantize import requantize_gguf
 
-    return requantize_gguf(default_model, tmp_path_factory.mktemp("q4_0") / "SmolLM2-135M-Instruct.Q4_0.gguf",
+    return requantize_gguf(smollm2_model, tmp_path_factory.mktemp("q4_0") / "SmolLM2-135M-Instruct.Q4_0.gguf",
                            {"Q4_1": "Q4_0"})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["shipped Q4_1", "Q4_0 copy"])
-def test_int4_graph_gives_transformers_tokens_on_the_same_file(default_model, q4_0_copy, which):
-    path = default_model if which == "shipped Q4_1" else q4_0_copy
+def test_int4_graph_gives_transformers_tokens_on_the_same_file(smollm2_model, q4_0_copy, which):
+    path = smollm2_model if which == "shipped Q4_1" else q4_0_copy
     checkpoint = open_checkpoint(path)  # auto: Q4_1 with its offsets, Q4_0 as it is (= int4)
     backend = CPUBackend(checkpoint, weights="auto")
     reference = load_transformers(path)
@@ -143,8 +143,8 @@ def test_int4_graph_gives_transformers_tokens_on_the_same_file(default_model, q4
 
 @pytest.mark.slow
 @pytest.mark.parametrize("weights", ["int4", "int8"])
-def test_default_model_quantized_agrees_with_its_float_graph(default_model, weights, capsys):
-    checkpoint = open_checkpoint(default_model)
+def test_default_model_quantized_agrees_with_its_float_graph(smollm2_model, weights, capsys):
+    checkpoint = open_checkpoint(smollm2_model)
     reference = CPUBackend(checkpoint, weights="f32")
     quantized = CPUBackend(checkpoint, weights=weights)
     hits = total = 0

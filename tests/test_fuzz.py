@@ -13,7 +13,8 @@ from fuzz_lsp import run
 
 def check(tally, table: str) -> None:
     print("\n" + table)
-    assert tally.crashes == 0 and tally.internal_errors == 0
+    assert tally.crashes == 0
+    assert tally.internal_errors == 0, "\n\n".join(tally.tracebacks)
     owed, once, more, _ = tally.summary
     assert owed > 0 and once == owed and more == 0
     assert tally.documents_checked > 0 and tally.documents_equal == tally.documents_checked

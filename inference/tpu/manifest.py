@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import InferenceError
 from ..model.config import ModelConfig
 
@@ -60,11 +60,7 @@ class Manifest:
         raise KeyError(name)
 
     def save(self, directory: Path, name: str = MANIFEST) -> Path:
-        path = directory / name
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_text(directory / name, json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> "Manifest":

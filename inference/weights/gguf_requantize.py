@@ -9,11 +9,12 @@ metadata is copied field by field as gguf's ``gguf_new_metadata.py`` does.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import replacing
 
 
 def requantize_gguf(source: Path, target: Path, conversions: Mapping[str, str]) -> Path:
@@ -25,27 +26,26 @@ def requantize_gguf(source: Path, target: Path, conversions: Mapping[str, str]) 
 
     reader = gguf.GGUFReader(str(source))
     arch = reader.fields["general.architecture"].contents()
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    writer = gguf.GGUFWriter(str(partial), arch)
-    for field in reader.fields.values():
-        if field.name == "general.architecture" or field.name.startswith("GGUF."):
-            continue  # written by GGUFWriter itself
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
-    for tensor in reader.tensors:
-        kind = tensor.tensor_type.name
-        data = np.asarray(tensor.data)
-        shape = [int(d) for d in reversed(tensor.shape)]  # rows first, as numpy
-        if kind in conversions:
-            new_type = gguf.GGMLQuantizationType[conversions[kind]]
-            floats = dequantize(data, tensor.tensor_type).reshape(shape)
-            writer.add_tensor(tensor.name, quantize(floats, new_type), raw_dtype=new_type)  # uint8 [rows, bytes]
-        else:
-            writer.add_tensor(tensor.name, data, raw_dtype=tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(partial, target)
+    with replacing(target) as partial:
+        writer = gguf.GGUFWriter(str(partial), arch)
+        for field in reader.fields.values():
+            if field.name == "general.architecture" or field.name.startswith("GGUF."):
+                continue  # written by GGUFWriter itself
+            value_type = field.types[0]
+            sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+        for tensor in reader.tensors:
+            kind = tensor.tensor_type.name
+            data = np.asarray(tensor.data)
+            shape = [int(d) for d in reversed(tensor.shape)]  # rows first, as numpy
+            if kind in conversions:
+                new_type = gguf.GGMLQuantizationType[conversions[kind]]
+                floats = dequantize(data, tensor.tensor_type).reshape(shape)
+                writer.add_tensor(tensor.name, quantize(floats, new_type), raw_dtype=new_type)  # uint8 [rows, bytes]
+            else:
+                writer.add_tensor(tensor.name, data, raw_dtype=tensor.tensor_type)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     return target
