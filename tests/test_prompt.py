@@ -91,12 +91,15 @@ def test_prefix_prompt_is_plain_continuation_for_smollm2(smollm2):
     assert (prompt.prefix_chars, prompt.suffix_chars) == (len(PREFIX), 0)
 
 
+CHATML_INSTRUCT = (  # the instruct prompt in ChatML, the same text for every ChatML vocabulary
+    "<|im_start|>system\nYou are a helpful coding assistant.<|im_end|>\n<|im_start|>user\nContinue the "
+    "Python code in math_utils.py at the cursor. The code after the cursor is:\n```python\n\n\n"
+    "print(add(1, 2))\n\n```<|im_end|>\n<|im_start|>assistant\n```python\ndef add(a, b):\n    return ")
+
+
 def test_instruct_prompt_uses_chatml_where_the_vocabulary_has_it(smollm2):
     prompt = build(smollm2, "instruct")
-    assert prompt.text == (
-        "<|im_start|>system\nYou are a helpful coding assistant.<|im_end|>\n<|im_start|>user\nContinue the "
-        "Python code in math_utils.py at the cursor. The code after the cursor is:\n```python\n\n\n"
-        "print(add(1, 2))\n\n```<|im_end|>\n<|im_start|>assistant\n```python\ndef add(a, b):\n    return ")
+    assert prompt.text == CHATML_INSTRUCT
     assert prompt.ids == [
         1, 9690, 198, 2683, 359, 253, 5356, 8598, 11173, 30, 2, 198, 1, 4093, 198, 26226, 260, 5905, 2909, 281,
         4119, 79, 7638, 30, 1306, 418, 260, 16456, 30, 378, 2909, 990, 260, 16456, 314, 42, 198, 3725, 5367,
@@ -150,10 +153,7 @@ def test_explain_prompt_is_chatml_for_qwen(qwen):
 
 def test_instruct_prompt_is_chatml_for_qwen(qwen):
     prompt = build(qwen, "instruct")
-    assert prompt.text == (
-        "<|im_start|>system\nYou are a helpful coding assistant.<|im_end|>\n<|im_start|>user\nContinue the "
-        "Python code in math_utils.py at the cursor. The code after the cursor is:\n```python\n\n\n"
-        "print(add(1, 2))\n\n```<|im_end|>\n<|im_start|>assistant\n```python\ndef add(a, b):\n    return ")
+    assert prompt.text == CHATML_INSTRUCT
     assert prompt.ids[:2] == [IM_START, *b"s"] and prompt.ids.count(IM_START) == 3 and prompt.ids.count(IM_END) == 2
 
 
