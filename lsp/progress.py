@@ -40,6 +40,9 @@ class Progress:
     def end(self) -> None:
         if self.token is not None:
             self._server.work_done_progress.end(self.token, types.WorkDoneProgressEnd())
+            # pygls keeps every token it has seen (a future per token, never dropped): a server
+            # that explains all day would grow without end
+            self._server.work_done_progress.tokens.pop(self.token, None)
 
 
 async def _create_token(server: LanguageServer, name: str) -> types.ProgressToken | None:

@@ -196,6 +196,15 @@ class WizardProtocol(LanguageServerProtocol):
             log.warning("dropped a response to %r, which is no request of this server's", msg_id)
             return
         self._outgoing.discard(msg_id)
+        waiting = self._request_futures.get(msg_id)
+        if waiting is not None and waiting.done():
+            # The request that sent ours is gone ($/cancelRequest of an explain cancels its await
+            # on window/workDoneProgress/create): pygls would set a result on a cancelled future
+            # (InvalidStateError). The answer has no one left to hear it.
+            self._request_futures.pop(msg_id, None)
+            self._result_types.pop(msg_id, None)
+            log.info("dropped the answer to %r: its request was cancelled meanwhile", msg_id)
+            return
         if "error" in data:
             try:
                 error = self._converter.structure(data["error"], types.ResponseError)

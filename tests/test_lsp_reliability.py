@@ -257,6 +257,38 @@ def test_a_client_that_never_answers_progress_create_still_gets_the_model(tmp_pa
         client.close()
 
 
+def test_an_answer_to_progress_create_after_the_explain_was_cancelled_is_dropped_quietly(tmp_path):
+    """The fuzz found it: ``$/cancelRequest`` of an explain while the server awaits the client's
+    answer to ``window/workDoneProgress/create`` cancels that await; the answer then arrived at a
+    cancelled future (pygls: InvalidStateError, a traceback in the log)."""
+    log_file = tmp_path / "server.log"
+    client = RawClient.stdio(log_file)
+    try:
+        client.initialize(SETTINGS)
+        client.answer_server_requests = False
+        uri = "file:///tmp/cancel_explain.py"
+        client.open(uri, "def add(a, b):\n    return a + b\n")
+        mark = len(client.messages)
+        explain = client.request("workspace/executeCommand", {"command": "wizardcoder.explainSelection",
+                                 "arguments": [uri, {"start": {"line": 0, "character": 0},
+                                                     "end": {"line": 1, "character": 16}}]})
+        create = client.wait_for(lambda m: m.get("method") == "window/workDoneProgress/create", 30,
+                                 "progress create", mark)
+        client.notify("$/cancelRequest", {"id": explain})
+        cancelled = client.response(explain, 30)
+        assert cancelled.get("error", {}).get("code") == -32800, cancelled  # RequestCancelled
+        client.send({"jsonrpc": "2.0", "id": create["id"], "result": None})  # the answer, too late
+        assert_alive(client)
+        assert "Traceback" not in log_file.read_text(encoding="utf-8")
+        client.answer_server_requests = True  # and the next explain is served as usual
+        again = client.call("workspace/executeCommand", {"command": "wizardcoder.explainSelection",
+                            "arguments": [uri, {"start": {"line": 0, "character": 0},
+                                                "end": {"line": 1, "character": 16}}]}, timeout=120)
+        assert "result" in again and again["result"]["markdown"], again
+    finally:
+        client.close()
+
+
 # The documents ---------------------------------------------------------------------------------
 def edit(text: str, start: tuple[int, int], end: tuple[int, int], new: str, encoding: str = "utf-16") -> str:
     return apply_edit(text, types.Range(types.Position(*start), types.Position(*end)), new, encoding)
