@@ -99,6 +99,7 @@ async def _explain(instruction: str, settings: Settings, host: ModelHost, worker
         return generation.text.strip()
 
     cancel = CancelToken()
+    progress.on_cancel(cancel.cancel)  # the editor's cancel button on the progress: stop, keep the text so far
     try:
         markdown = await worker.run(job, cancel, "explaining selection")
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
@@ -36,6 +37,13 @@ class Progress:
     def report(self, message: str) -> None:
         if self.token is not None:
             self._server.work_done_progress.report(self.token, types.WorkDoneProgressReport(message=message))
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the user cancels this progress in the editor
+        (``window/workDoneProgress/cancel``: pygls cancels the token's future)."""
+        future = self._server.work_done_progress.tokens.get(self.token) if self.token is not None else None
+        if future is not None:
+            future.add_done_callback(lambda done: callback() if done.cancelled() else None)
 
     def end(self) -> None:
         if self.token is not None:

@@ -289,6 +289,30 @@ def test_an_answer_to_progress_create_after_the_explain_was_cancelled_is_dropped
         client.close()
 
 
+def test_the_editors_cancel_button_on_the_explain_progress_stops_the_model_and_keeps_the_text(tmp_path):
+    """VS Code shows a cancel button on a cancellable progress; it sends
+    ``window/workDoneProgress/cancel``. The explanation stops within a token and the text so far
+    is the answer."""
+    client = RawClient.stdio(tmp_path / "server.log")
+    try:
+        client.initialize({**SETTINGS, "explainMaxNewTokens": 512})
+        uri = "file:///tmp/cancel_button.py"
+        client.open(uri, "def add(a, b):\n    return a + b\n")
+        mark = len(client.messages)
+        explain = client.request("workspace/executeCommand", {"command": "wizardcoder.explainSelection",
+                                 "arguments": [uri, {"start": {"line": 0, "character": 0},
+                                                     "end": {"line": 1, "character": 16}}]})
+        report = client.wait_for(lambda m: m.get("method") == "$/progress" and m["params"]["value"].get("kind") ==
+                                 "report" and m["params"]["value"].get("message"), 120, "an explain report", mark)
+        client.notify("window/workDoneProgress/cancel", {"token": report["params"]["token"]})
+        answer = client.response(explain, 60)
+        assert "result" in answer and answer["result"]["markdown"], answer
+        last = client.call("wizardcoder/stats", {})["result"]["generations"][-1]
+        assert last["kind"] == "explain" and last["stopReason"] == "cancelled" and last["tokens"] < 512, last
+    finally:
+        client.close()
+
+
 # The documents ---------------------------------------------------------------------------------
 def edit(text: str, start: tuple[int, int], end: tuple[int, int], new: str, encoding: str = "utf-16") -> str:
     return apply_edit(text, types.Range(types.Position(*start), types.Position(*end)), new, encoding)
