@@ -3,7 +3,9 @@
 Loading runs as a worker job (seconds, never on the event loop). A model that cannot be loaded
 (missing or corrupt file, TPU device unavailable, TPU backend not built) leaves an error that the
 server shows as status and ``window/logMessage``; with ``fallbackToCpu`` the CPU default model is
-loaded in its place and serves.
+loaded in its place and serves. With ``backend: remote`` the load asks the inference server what it
+serves (a server that does not answer is a failed load, and falls back the same way); the API key
+and ``--allow-http`` come from ``RemoteAccess``, which only the server's command line fills.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..inference.engine import Engine
+from ..inference.engine import TextEngine
 from ..inference.errors import InferenceError, ModelLoadError
 from ..inference.loader import load_engine
+from ..inference.remote import RemoteAccess, RemoteConfig
 from .errors import NotReady
 from .settings import Settings
 
@@ -34,15 +37,16 @@ def describe(model: str, backend: str) -> str:
 
 
 class ModelHost:
-    def __init__(self) -> None:
-        self._engine: Engine | None = None
+    def __init__(self, access: RemoteAccess = RemoteAccess()) -> None:
+        self.access = access
+        self._engine: TextEngine | None = None
         self._lock = threading.Lock()
         self.loading = False
         self.description = ""
         self.error = ""
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> TextEngine:
         """The engine that serves; NotReady (with the reason) when there is none."""
         with self._lock:
             if self._engine is not None:
@@ -82,11 +86,14 @@ class ModelHost:
             self.description, self.error = loaded, error
         return LoadReport(loaded, error, fell_back)
 
-    def _load(self, model: str, backend: str, settings: Settings) -> Engine:
+    def _load(self, model: str, backend: str, settings: Settings) -> TextEngine:
         """Every failure of a load as ModelLoadError (a backend that is not built, a library that
-        raises its own error on a corrupt file)."""
+        raises its own error on a corrupt file, an inference server that does not answer)."""
+        remote = RemoteConfig(settings.endpoint, settings.remote_protocol, settings.remote_model,
+                              settings.remote_timeout_ms / 1000, self.access)
         try:
-            return load_engine(model, backend, threads=settings.threads or None, weights=settings.weights)
+            return load_engine(model, backend, threads=settings.threads or None, weights=settings.weights,
+                               remote=remote if backend == "remote" else None)
         except ModelLoadError:
             raise
         except InferenceError as exc:

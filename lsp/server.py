@@ -22,7 +22,8 @@ from pygls.lsp.server import LanguageServer
 from .. import __version__
 from ..inference.context import ContextStore
 from ..inference.engine import CancelToken
-from ..inference.errors import InferenceError
+from ..inference.errors import BackendError, InferenceError
+from ..inference.remote import RemoteAccess
 from . import completion, explain
 from .cache import CompletionCache
 from .documents import encoding_name
@@ -39,11 +40,11 @@ log = logging.getLogger(__name__)
 
 
 class WizardServer(LanguageServer):
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, access: RemoteAccess = RemoteAccess()):
         super().__init__("wizardcoder-tpu", __version__, protocol_cls=WizardProtocol,
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.settings = settings
-        self.host = ModelHost()
+        self.host = ModelHost(access)
         self.cache = CompletionCache()
         self.context = ContextStore()  # other files' code for the prompt, fed by the document notifications
         self.stats = Stats()
@@ -125,19 +126,25 @@ class WizardServer(LanguageServer):
 
 @contextlib.contextmanager
 def boundary(ls: WizardServer, method: str) -> Iterator[None]:
-    """The one place where errors become LSP errors (and get logged with the request id)."""
+    """The one place where errors become LSP errors (and get logged with the request id). A
+    backend that failed while running (an inference server that refused, stalled or answered an
+    error) also turns the status to error, until the next request that runs well."""
     try:
         yield
     except Exception as exc:
         response = to_response_error(exc)
         log.warning("request %s %s failed: %s", ls.protocol.msg_id, method, response.message)
+        if isinstance(exc, BackendError):
+            ls.status.set("error", str(exc))
         if not isinstance(exc, (BadRequest, NotReady, InferenceError, JsonRpcException)):
             log.exception("request %s %s: unexpected error", ls.protocol.msg_id, method)
         raise response from exc
 
 
-def create_server(settings: Settings) -> WizardServer:
-    server = WizardServer(settings)
+def create_server(settings: Settings, access: RemoteAccess = RemoteAccess()) -> WizardServer:
+    """``access`` (the remote backend's API key, ``--allow-http``) comes from the command line only:
+    no client setting reaches it."""
+    server = WizardServer(settings, access)
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: WizardServer, params: types.InitializeParams) -> None:

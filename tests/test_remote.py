@@ -1,0 +1,236 @@
+"""The remote backend against a server that misbehaves on purpose (tests/fake_inference_server.py):
+each fault is a clear RemoteError within the configured timeout, and the next request is served.
+Then the rules around it: cancellation and an early stop close the stream, credentials go only
+where the operator said, ``http://`` stays on loopback, and the language server turns its status
+to error and keeps serving. The real servers are in test_remote_llama_server.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fake_inference_server import MODEL_ID, PIECES, FakeInferenceServer
+from raw_lsp import RawClient, free_port
+
+from wizardcoder_tpu.inference.engine import CancelToken, GenerationParams
+from wizardcoder_tpu.inference.errors import ModelLoadError, RemoteError
+from wizardcoder_tpu.inference.http_stream import ApiKey, Endpoint
+from wizardcoder_tpu.inference.loader import load_engine
+from wizardcoder_tpu.inference.remote import RemoteAccess, RemoteConfig, RemoteEngine
+
+TIMEOUT_S = 0.5
+SLACK_S = 1.5  # what a loaded two-core machine may add to a timeout before the test calls it a hang
+PROMPT = [1, 2, 3]
+
+
+@pytest.fixture
+def fake():
+    server = FakeInferenceServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def engine(fake, smollm2_model) -> RemoteEngine:
+    return load_engine(str(smollm2_model), "remote", remote=RemoteConfig(fake.url, "openai", timeout_s=TIMEOUT_S))
+
+
+def test_a_completion_streams_through_the_openai_protocol(fake, engine):
+    result = engine.generate(PROMPT, GenerationParams(max_new_tokens=7, stop_strings=("```",)))
+    assert (result.text, result.stop_reason) == ("".join(PIECES), "max_tokens")
+    body = fake.requests[-1]["body"]
+    assert fake.requests[-1]["path"] == "/v1/completions"
+    assert body["model"] == MODEL_ID and body["max_tokens"] == 7 and body["stream"] is True
+    assert body["temperature"] == 0 and body["repeat_penalty"] == 1.0 and body["stop"] == ["```"]
+    assert body["prompt"] == engine.tokenizer.decode(PROMPT, skip_special=False)
+    assert result.token_ids == engine.tokenizer.encode(result.text)
+
+
+FAULTS = {  # behaviour -> what the error must say
+    "stall": "stalled", "stall_headers": "stalled", "slowloris": "stalled", "status_500": "500",
+    "status_401": "API key", "broken_sse": "not JSON", "not_sse": "not an event stream",
+    "cut": "ended before the completion", "error_event": "out of KV cache",
+}
+
+
+@pytest.mark.parametrize("behaviour", FAULTS)
+def test_each_fault_is_a_clear_error_in_time_and_the_next_request_is_served(fake, engine, behaviour):
+    fake.behaviour = behaviour
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match=FAULTS[behaviour]) as raised:
+        engine.generate(PROMPT, GenerationParams(max_new_tokens=8))
+    assert time.monotonic() - started < TIMEOUT_S + SLACK_S
+    assert fake.url.split("//")[1] in str(raised.value)  # the message names the endpoint
+    fake.behaviour = "ok"
+    assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
+
+
+def test_a_refused_connection_fails_the_load_clearly(smollm2_model):
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(RemoteError, match="connection refused"):
+        load_engine(str(smollm2_model), "remote", remote=RemoteConfig(url, timeout_s=TIMEOUT_S))
+
+
+def test_malformed_json_from_the_model_list_fails_the_load_clearly(fake, smollm2_model):
+    fake.models_behaviour = "malformed"
+    with pytest.raises(RemoteError, match="malformed JSON"):
+        load_engine(str(smollm2_model), "remote", remote=RemoteConfig(fake.url, timeout_s=TIMEOUT_S))
+
+
+def test_done_from_post_processing_closes_the_stream(fake, engine):
+    fake.behaviour = "endless"
+    result = engine.generate(PROMPT, GenerationParams(max_new_tokens=4096), on_text=lambda text: len(text) < 10)
+    assert result.stop_reason == "done" and result.text == " x" * 5
+    _wait_for(lambda: fake.closed_early == 1, "the server to see the client leave")
+
+
+def test_cancel_from_another_thread_closes_the_stream(fake, engine):
+    fake.behaviour = "endless"
+    cancel = CancelToken()
+    threading.Timer(0.2, cancel.cancel).start()
+    started = time.monotonic()
+    result = engine.generate(PROMPT, GenerationParams(max_new_tokens=4096), cancel)
+    assert result.stop_reason == "cancelled" and time.monotonic() - started < 0.2 + SLACK_S
+    _wait_for(lambda: fake.closed_early == 1, "the server to see the client leave")
+
+
+def test_cancel_reaches_a_server_that_sends_nothing(fake, smollm2_model):
+    engine = load_engine(str(smollm2_model), "remote", remote=RemoteConfig(fake.url, timeout_s=30))
+    fake.behaviour = "stall_headers"
+    cancel = CancelToken()
+    threading.Timer(0.2, cancel.cancel).start()
+    started = time.monotonic()
+    assert engine.generate(PROMPT, GenerationParams(), cancel).stop_reason == "cancelled"
+    assert time.monotonic() - started < 0.2 + SLACK_S
+
+
+def test_a_stop_string_is_ours_even_when_the_server_ignores_it(fake, engine):
+    result = engine.generate(PROMPT, GenerationParams(max_new_tokens=8, stop_strings=(" +",)))
+    assert (result.text, result.stop_reason) == ("    return a", "stop_string")
+
+
+def test_the_api_key_goes_in_the_header_to_its_endpoint_only(fake, smollm2_model, monkeypatch):
+    monkeypatch.setenv("FAKE_KEY", "sk-test-4711")
+    key = ApiKey.from_env("FAKE_KEY")
+    assert "sk-test-4711" not in repr(key) + str(key)
+    access = RemoteAccess(key, fake.url)
+    engine = load_engine(str(smollm2_model), "remote", remote=RemoteConfig(fake.url, access=access))
+    engine.generate(PROMPT, GenerationParams(max_new_tokens=4))
+    assert {r["headers"].get("Authorization") for r in fake.requests} == {"Bearer sk-test-4711"}
+    assert "sk-test-4711" not in repr(engine) + engine.model_name
+    other = f"http://localhost:{fake.port}"  # a different origin than the one the key was given for
+    with pytest.raises(RemoteError, match="sent only to the endpoint given on the server's command line"):
+        load_engine(str(smollm2_model), "remote", remote=RemoteConfig(other, access=access))
+
+
+def test_key_files_and_variables_that_cannot_be_used_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    with pytest.raises(RemoteError, match="NO_SUCH_KEY"):
+        ApiKey.from_env("NO_SUCH_KEY")
+    with pytest.raises(RemoteError, match="cannot read the API key file"):
+        ApiKey.from_file(tmp_path / "missing")
+    (tmp_path / "key").write_text("two words\n")
+    with pytest.raises(RemoteError, match="spaces or control characters"):
+        ApiKey.from_file(tmp_path / "key")
+    (tmp_path / "key").write_text("sk-from-file\n")
+    assert ApiKey.from_file(tmp_path / "key").headers() == {"Authorization": "Bearer sk-from-file"}
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("http://127.0.0.1:8080", True), ("http://localhost:8080/base/", True), ("http://[::1]:8080", True),
+    ("https://gpu.example.com", True), ("http://gpu.example.com:8000", False),
+    ("https://user:secret@gpu.example.com", False), ("ftp://gpu.example.com", False),
+])
+def test_plain_http_only_on_loopback(url, allowed):
+    if allowed:
+        assert str(Endpoint.parse(url)).startswith(url.split(":")[0])
+    else:
+        with pytest.raises(RemoteError) as raised:
+            Endpoint.parse(url)
+        assert "secret" not in str(raised.value)
+    if url == "http://gpu.example.com:8000":
+        assert Endpoint.parse(url, allow_http=True).origin == url
+
+
+def test_the_llama_cpp_protocol_sends_our_token_ids(fake, smollm2_model):
+    """The llama.cpp adapter's request and its reading of llama.cpp's events (the format of its
+    tools/server README), through a fake that answers /props and /completion."""
+    import json
+
+    def props(handler):
+        handler._send(200, "application/json", json.dumps({"default_generation_settings": {"n_ctx": 512},
+                                                             "model_path": "/m/model.gguf"}).encode())
+
+    def completion(handler):
+        handler._start_stream()
+        handler._event({"content": "    return", "tokens": [11, 12], "stop": False})
+        handler._event({"content": " a", "tokens": [13], "stop": False})
+        handler._event({"content": "", "stop": True, "stop_type": "eos", "timings": {"cache_n": 2}})
+
+    handler_class = fake.httpd.RequestHandlerClass
+    handler_class.do_GET = lambda self: props(self)
+    handler_class._llama = lambda self: completion(self)
+    fake.behaviour = "llama"
+    engine = load_engine(str(smollm2_model), "remote", remote=RemoteConfig(fake.url, "llama.cpp"))
+    assert engine.max_context == 512 and engine.info.model == "model.gguf"
+    result = engine.generate(PROMPT, GenerationParams(max_new_tokens=8, stop_strings=("```",)))
+    assert (result.text, result.stop_reason, result.token_ids, result.reused_tokens) == ("    return a", "eos",
+                                                                                          [11, 12, 13], 2)
+    body = fake.requests[-1]["body"]
+    assert fake.requests[-1]["path"] == "/completion"
+    assert body["prompt"] == PROMPT and body["n_predict"] == 8 and body["cache_prompt"] is True
+    assert body["stop"] == ["```"] and body["temperature"] == 0 and body["repeat_penalty"] == 1.0
+
+
+def test_an_unreachable_server_falls_back_to_the_cpu_default(smollm2_model):
+    from wizardcoder_tpu.lsp.model_host import ModelHost
+    from wizardcoder_tpu.lsp.settings import Settings
+
+    host = ModelHost()
+    url = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(model=str(smollm2_model), backend="remote", endpoint=url, fallback_to_cpu=False)
+    report = host.load(settings, lambda message: None)
+    assert "connection refused" in report.error and report.loaded == "" and not report.fell_back
+    with pytest.raises(ModelLoadError):
+        host._load(settings.model, "remote", settings)
+
+
+def test_the_language_server_shows_the_error_and_serves_the_next_request(fake, tmp_path):
+    client = RawClient.stdio(tmp_path / "server.log", "--backend", "remote", "--endpoint", fake.url)
+    try:
+        client.initialize({"debounceMs": 0, "remoteTimeoutMs": 500, "maxNewTokens": 8})
+        ready = client.notifications("wizardcoder/status")[-1]["params"]
+        assert ready["state"] == "idle" and MODEL_ID in ready["message"], ready
+        client.open("file:///a.py", "def add(a, b):\n")
+        params = {"textDocument": {"uri": "file:///a.py"}, "position": {"line": 1, "character": 0},
+                  "context": {"triggerKind": 2}}
+        fake.behaviour = "status_500"
+        failed = client.call("textDocument/inlineCompletion", params)
+        assert "the GPU caught fire" in failed["error"]["message"]
+        client.wait_for(lambda m: m.get("method") == "wizardcoder/status" and m["params"]["state"] == "error"
+                        and "500" in m["params"]["message"], 10, "the error status")
+        fake.behaviour = "ok"
+        mark = len(client.messages)
+        served = client.call("textDocument/inlineCompletion", params)
+        assert served["result"]["items"][0]["insertText"] == "    return a + b", served
+        client.wait_for(lambda m: m.get("method") == "wizardcoder/status" and m["params"]["state"] == "idle", 10,
+                        "the status back to ready", start=mark)
+    finally:
+        assert client.shutdown_and_exit() == 0
+
+
+def test_a_client_cannot_set_the_key_nor_allow_http():
+    from wizardcoder_tpu.lsp.settings import SETTINGS
+
+    assert not {"apiKeyEnv", "apiKeyFile", "allowHttp", "remoteApiKey"} & set(SETTINGS)
+
+
+def _wait_for(predicate, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
