@@ -34,9 +34,19 @@ def fake():
     server.close()
 
 
+@pytest.fixture(scope="module")
+def tokenizer_source(smollm2_model, tmp_path_factory) -> str:
+    """SmolLM2's tokenizer as a tokenizer.json (read in milliseconds, where the GGUF takes a second)."""
+    from wizardcoder_tpu.inference.remote import tokenizer_source
+
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    tokenizer_source(smollm2_model)[0].save(path)
+    return str(path)
+
+
 @pytest.fixture
-def engine(fake, smollm2_model) -> RemoteEngine:
-    return load_engine(str(smollm2_model), "remote", remote=RemoteConfig(fake.url, "openai", timeout_s=TIMEOUT_S))
+def engine(fake, tokenizer_source) -> RemoteEngine:
+    return load_engine(tokenizer_source, "remote", remote=RemoteConfig(fake.url, "openai", timeout_s=TIMEOUT_S))
 
 
 def test_a_completion_streams_through_the_openai_protocol(fake, engine):
@@ -69,16 +79,16 @@ def test_each_fault_is_a_clear_error_in_time_and_the_next_request_is_served(fake
     assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
 
 
-def test_a_refused_connection_fails_the_load_clearly(smollm2_model):
+def test_a_refused_connection_fails_the_load_clearly(tokenizer_source):
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(RemoteError, match="connection refused"):
-        load_engine(str(smollm2_model), "remote", remote=RemoteConfig(url, timeout_s=TIMEOUT_S))
+        load_engine(tokenizer_source, "remote", remote=RemoteConfig(url, timeout_s=TIMEOUT_S))
 
 
-def test_malformed_json_from_the_model_list_fails_the_load_clearly(fake, smollm2_model):
+def test_malformed_json_from_the_model_list_fails_the_load_clearly(fake, tokenizer_source):
     fake.models_behaviour = "malformed"
     with pytest.raises(RemoteError, match="malformed JSON"):
-        load_engine(str(smollm2_model), "remote", remote=RemoteConfig(fake.url, timeout_s=TIMEOUT_S))
+        load_engine(tokenizer_source, "remote", remote=RemoteConfig(fake.url, timeout_s=TIMEOUT_S))
 
 
 def test_done_from_post_processing_closes_the_stream(fake, engine):
@@ -98,8 +108,8 @@ def test_cancel_from_another_thread_closes_the_stream(fake, engine):
     _wait_for(lambda: fake.closed_early == 1, "the server to see the client leave")
 
 
-def test_cancel_reaches_a_server_that_sends_nothing(fake, smollm2_model):
-    engine = load_engine(str(smollm2_model), "remote", remote=RemoteConfig(fake.url, timeout_s=30))
+def test_cancel_reaches_a_server_that_sends_nothing(fake, tokenizer_source):
+    engine = load_engine(tokenizer_source, "remote", remote=RemoteConfig(fake.url, timeout_s=30))
     fake.behaviour = "stall_headers"
     cancel = CancelToken()
     threading.Timer(0.2, cancel.cancel).start()
@@ -113,18 +123,18 @@ def test_a_stop_string_is_ours_even_when_the_server_ignores_it(fake, engine):
     assert (result.text, result.stop_reason) == ("    return a", "stop_string")
 
 
-def test_the_api_key_goes_in_the_header_to_its_endpoint_only(fake, smollm2_model, monkeypatch):
+def test_the_api_key_goes_in_the_header_to_its_endpoint_only(fake, tokenizer_source, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "sk-test-4711")
     key = ApiKey.from_env("FAKE_KEY")
     assert "sk-test-4711" not in repr(key) + str(key)
     access = RemoteAccess(key, fake.url)
-    engine = load_engine(str(smollm2_model), "remote", remote=RemoteConfig(fake.url, access=access))
+    engine = load_engine(tokenizer_source, "remote", remote=RemoteConfig(fake.url, access=access))
     engine.generate(PROMPT, GenerationParams(max_new_tokens=4))
     assert {r["headers"].get("Authorization") for r in fake.requests} == {"Bearer sk-test-4711"}
     assert "sk-test-4711" not in repr(engine) + engine.model_name
     other = f"http://localhost:{fake.port}"  # a different origin than the one the key was given for
     with pytest.raises(RemoteError, match="sent only to the endpoint given on the server's command line"):
-        load_engine(str(smollm2_model), "remote", remote=RemoteConfig(other, access=access))
+        load_engine(tokenizer_source, "remote", remote=RemoteConfig(other, access=access))
 
 
 def test_key_files_and_variables_that_cannot_be_used_are_clear_errors(tmp_path, monkeypatch):
@@ -156,7 +166,7 @@ def test_plain_http_only_on_loopback(url, allowed):
         assert Endpoint.parse(url, allow_http=True).origin == url
 
 
-def test_the_llama_cpp_protocol_sends_our_token_ids(fake, smollm2_model):
+def test_the_llama_cpp_protocol_sends_our_token_ids(fake, tokenizer_source):
     """The llama.cpp adapter's request and its reading of llama.cpp's events (the format of its
     tools/server README), through a fake that answers /props and /completion."""
     import json
@@ -175,7 +185,7 @@ def test_the_llama_cpp_protocol_sends_our_token_ids(fake, smollm2_model):
     handler_class.do_GET = lambda self: props(self)
     handler_class._llama = lambda self: completion(self)
     fake.behaviour = "llama"
-    engine = load_engine(str(smollm2_model), "remote", remote=RemoteConfig(fake.url, "llama.cpp"))
+    engine = load_engine(tokenizer_source, "remote", remote=RemoteConfig(fake.url, "llama.cpp"))
     assert engine.max_context == 512 and engine.info.model == "model.gguf"
     result = engine.generate(PROMPT, GenerationParams(max_new_tokens=8, stop_strings=("```",)))
     assert (result.text, result.stop_reason, result.token_ids, result.reused_tokens) == ("    return a", "eos",
@@ -186,13 +196,13 @@ def test_the_llama_cpp_protocol_sends_our_token_ids(fake, smollm2_model):
     assert body["stop"] == ["```"] and body["temperature"] == 0 and body["repeat_penalty"] == 1.0
 
 
-def test_an_unreachable_server_falls_back_to_the_cpu_default(smollm2_model):
+def test_an_unreachable_server_fails_the_load_with_the_reason(tokenizer_source):
     from wizardcoder_tpu.lsp.model_host import ModelHost
     from wizardcoder_tpu.lsp.settings import Settings
 
     host = ModelHost()
     url = f"http://127.0.0.1:{free_port()}"
-    settings = Settings(model=str(smollm2_model), backend="remote", endpoint=url, fallback_to_cpu=False)
+    settings = Settings(model=tokenizer_source, backend="remote", endpoint=url, fallback_to_cpu=False)
     report = host.load(settings, lambda message: None)
     assert "connection refused" in report.error and report.loaded == "" and not report.fell_back
     with pytest.raises(ModelLoadError):
