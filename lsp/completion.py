@@ -86,7 +86,7 @@ async def complete(workspace: Workspace, uri: str, position: types.Position, *, 
         return Completion(cursor, cached, "cache")
 
     def job(token: CancelToken) -> Processed | None:  # worker thread
-        run = run_model(host.engine, cursor, kind, settings, token, context)
+        run = host.run(settings, lambda engine: run_model(engine, cursor, kind, settings, token, context))
         if run.generation is not None:
             record(stats, request_id, kind, run)
         return run.result

@@ -91,7 +91,8 @@ async def _explain(instruction: str, settings: Settings, host: ModelHost, worker
         return True
 
     def job(token: CancelToken) -> str:  # worker thread
-        prompt, generation = run_model(host.engine, instruction, settings.explain_max_new_tokens, token, on_text)
+        prompt, generation = host.run(settings, lambda engine: run_model(engine, instruction,
+                                                                         settings.explain_max_new_tokens, token, on_text))
         stats.record(request_id, "explain", generation, generation.stop_reason, prompt.mode)
         log.info("request %s: explain, prompt %d tokens, %d new tokens, stop %s, prefill %.0f ms, decode %.0f ms",
                  request_id, generation.prompt_tokens, len(generation.token_ids), generation.stop_reason,

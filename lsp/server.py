@@ -22,7 +22,7 @@ from pygls.lsp.server import LanguageServer
 from .. import __version__
 from ..inference.context import ContextStore
 from ..inference.engine import CancelToken
-from ..inference.errors import BackendError, InferenceError
+from ..inference.errors import InferenceError
 from ..inference.remote import RemoteAccess
 from . import completion, explain
 from .cache import CompletionCache
@@ -70,7 +70,9 @@ class WizardServer(LanguageServer):
             self.show_model_state()
 
     def show_model_state(self) -> None:
-        if self.host.description:
+        if self.host.failure and self.host.description:  # the backend failed the last request
+            self.status.set("error", self.host.failure)
+        elif self.host.description:
             note = f" (instead of the requested model: {self.host.error})" if self.host.error else ""
             self.status.set("idle", f"ready: {self.host.description}{note}")
         elif self.host.error:
@@ -128,14 +130,12 @@ class WizardServer(LanguageServer):
 def boundary(ls: WizardServer, method: str) -> Iterator[None]:
     """The one place where errors become LSP errors (and get logged with the request id). A
     backend that failed while running (an inference server that refused, stalled or answered an
-    error) also turns the status to error, until the next request that runs well."""
+    error) shows as the status (``ModelHost.failure``, once the worker is idle)."""
     try:
         yield
     except Exception as exc:
         response = to_response_error(exc)
         log.warning("request %s %s failed: %s", ls.protocol.msg_id, method, response.message)
-        if isinstance(exc, BackendError):
-            ls.status.set("error", str(exc))
         if not isinstance(exc, (BadRequest, NotReady, InferenceError, JsonRpcException)):
             log.exception("request %s %s: unexpected error", ls.protocol.msg_id, method)
         raise response from exc

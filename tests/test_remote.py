@@ -209,10 +209,39 @@ def test_an_unreachable_server_fails_the_load_with_the_reason(tokenizer_source):
         host._load(settings.model, "remote", settings)
 
 
+def test_a_failed_remote_request_is_served_by_the_cpu_default_with_fallback(fake, tokenizer_source, qwen_model):
+    from wizardcoder_tpu.lsp.model_host import ModelHost
+    from wizardcoder_tpu.lsp.settings import Settings
+
+    host = ModelHost()
+    settings = Settings(model=tokenizer_source, backend="remote", endpoint=fake.url, remote_timeout_ms=500)
+    assert host.load(settings, lambda message: None).error == ""
+
+    def work(engine):
+        return engine.model_name, engine.generate(engine.tokenizer.encode("def add(a, b):\n"),
+                                                  GenerationParams(max_new_tokens=4)).text
+
+    assert host.run(settings, work) == (host.engine.model_name, "".join(PIECES))  # the fake ignores max_tokens
+    fake.behaviour = "status_500"
+    served_by, text = host.run(settings, work)
+    assert served_by == qwen_model.name and text and "500" in host.failure and "CPU default" in host.failure
+    asked = len(fake.requests)
+    assert host.run(settings, work)[0] == qwen_model.name and len(fake.requests) == asked  # the server rests a while
+    without = Settings(model=tokenizer_source, backend="remote", endpoint=fake.url, fallback_to_cpu=False)
+    host.load(without, lambda message: None)
+    with pytest.raises(RemoteError, match="the GPU caught fire"):
+        host.run(without, work)
+    assert "500" in host.failure
+    fake.behaviour = "ok"
+    host.run(without, work)
+    assert host.failure == ""
+    host.close()
+
+
 def test_the_language_server_shows_the_error_and_serves_the_next_request(fake, tmp_path):
     client = RawClient.stdio(tmp_path / "server.log", "--backend", "remote", "--endpoint", fake.url)
     try:
-        client.initialize({"debounceMs": 0, "remoteTimeoutMs": 500, "maxNewTokens": 8})
+        client.initialize({"debounceMs": 0, "remoteTimeoutMs": 500, "maxNewTokens": 8, "fallbackToCpu": False})
         ready = client.notifications("wizardcoder/status")[-1]["params"]
         assert ready["state"] == "idle" and MODEL_ID in ready["message"], ready
         client.open("file:///a.py", "def add(a, b):\n")
