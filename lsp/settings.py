@@ -51,7 +51,8 @@ class Settings:
     backend: str = setting("cpu", "Where the model runs: in this process (`cpu`, `tpu`) or on an inference server "
                            "(`remote`: see `endpoint`).", choices=BACKENDS)
     fallback_to_cpu: bool = setting(True, "When the model cannot be loaded (a missing file, no TPU device, an "
-                                    "inference server that does not answer): serve the CPU default model instead.")
+                                    "inference server that does not answer), or the inference server fails a request: "
+                                    "serve the CPU default model instead.")
     endpoint: str = setting("http://127.0.0.1:8080", "With `backend: remote`: the inference server's base URL "
                             "(`https://…`; `http://` only on loopback unless the server runs with `--allow-http`).")
     remote_protocol: str = setting("openai", "With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, "

@@ -19,7 +19,7 @@ export interface ServerSettings {
   model: string;
   /** Where the model runs: in this process (`cpu`, `tpu`) or on an inference server (`remote`: see `endpoint`). */
   backend: "cpu" | "tpu" | "remote";
-  /** When the model cannot be loaded (a missing file, no TPU device, an inference server that does not answer): serve the CPU default model instead. */
+  /** When the model cannot be loaded (a missing file, no TPU device, an inference server that does not answer), or the inference server fails a request: serve the CPU default model instead. */
   fallbackToCpu: boolean;
   /** With `backend: remote`: the inference server's base URL (`https://…`; `http://` only on loopback unless the server runs with `--allow-http`). */
   endpoint: string;

@@ -28,7 +28,8 @@ local server_settings = {
   -- `endpoint`). One of 'cpu', 'tpu', 'remote'.
   backend = 'cpu',
   -- When the model cannot be loaded (a missing file, no TPU device, an inference server that does
-  -- not answer): serve the CPU default model instead. A boolean.
+  -- not answer), or the inference server fails a request: serve the CPU default model instead. A
+  -- boolean.
   fallbackToCpu = true,
   -- With `backend: remote`: the inference server's base URL (`https://…`; `http://` only on
   -- loopback unless the server runs with `--allow-http`). A non-empty string.
