@@ -3,6 +3,7 @@ fault tests (no tests here). It runs ``http.server`` in a thread on 127.0.0.1; `
 says what the next completion request gets:
 
 - ``ok``: the pieces of ``PIECES`` as server-sent events, ``finish_reason: length``, ``[DONE]``;
+- ``many``: ``many_pieces`` pieces `` x`` at once, then ``finish_reason: length`` (bench/remote_overhead.py);
 - ``endless``: pieces forever (every 10 ms), until the client closes the connection;
 - ``stall``: one piece, then silence with the connection open;
 - ``stall_headers``: the request is read, nothing is answered;
@@ -34,6 +35,7 @@ class FakeInferenceServer:
     def __init__(self) -> None:
         self.behaviour = "ok"
         self.models_behaviour = "ok"
+        self.many_pieces = 16
         self.requests: list[dict[str, Any]] = []
         self.closed_early = 0
         self.stop = threading.Event()  # ends the stalls when the test is over
@@ -85,6 +87,13 @@ class FakeInferenceServer:
                 self._start_stream()
                 for piece in PIECES:
                     self._piece(piece)
+                self._piece("", "length")
+                self._event("[DONE]")
+
+            def _many(self) -> None:
+                self._start_stream()
+                for _ in range(owner.many_pieces):
+                    self._piece(" x")
                 self._piece("", "length")
                 self._event("[DONE]")
 

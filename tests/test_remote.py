@@ -273,3 +273,33 @@ def _wait_for(predicate, what: str, timeout: float = 5.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def test_complete_on_the_command_line_goes_through_the_remote_backend(fake, tokenizer_source):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "wizardcoder_tpu", "complete", "--backend", "remote", "--endpoint",
+                           fake.url, "--model", tokenizer_source, "--completion-only", "def add(a, b):\n"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "".join(PIECES) + "\n"
+    assert fake.requests[-1]["body"]["prompt"] == "def add(a, b):\n"
+
+
+def test_the_key_flags_need_the_endpoint_they_are_bound_to(monkeypatch, tmp_path):
+    import argparse
+
+    from wizardcoder_tpu.lsp.main import remote_access
+
+    monkeypatch.setenv("FAKE_KEY", "sk-test-4711")
+    with pytest.raises(ValueError, match="needs --endpoint"):
+        remote_access(argparse.Namespace(api_key_env="FAKE_KEY", api_key_file=None, endpoint=None, allow_http=False))
+    (tmp_path / "key").write_text("sk-file")
+    with pytest.raises(ValueError, match="not both"):
+        remote_access(argparse.Namespace(api_key_env="FAKE_KEY", api_key_file=str(tmp_path / "key"),
+                                         endpoint="https://gpu.example.com", allow_http=False))
+    access = remote_access(argparse.Namespace(api_key_env=None, api_key_file=str(tmp_path / "key"),
+                                              endpoint="https://gpu.example.com", allow_http=True))
+    assert access.key_endpoint == "https://gpu.example.com" and access.allow_http
+    assert access.api_key.headers() == {"Authorization": "Bearer sk-file"}
