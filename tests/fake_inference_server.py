@@ -32,7 +32,8 @@ MODEL_ID = "fake-model"
 
 
 class FakeInferenceServer:
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None) -> None:
+        """``tls``: (certificate file, key file) to serve ``https://localhost:PORT`` instead."""
         self.behaviour = "ok"
         self.models_behaviour = "ok"
         self.many_pieces = 16
@@ -150,6 +151,13 @@ class FakeInferenceServer:
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        if tls is not None:
+            import ssl
+
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            self.url = f"https://localhost:{self.port}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 

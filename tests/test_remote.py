@@ -303,3 +303,42 @@ def test_the_key_flags_need_the_endpoint_they_are_bound_to(monkeypatch, tmp_path
                                               endpoint="https://gpu.example.com", allow_http=True))
     assert access.key_endpoint == "https://gpu.example.com" and access.allow_http
     assert access.api_key.headers() == {"Authorization": "Bearer sk-file"}
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[str, str]:
+    """A self-signed certificate for localhost, made by the openssl command."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed: no certificate for the TLS tests")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1", "-days", "1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_checks_the_certificate_streams_and_cancels(certificate, tokenizer_source, monkeypatch):
+    fake = FakeInferenceServer(tls=certificate)
+    try:
+        with pytest.raises(RemoteError, match="TLS failed"):  # a certificate nobody vouches for
+            load_engine(tokenizer_source, "remote", remote=RemoteConfig(fake.url, timeout_s=TIMEOUT_S))
+        monkeypatch.setenv("SSL_CERT_FILE", certificate[0])  # now this process trusts it
+        engine = load_engine(tokenizer_source, "remote", remote=RemoteConfig(fake.url, timeout_s=TIMEOUT_S))
+        assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
+        fake.behaviour = "endless"
+        cancel = CancelToken()
+        threading.Timer(0.2, cancel.cancel).start()
+        started = time.monotonic()
+        assert engine.generate(PROMPT, GenerationParams(max_new_tokens=4096), cancel).stop_reason == "cancelled"
+        assert time.monotonic() - started < 0.2 + SLACK_S
+        fake.behaviour = "stall"
+        with pytest.raises(RemoteError, match="stalled"):
+            engine.generate(PROMPT, GenerationParams(max_new_tokens=8))
+        fake.behaviour = "ok"
+        assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
+    finally:
+        fake.close()
