@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import platform
 import statistics
 import subprocess
@@ -126,17 +127,20 @@ def main() -> int:
         server.terminate()
         server.wait(10)
 
-    times["our client alone (RemoteEngine against a server that answers at once)"] = client_alone(path, args.tokens)
+    alone = "our client alone (RemoteEngine against a server that answers at once)"
+    times[alone] = client_alone(path, args.tokens)
     base = statistics.median(t for _, t in times["llama.cpp in process"])
+    load = os.getloadavg()
     lines = [f"# Remote backend overhead ({dt.date.today()}, {platform.node()}, {args.model}, {args.threads} thread(s), "
              f"{args.tokens} new tokens, {len(PREFIXES)} prompts × {args.repeats} rounds)", "",
+             f"Load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs.", "",
              "| engine | first piece ms (median, min–max) | whole completion ms (median, min–max) | vs in-process llama.cpp |",
              "|---|---|---|---|"]
     for name, measured in times.items():
         first, whole = [m[0] for m in measured], [m[1] for m in measured]
         lines.append(f"| {name} | {statistics.median(first):.1f} ({min(first):.1f}–{max(first):.1f}) | "
                      f"{statistics.median(whole):.1f} ({min(whole):.1f}–{max(whole):.1f}) | "
-                     f"{statistics.median(whole) - base:+.0f} ms |")
+                     f"{'—' if name == alone else f'{statistics.median(whole) - base:+.0f} ms'} |")
     lines += ["", f"Command: `python bench/remote_overhead.py --repeats {args.repeats} --tokens {args.tokens} "
                   f"--threads {args.threads}`", ""]
     args.out.write_text("\n".join(lines))

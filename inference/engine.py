@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import abc
 import threading
-from typing import Protocol
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
