@@ -30,13 +30,15 @@ SECTION = "wizardcoder"
 
 
 def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), minimum: int | None = None,
-            maximum: int | None = None) -> Any:
+            maximum: int | None = None, workspace: bool = True) -> Any:
     """A field of ``Settings``: its default and what the clients and the docs show of it.
 
     ``meaning`` is one sentence of Markdown. Integers need both bounds (a client enforces them);
-    strings may name their ``choices``."""
+    strings may name their ``choices``. ``workspace=False``: a folder's own settings (a cloned
+    repository's ``.vscode/settings.json``) may not set it, only the user's (VS Code's ``machine``
+    scope): where the code is sent is the user's choice, never a repository's."""
     return field(default=default, metadata={"meaning": meaning, "choices": choices,
-                                            "minimum": minimum, "maximum": maximum})
+                                            "minimum": minimum, "maximum": maximum, "workspace": workspace})
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class Settings:
                                     "inference server that does not answer), or the inference server fails a request: "
                                     "serve the CPU default model instead.")
     endpoint: str = setting("http://127.0.0.1:8080", "With `backend: remote`: the inference server's base URL "
-                            "(`https://…`; `http://` only on loopback unless the server runs with `--allow-http`).")
+                            "(`https://…`; `http://` only on loopback unless the server runs with `--allow-http`); "
+                            "the user's settings only, never a workspace's.", workspace=False)
     remote_protocol: str = setting("openai", "With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, "
                                    "llama-cpp-python, llama.cpp) or `llama.cpp` (`/completion` with token ids).",
                                    choices=PROTOCOLS)
@@ -109,6 +112,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     minimum: int | None = None
     maximum: int | None = None
+    workspace: bool = True  # False: only the user's settings may set it (VS Code's machine scope)
 
     def check(self, value: Any) -> Any:
         """``value`` as ``Settings`` holds it, or ValueError saying what was expected."""

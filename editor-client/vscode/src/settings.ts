@@ -21,7 +21,7 @@ export interface ServerSettings {
   backend: "cpu" | "tpu" | "remote";
   /** When the model cannot be loaded (a missing file, no TPU device, an inference server that does not answer), or the inference server fails a request: serve the CPU default model instead. */
   fallbackToCpu: boolean;
-  /** With `backend: remote`: the inference server's base URL (`https://…`; `http://` only on loopback unless the server runs with `--allow-http`). */
+  /** With `backend: remote`: the inference server's base URL (`https://…`; `http://` only on loopback unless the server runs with `--allow-http`); the user's settings only, never a workspace's. */
   endpoint: string;
   /** With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, llama-cpp-python, llama.cpp) or `llama.cpp` (`/completion` with token ids). */
   remoteProtocol: "openai" | "llama.cpp";

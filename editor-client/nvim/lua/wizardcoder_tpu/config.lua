@@ -32,7 +32,8 @@ local server_settings = {
   -- boolean.
   fallbackToCpu = true,
   -- With `backend: remote`: the inference server's base URL (`https://…`; `http://` only on
-  -- loopback unless the server runs with `--allow-http`). A non-empty string.
+  -- loopback unless the server runs with `--allow-http`); the user's settings only, never a
+  -- workspace's. A non-empty string.
   endpoint = 'http://127.0.0.1:8080',
   -- With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, llama-cpp-python, llama.cpp) or
   -- `llama.cpp` (`/completion` with token ids). One of 'openai', 'llama.cpp'.
