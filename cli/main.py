@@ -21,11 +21,26 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
                    help=f"a model name ({', '.join(MODELS)}; 'default' is {DEFAULT_MODEL}), a .gguf file, a Hugging "
                         "Face checkpoint directory (config.json + *.safetensors), or a .bmodel with --backend tpu")
-    p.add_argument("--backend", default="cpu", choices=("cpu", "tpu"), help="where the model runs (default: cpu)")
+    p.add_argument("--backend", default="cpu", choices=("cpu", "tpu", "remote"),
+                   help="where the model runs (default: cpu); remote: on the inference server at --endpoint, "
+                        "with --model naming its tokenizer's source (the served model's name, GGUF, checkpoint "
+                        "directory or tokenizer.json)")
     p.add_argument("--weights", default="auto", choices=("auto", "int8", "int4", "f32"),
                    help="cpu: how weights are stored: auto keeps the file's precision (GGUF blocks as they are), "
                         "int8/int4 requantize where needed, f32 is the float reference (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="cpu: threads; 0 = one per physical core (default)")
+    p.add_argument("--endpoint", metavar="URL", help="remote: the inference server's base URL (https://..., or "
+                   "http:// on loopback), e.g. http://127.0.0.1:8080 for llama.cpp's server")
+    p.add_argument("--remote-protocol", choices=("openai", "llama.cpp"),
+                   help="remote: openai (/v1/completions: vLLM, TGI, llama-cpp-python, llama.cpp; the default) or "
+                        "llama.cpp (/completion with token ids)")
+    p.add_argument("--remote-model", metavar="NAME", help="remote, openai: the served model's name (default: the "
+                   "first that /v1/models lists)")
+    p.add_argument("--api-key-env", metavar="NAME", help="remote: read the server's API key from this environment "
+                   "variable (sent as a bearer token to --endpoint only, never logged)")
+    p.add_argument("--api-key-file", metavar="PATH", help="remote: read the API key from this file")
+    p.add_argument("--allow-http", action="store_true",
+                   help="remote: allow http:// to a host that is not loopback (the code crosses the network in clear)")
 
 
 def _complete(args: argparse.Namespace) -> int:
@@ -38,11 +53,21 @@ def _complete(args: argparse.Namespace) -> int:
         print("wizardcoder-tpu complete: empty prompt", file=sys.stderr)
         return 2
     try:
-        engine = load_engine(args.model, args.backend, threads=args.threads or None, weights=args.weights)
+        remote = None
+        if args.backend == "remote":
+            from wizardcoder_tpu.inference.remote import RemoteConfig
+            from wizardcoder_tpu.lsp.main import remote_access
+            from wizardcoder_tpu.lsp.settings import from_command_line
+
+            settings = from_command_line(args)
+            remote = RemoteConfig(settings.endpoint, settings.remote_protocol, settings.remote_model,
+                                  settings.remote_timeout_ms / 1000, remote_access(args))
+        engine = load_engine(args.model, args.backend, threads=args.threads or None, weights=args.weights,
+                             remote=remote)
         ids = engine.tokenizer.encode(prompt)
         params = GenerationParams(max_new_tokens=args.max_tokens, stop_strings=("\n",) if args.single_line else ())
         result = engine.generate(ids, params)
-    except InferenceError as exc:
+    except (InferenceError, ValueError) as exc:
         print(f"wizardcoder-tpu: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(result.text if args.completion_only else prompt + result.text)

@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -190,6 +191,25 @@ class Engine:
 
     def close(self) -> None:
         self.backend.close()
+
+
+class TextEngine(Protocol):
+    """What the language server uses of an engine: ``Engine`` (a backend in this process, token by
+    token) or ``remote.RemoteEngine`` (an inference server over HTTP, text as it streams). The
+    prompt, the stop rules and post-processing above stay one code path for both."""
+
+    tokenizer: Tokenizer
+    model_name: str
+
+    @property
+    def max_context(self) -> int: ...
+
+    def generate(self, prompt_ids: Sequence[int], params: GenerationParams = ..., cancel: CancelToken | None = None,
+                 on_text: OnText | None = None) -> Generation: ...
+
+    def reset(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class _Run:

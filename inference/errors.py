@@ -28,3 +28,9 @@ class BackendError(InferenceError):
 
 class ContextOverflowError(InferenceError):
     """The prompt plus the tokens to generate do not fit the model's context."""
+
+
+class RemoteError(BackendError):
+    """The inference server behind ``backend: remote`` failed a request: refused or timed-out
+    connection, an error status, a stream that is not the protocol's, a server that stalls. The
+    message names the endpoint and what to check; it never holds the API key."""

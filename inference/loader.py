@@ -1,15 +1,18 @@
 """From a model argument (a registry name or ``default``, a .gguf, a checkpoint directory, a
-.bmodel) to an Engine."""
+.bmodel) to an Engine; with the ``remote`` backend, to a RemoteEngine whose model runs on an
+inference server (the argument then names the tokenizer's source: the served model's GGUF,
+checkpoint directory or ``tokenizer.json``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .engine import Engine
+from .engine import Engine, TextEngine
 from .errors import ModelLoadError
 from .models import DEFAULT_MODEL, MODELS, model_path
+from .remote import RemoteConfig, open_remote
 
-BACKENDS = ("cpu", "tpu")
+BACKENDS = ("cpu", "tpu", "remote")
 WEIGHTS = ("auto", "int8", "int4", "f32")  # how the CPU graph stores weights (inference/model/cpu_graph.py)
 
 
@@ -26,10 +29,14 @@ def resolve_model(model: str | None) -> Path:
 
 
 def load_engine(model: str | None = None, backend: str = "cpu", threads: int | None = None,
-                weights: str = "auto") -> Engine:
+                weights: str = "auto", remote: RemoteConfig | None = None) -> TextEngine:
     """``threads`` and ``weights`` apply to the CPU backend (a bmodel's precision is fixed when it
-    is compiled)."""
+    is compiled); ``remote`` (the endpoint, protocol, access) to the remote one."""
     path = resolve_model(model)
+    if backend == "remote":
+        if remote is None:
+            raise ModelLoadError("the remote backend needs an endpoint (--endpoint URL, or the endpoint setting)")
+        return open_remote(path, remote)
     if backend == "cpu":
         from .backends.cpu import CPUBackend
         from .weights import open_checkpoint

@@ -28,7 +28,7 @@ from lsprotocol import types
 from pygls.workspace import Workspace
 
 from ..inference.context import ContextStore
-from ..inference.engine import CancelToken, Engine, Generation, GenerationParams
+from ..inference.engine import CancelToken, Generation, GenerationParams, TextEngine
 from ..inference.postprocess import Kind, Processed, Surroundings, completion_kind, postprocess, should_stop
 from ..inference.prompt import Prompt, build_prompt
 from .cache import CompletionCache
@@ -86,7 +86,7 @@ async def complete(workspace: Workspace, uri: str, position: types.Position, *, 
         return Completion(cursor, cached, "cache")
 
     def job(token: CancelToken) -> Processed | None:  # worker thread
-        run = run_model(host.engine, cursor, kind, settings, token, context)
+        run = host.run(settings, lambda engine: run_model(engine, cursor, kind, settings, token, context))
         if run.generation is not None:
             record(stats, request_id, kind, run)
         return run.result
@@ -122,7 +122,7 @@ async def debounce(debounce_ms: int, last_change: float) -> None:
         await asyncio.sleep(wait)
 
 
-def run_model(engine: Engine, cursor: Cursor, kind: Kind, settings: Settings, cancel: CancelToken,
+def run_model(engine: TextEngine, cursor: Cursor, kind: Kind, settings: Settings, cancel: CancelToken,
               context: ContextStore | None = None) -> ModelRun:
     """In the worker thread: prompt (the other files' snippets from ``context`` first, within
     ``contextTokens``), generate until post-processing has decided, post-process. The result is

@@ -19,7 +19,7 @@ from lsprotocol import types
 from lsprotocol.converters import get_converter
 from pygls.workspace import Workspace
 
-from ..inference.engine import CancelToken, Engine, Generation, GenerationParams, OnText
+from ..inference.engine import CancelToken, Generation, GenerationParams, OnText, TextEngine
 from ..inference.prompt import Prompt, build_instruction_prompt, language_name
 from .documents import open_document, text_in_range, unusable_reason
 from .errors import BadRequest
@@ -91,7 +91,8 @@ async def _explain(instruction: str, settings: Settings, host: ModelHost, worker
         return True
 
     def job(token: CancelToken) -> str:  # worker thread
-        prompt, generation = run_model(host.engine, instruction, settings.explain_max_new_tokens, token, on_text)
+        prompt, generation = host.run(settings, lambda engine: run_model(engine, instruction,
+                                                                         settings.explain_max_new_tokens, token, on_text))
         stats.record(request_id, "explain", generation, generation.stop_reason, prompt.mode)
         log.info("request %s: explain, prompt %d tokens, %d new tokens, stop %s, prefill %.0f ms, decode %.0f ms",
                  request_id, generation.prompt_tokens, len(generation.token_ids), generation.stop_reason,
@@ -109,7 +110,7 @@ async def _explain(instruction: str, settings: Settings, host: ModelHost, worker
     return markdown
 
 
-def run_model(engine: Engine, instruction: str, max_new_tokens: int, cancel: CancelToken,
+def run_model(engine: TextEngine, instruction: str, max_new_tokens: int, cancel: CancelToken,
               on_text: OnText | None = None) -> tuple[Prompt, Generation]:
     """In the worker thread: the instruction prompt, generated to its end (or ``cancel``)."""
     prompt = build_instruction_prompt(instruction, engine.tokenizer, INSTRUCTION_TOKENS)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import logging
 import logging.handlers
 import os
@@ -22,7 +21,10 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from ..inference.errors import RemoteError
+from ..inference.http_stream import ApiKey, is_loopback
 from ..inference.paths import cache_dir
+from ..inference.remote import RemoteAccess
 from .server import create_server
 from .settings import from_command_line
 from .transport import serve_stdio, serve_tcp
@@ -36,11 +38,12 @@ def serve(args: argparse.Namespace) -> int:
     """Serve one session; returns only for a bad command line (the session's end ends the process)."""
     try:
         host_port = parse_tcp(args.tcp) if getattr(args, "tcp", None) else None
-    except ValueError as exc:
+        access = remote_access(args)
+    except (ValueError, RemoteError) as exc:
         print(f"wizardcoder-tpu serve: {exc}", file=sys.stderr)
         return 2
     log_file = setup_logging(getattr(args, "log_file", None), getattr(args, "log_level", "warning"))
-    server = create_server(from_command_line(args))
+    server = create_server(from_command_line(args), access)
     logging.getLogger(__name__).info("serving (log: %s) on %s", log_file, "tcp %s:%d" % host_port if host_port else "stdio")
     if host_port is not None:
         end_process(serve_tcp(server, *host_port))
@@ -64,6 +67,20 @@ def end_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def remote_access(args: argparse.Namespace) -> RemoteAccess:
+    """The remote backend's API key (``--api-key-env NAME`` or ``--api-key-file PATH``, read once
+    here) and ``--allow-http``. The key is bound to ``--endpoint``: it is sent to that server only,
+    whatever endpoint a client's settings name later."""
+    env, file = getattr(args, "api_key_env", None), getattr(args, "api_key_file", None)
+    if env and file:
+        raise ValueError("give --api-key-env or --api-key-file, not both")
+    key = ApiKey.from_env(env) if env else ApiKey.from_file(file) if file else None
+    endpoint = getattr(args, "endpoint", None)
+    if key is not None and not endpoint:
+        raise ValueError("an API key needs --endpoint: the key is sent only to the endpoint named on the command line")
+    return RemoteAccess(key, endpoint if key is not None else None, bool(getattr(args, "allow_http", False)))
+
+
 def parse_tcp(value: str) -> tuple[str, int]:
     """``HOST:PORT``, ``:PORT`` or ``PORT``; the host defaults to the loopback address."""
     host, _, port = value.rpartition(":")
@@ -80,16 +97,6 @@ def parse_tcp(value: str) -> tuple[str, int]:
                          "the documents you have open. Listen on 127.0.0.1 (the default) and reach it "
                          "from elsewhere through an SSH tunnel")
     return host, number
-
-
-def is_loopback(host: str) -> bool:
-    """``localhost`` or a literal loopback address (127.0.0.0/8, ::1); no name is resolved."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def setup_logging(path: str | None, level: str) -> Path:

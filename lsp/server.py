@@ -23,6 +23,7 @@ from .. import __version__
 from ..inference.context import ContextStore
 from ..inference.engine import CancelToken
 from ..inference.errors import InferenceError
+from ..inference.remote import RemoteAccess
 from . import completion, explain
 from .cache import CompletionCache
 from .documents import encoding_name
@@ -39,11 +40,11 @@ log = logging.getLogger(__name__)
 
 
 class WizardServer(LanguageServer):
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, access: RemoteAccess = RemoteAccess()):
         super().__init__("wizardcoder-tpu", __version__, protocol_cls=WizardProtocol,
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.settings = settings
-        self.host = ModelHost()
+        self.host = ModelHost(access)
         self.cache = CompletionCache()
         self.context = ContextStore()  # other files' code for the prompt, fed by the document notifications
         self.stats = Stats()
@@ -69,7 +70,9 @@ class WizardServer(LanguageServer):
             self.show_model_state()
 
     def show_model_state(self) -> None:
-        if self.host.description:
+        if self.host.failure and self.host.description:  # the backend failed the last request
+            self.status.set("error", self.host.failure)
+        elif self.host.description:
             note = f" (instead of the requested model: {self.host.error})" if self.host.error else ""
             self.status.set("idle", f"ready: {self.host.description}{note}")
         elif self.host.error:
@@ -125,7 +128,9 @@ class WizardServer(LanguageServer):
 
 @contextlib.contextmanager
 def boundary(ls: WizardServer, method: str) -> Iterator[None]:
-    """The one place where errors become LSP errors (and get logged with the request id)."""
+    """The one place where errors become LSP errors (and get logged with the request id). A
+    backend that failed while running (an inference server that refused, stalled or answered an
+    error) shows as the status (``ModelHost.failure``, once the worker is idle)."""
     try:
         yield
     except Exception as exc:
@@ -136,8 +141,10 @@ def boundary(ls: WizardServer, method: str) -> Iterator[None]:
         raise response from exc
 
 
-def create_server(settings: Settings) -> WizardServer:
-    server = WizardServer(settings)
+def create_server(settings: Settings, access: RemoteAccess = RemoteAccess()) -> WizardServer:
+    """``access`` (the remote backend's API key, ``--allow-http``) comes from the command line only:
+    no client setting reaches it."""
+    server = WizardServer(settings, access)
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: WizardServer, params: types.InitializeParams) -> None:

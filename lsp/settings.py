@@ -22,20 +22,23 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from typing import Any, get_type_hints
 
-from ..inference.loader import WEIGHTS
+from ..inference.loader import BACKENDS, WEIGHTS
 from ..inference.prompt import MODES
+from ..inference.remote import PROTOCOLS
 
 SECTION = "wizardcoder"
 
 
 def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), minimum: int | None = None,
-            maximum: int | None = None) -> Any:
+            maximum: int | None = None, workspace: bool = True) -> Any:
     """A field of ``Settings``: its default and what the clients and the docs show of it.
 
     ``meaning`` is one sentence of Markdown. Integers need both bounds (a client enforces them);
-    strings may name their ``choices``."""
+    strings may name their ``choices``. ``workspace=False``: a folder's own settings (a cloned
+    repository's ``.vscode/settings.json``) may not set it, only the user's (VS Code's ``machine``
+    scope): where the code is sent is the user's choice, never a repository's."""
     return field(default=default, metadata={"meaning": meaning, "choices": choices,
-                                            "minimum": minimum, "maximum": maximum})
+                                            "minimum": minimum, "maximum": maximum, "workspace": workspace})
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,24 @@ class Settings:
 
     model: str = setting("default", "`default` (qwen2.5-coder-0.5b), a named model (`qwen2.5-coder-0.5b`, "
                          "`qwen2.5-coder-1.5b`, `smollm2-135m`), a `.gguf` file, a checkpoint directory, or a "
-                         "`.bmodel` (tpu backend).")
-    backend: str = setting("cpu", "Where the model runs.", choices=("cpu", "tpu"))
-    fallback_to_cpu: bool = setting(True, "When the model cannot be loaded (a missing file, no TPU device): serve "
-                                    "the CPU default model instead.")
+                         "`.bmodel` (tpu backend); with the remote backend, the served model's tokenizer source (its "
+                         "name, GGUF, checkpoint directory or `tokenizer.json`).")
+    backend: str = setting("cpu", "Where the model runs: in this process (`cpu`, `tpu`) or on an inference server "
+                           "(`remote`: see `endpoint`).", choices=BACKENDS)
+    fallback_to_cpu: bool = setting(True, "When the model cannot be loaded (a missing file, no TPU device, an "
+                                    "inference server that does not answer), or the inference server fails a request: "
+                                    "serve the CPU default model instead.")
+    endpoint: str = setting("http://127.0.0.1:8080", "With `backend: remote`: the inference server's base URL "
+                            "(`https://…`; `http://` only on loopback unless the server runs with `--allow-http`); "
+                            "the user's settings only, never a workspace's.", workspace=False)
+    remote_protocol: str = setting("openai", "With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, "
+                                   "llama-cpp-python, llama.cpp) or `llama.cpp` (`/completion` with token ids).",
+                                   choices=PROTOCOLS)
+    remote_model: str = setting("auto", "With `remoteProtocol: openai`: the served model's name; `auto` takes the "
+                                "first that `/v1/models` lists.")
+    remote_timeout_ms: int = setting(15_000, "With `backend: remote`: how long the server may take to connect, to "
+                                     "start the completion, or between two of its pieces, before the request fails.",
+                                     minimum=100, maximum=600_000)
     weights: str = setting("auto", "How the CPU backend stores the weights: `auto` keeps the file's precision as "
                            "closely as a fast kernel allows, `int8`/`int4` requantize, `f32` is the reference.",
                            choices=WEIGHTS)
@@ -73,9 +90,10 @@ class Settings:
         return not self.languages or language_id in self.languages
 
     @property
-    def model_key(self) -> tuple[str, str, bool, str, int]:
+    def model_key(self) -> tuple[Any, ...]:
         """What a reload depends on."""
-        return self.model, self.backend, self.fallback_to_cpu, self.weights, self.threads
+        return (self.model, self.backend, self.fallback_to_cpu, self.weights, self.threads, self.endpoint,
+                self.remote_protocol, self.remote_model, self.remote_timeout_ms)
 
 
 # The JSON type of each Python type a setting may have, as the clients and the docs name it.
@@ -94,6 +112,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     minimum: int | None = None
     maximum: int | None = None
+    workspace: bool = True  # False: only the user's settings may set it (VS Code's machine scope)
 
     def check(self, value: Any) -> Any:
         """``value`` as ``Settings`` holds it, or ValueError saying what was expected."""
@@ -176,5 +195,7 @@ def from_command_line(args: Any) -> Settings:
     """The defaults overridden by the ``serve`` arguments that were given."""
     given = {"model": getattr(args, "model", None), "backend": getattr(args, "backend", None),
              "fallback_to_cpu": True if getattr(args, "fallback_cpu", False) else None,
-             "weights": getattr(args, "weights", None), "threads": getattr(args, "threads", None)}
+             "weights": getattr(args, "weights", None), "threads": getattr(args, "threads", None),
+             "endpoint": getattr(args, "endpoint", None), "remote_protocol": getattr(args, "remote_protocol", None),
+             "remote_model": getattr(args, "remote_model", None)}
     return replace(Settings(), **{name: value for name, value in given.items() if value})

@@ -70,6 +70,8 @@ def json_schema(row: Setting) -> dict[str, Any]:
     if row.kind == "integer":
         schema["minimum"], schema["maximum"] = row.minimum, row.maximum
     schema["default"] = plain(row.default)
+    if not row.workspace:
+        schema["scope"] = "machine"  # not from a folder's own .vscode/settings.json
     return schema
 
 

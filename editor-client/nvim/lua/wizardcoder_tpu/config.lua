@@ -20,14 +20,30 @@ local M = {}
 --- The server's settings and their defaults (docs/protocol.md, "Settings").
 local server_settings = {
   -- `default` (qwen2.5-coder-0.5b), a named model (`qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`,
-  -- `smollm2-135m`), a `.gguf` file, a checkpoint directory, or a `.bmodel` (tpu backend). A non-
-  -- empty string.
+  -- `smollm2-135m`), a `.gguf` file, a checkpoint directory, or a `.bmodel` (tpu backend); with the
+  -- remote backend, the served model's tokenizer source (its name, GGUF, checkpoint directory or
+  -- `tokenizer.json`). A non-empty string.
   model = 'default',
-  -- Where the model runs. One of 'cpu', 'tpu'.
+  -- Where the model runs: in this process (`cpu`, `tpu`) or on an inference server (`remote`: see
+  -- `endpoint`). One of 'cpu', 'tpu', 'remote'.
   backend = 'cpu',
-  -- When the model cannot be loaded (a missing file, no TPU device): serve the CPU default model
-  -- instead. A boolean.
+  -- When the model cannot be loaded (a missing file, no TPU device, an inference server that does
+  -- not answer), or the inference server fails a request: serve the CPU default model instead. A
+  -- boolean.
   fallbackToCpu = true,
+  -- With `backend: remote`: the inference server's base URL (`https://…`; `http://` only on
+  -- loopback unless the server runs with `--allow-http`); the user's settings only, never a
+  -- workspace's. A non-empty string.
+  endpoint = 'http://127.0.0.1:8080',
+  -- With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, llama-cpp-python, llama.cpp) or
+  -- `llama.cpp` (`/completion` with token ids). One of 'openai', 'llama.cpp'.
+  remoteProtocol = 'openai',
+  -- With `remoteProtocol: openai`: the served model's name; `auto` takes the first that
+  -- `/v1/models` lists. A non-empty string.
+  remoteModel = 'auto',
+  -- With `backend: remote`: how long the server may take to connect, to start the completion, or
+  -- between two of its pieces, before the request fails. An integer from 100 to 600000.
+  remoteTimeoutMs = 15000,
   -- How the CPU backend stores the weights: `auto` keeps the file's precision as closely as a fast
   -- kernel allows, `int8`/`int4` requantize, `f32` is the reference. One of 'auto', 'int8', 'int4',
   -- 'f32'.
@@ -61,7 +77,8 @@ local server_settings = {
 
 --- The values a setting may take, where the server names them.
 local setting_choices = {
-  backend = { 'cpu', 'tpu' },
+  backend = { 'cpu', 'tpu', 'remote' },
+  remoteProtocol = { 'openai', 'llama.cpp' },
   weights = { 'auto', 'int8', 'int4', 'f32' },
   mode = { 'auto', 'fim', 'instruct', 'prefix' },
 }
