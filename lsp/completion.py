@@ -35,7 +35,9 @@ from .cache import CompletionCache
 from .documents import Cursor, cursor_at, open_document, unusable_reason
 from .model_host import ModelHost
 from .requests import DocumentRequests
+from . import trigger
 from .settings import Settings
+from .trigger import excluded
 from .status import Stats
 from .worker import InferenceWorker
 
@@ -63,27 +65,39 @@ class ModelRun:
 async def complete(workspace: Workspace, uri: str, position: types.Position, *, settings: Settings,
                    host: ModelHost, cache: CompletionCache, requests: DocumentRequests, worker: InferenceWorker,
                    context: ContextStore, stats: Stats, warn: Callable[[str, str], None],
-                   request_id: object) -> Completion | None:
+                   request_id: object, automatic: bool = False) -> Completion | None:
     """The completion at ``position`` of ``uri``, or None when there is none to show (not a place
     to complete, nothing useful generated, or superseded by a newer request). ``warn(key,
     message)`` tells the user once per key; the engine is taken from ``host`` in the worker,
     after any reload queued before this request. ``context`` holds the other files' code and
-    learns where the user is."""
+    learns where the user is. ``automatic``: the editor asked as the user typed (the trigger
+    rules of ``trigger.py`` apply), not the user."""
     document = open_document(workspace, uri)
     reason = unusable_reason(document.source)
     if reason is not None:
         warn(uri, f"{uri}: {reason}")
         return None
     cursor = cursor_at(document, position, workspace.position_codec)
+    if (why := excluded(settings, uri, cursor.language_id)) is not None:
+        log.info("request %s: no completion: %s", request_id, why)
+        return None
     context.visited(uri, document.source, position.line)
     kind = should_complete(settings, cursor)
     if kind is None:
+        return None
+    state = requests.of(uri)
+    asked = trigger.Request(automatic, cursor.prefix, cursor.suffix, state.after_deletion)
+    if not trigger.shows_cached(settings, asked):
+        log.info("request %s: no automatic completion: the last edit deleted text", request_id)
         return None
 
     cached = cache.lookup(uri, cursor.prefix, cursor.suffix)
     if cached is not None:
         log.info("request %s: cache hit at %s:%s", request_id, position.line, position.character)
         return Completion(cursor, cached, "cache")
+    if (why := trigger.model_refusal(settings, asked)) is not None:
+        log.info("request %s: no automatic completion: %s", request_id, why)
+        return None
 
     def job(token: CancelToken) -> Processed | None:  # worker thread
         run = run_model(host.engine, cursor, kind, settings, token, context)
@@ -91,7 +105,6 @@ async def complete(workspace: Workspace, uri: str, position: types.Position, *, 
             record(stats, request_id, kind, run)
         return run.result
 
-    state = requests.of(uri)
     cancel = state.supersede()  # a newer request for this document cancels this one
     try:
         await debounce(settings.debounce_ms, state.last_change)
@@ -140,18 +153,32 @@ def run_model(engine: Engine, cursor: Cursor, kind: Kind, settings: Settings, ca
         return ModelRun(None, prompt, None, prompt_ms)
     around = Surroundings.of(cursor.prefix, cursor.suffix)
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, stop_strings=prompt.stop_strings)
+    time_limit = time.perf_counter() + settings.max_time_ms / 1000 if settings.max_time_ms else None
+    out_of_time = False
 
     def go_on(text: str) -> bool:  # with postprocess off (bench/quality.py's bare row) the model runs on
+        nonlocal out_of_time
+        if time_limit is not None and "\n" in text.lstrip("\n") and time.perf_counter() > time_limit:
+            out_of_time = True  # llama.cpp's t_max_predict_ms: past the time, stop once a line is complete
+            return False
         return not settings.postprocess or not should_stop(text, around, kind)
 
     generation = engine.generate(prompt.ids, params, cancel, go_on)
+    text = within_time(generation.text) if out_of_time else generation.text
     if generation.stop_reason == "cancelled":
         result = None
     elif not settings.postprocess:  # what the model wrote, as it wrote it
-        result = Processed(generation.text, 0) if generation.text else None
+        result = Processed(text, 0) if text else None
     else:
-        result = postprocess(generation.text, around, kind)
+        result = postprocess(text, around, kind)
     return ModelRun(result, prompt, generation, prompt_ms)
+
+
+def within_time(text: str) -> str:
+    """The text of a generation stopped by ``maxTimeMs``: its complete lines (the one being
+    written when the time ran out is dropped)."""
+    head = len(text) - len(text.lstrip("\n"))
+    return text[: text.rindex("\n", head)] if "\n" in text[head:] else text
 
 
 def record(stats: Stats, request_id: object, kind: Kind, run: ModelRun) -> None:

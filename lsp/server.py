@@ -33,6 +33,7 @@ from .protocol import WizardProtocol
 from .requests import DocumentRequests
 from .settings import Settings, merge
 from .status import STATS, Stats, Status
+from .trigger import excluded, is_deletion
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,11 @@ class WizardServer(LanguageServer):
             self._warned.add(key)
             self.status.log(types.MessageType.Warning, message)
 
+    def excluded(self, uri: str) -> bool:
+        """Whether ``uri`` is one of ``disabledFiles``/``disabledLanguages`` (trigger.py)."""
+        document = self.workspace.text_documents.get(uri)
+        return excluded(self.settings, uri, document.language_id or "" if document else "") is not None
+
     @property
     def client_has_inline_completion(self) -> bool:
         document = self.client_capabilities.text_document
@@ -157,17 +163,26 @@ def create_server(settings: Settings) -> WizardServer:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: WizardServer, params: types.DidOpenTextDocumentParams) -> None:
         ls.requests.opened(params.text_document.uri)
-        ls.context.opened(params.text_document.uri, params.text_document.text)
+        if not ls.excluded(params.text_document.uri):  # secrets never become another file's context
+            ls.context.opened(params.text_document.uri, params.text_document.text)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: WizardServer, params: types.DidChangeTextDocumentParams) -> None:
-        ls.requests.changed(params.text_document.uri)
+        last = params.content_changes[-1] if params.content_changes else None
+        last_range = getattr(last, "range", None)
+        deletion = last is not None and is_deletion(last.text, None if last_range is None else
+                                                    last_range.start == last_range.end)
+        ls.requests.changed(params.text_document.uri, deletion)
+        if ls.excluded(params.text_document.uri):
+            return
         if (document := ls.workspace.text_documents.get(params.text_document.uri)) is not None:
             edit = getattr(params.content_changes[-1], "range", None) if params.content_changes else None
             ls.context.changed(params.text_document.uri, document.source, edit.start.line if edit else None)
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: WizardServer, params: types.DidSaveTextDocumentParams) -> None:
+        if ls.excluded(params.text_document.uri):
+            return
         if (document := ls.workspace.text_documents.get(params.text_document.uri)) is not None:
             ls.context.saved(params.text_document.uri, document.source)
 
@@ -181,7 +196,8 @@ def create_server(settings: Settings) -> WizardServer:
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: WizardServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
         with boundary(ls, "inlineCompletion"):
-            found = await complete(ls, params.text_document.uri, params.position)
+            automatic = params.context.trigger_kind != types.InlineCompletionTriggerKind.Invoked
+            found = await complete(ls, params.text_document.uri, params.position, automatic)
         if found is None:
             return types.InlineCompletionList(items=[])
         item = types.InlineCompletionItem(insert_text=found.result.text,
@@ -193,7 +209,8 @@ def create_server(settings: Settings) -> WizardServer:
         if ls.client_has_inline_completion:  # that client shows inline completions; no second model run
             return types.CompletionList(is_incomplete=False, items=[])
         with boundary(ls, "completion"):
-            found = await complete(ls, params.text_document.uri, params.position)
+            invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+            found = await complete(ls, params.text_document.uri, params.position, not invoked)
         if found is None:
             return types.CompletionList(is_incomplete=True, items=[])
         return types.CompletionList(is_incomplete=True, items=[completion_item(ls, found)])
@@ -222,11 +239,12 @@ def create_server(settings: Settings) -> WizardServer:
     return server
 
 
-async def complete(ls: WizardServer, uri: str, position: types.Position) -> completion.Completion | None:
+async def complete(ls: WizardServer, uri: str, position: types.Position,
+                   automatic: bool) -> completion.Completion | None:
     """The completion path with this server's parts, for both completion requests."""
     return await completion.complete(ls.workspace, uri, position, settings=ls.settings, host=ls.host, cache=ls.cache,
                                      requests=ls.requests, worker=ls.worker, context=ls.context, stats=ls.stats,
-                                     warn=ls.warn_once, request_id=ls.protocol.msg_id)
+                                     warn=ls.warn_once, request_id=ls.protocol.msg_id, automatic=automatic)
 
 
 def completion_item(ls: WizardServer, found: completion.Completion) -> types.CompletionItem:

@@ -54,6 +54,28 @@ local server_settings = {
   languages = {},
   -- Tokens of an explanation at most. An integer from 1 to 4096.
   explainMaxNewTokens = 256,
+  -- `automatic`: a suggestion as you type; `manual`: the model runs only when you ask (the client's
+  -- suggest key or command); typing on into a suggestion still serves its rest from the cache. One
+  -- of 'automatic', 'manual'.
+  trigger = 'automatic',
+  -- No automatic suggestion when more than this many characters follow the cursor on its line
+  -- (llama.vim's rule); asking for one still works. An integer from 0 to 10000.
+  maxLineSuffix = 8,
+  -- Language ids never completed (for example `markdown`), asked for or not. A list of strings.
+  disabledLanguages = {},
+  -- File patterns never completed and never used as context for other files (`fnmatch` on the
+  -- file's name, or on its path when the pattern has a `/`): secrets and key files by default. A
+  -- list of strings.
+  disabledFiles = { '.env', '.env.*', '*.env', '.envrc', '*.pem', '*.key', '*.crt', '*.p12', '*.pfx', '*.jks', '*.keystore', '*.kdbx', '*.gpg', 'id_rsa*', 'id_dsa*', 'id_ecdsa*', 'id_ed25519*', '*.ppk', '.netrc', '.pgpass', '.npmrc', '.pypirc', '.git-credentials', 'credentials', 'credentials.json', '*.tfvars', '*.tfstate' },
+  -- Once the model has run this long for one suggestion, it stops at the next line break and shows
+  -- what it has (llama.cpp's `t_max_predict_ms`); 0 is no limit. An integer from 0 to 60000.
+  maxTimeMs = 0,
+  -- While idle after a suggestion was shown, compute the one that follows it (as if accepted whole,
+  -- and after its first line), so accepting and going on is served from the cache. A boolean.
+  prefetch = true,
+  -- Count shown and accepted suggestions and their latency in a file under the cache, for
+  -- `wizardcoder-tpu stats` (nothing leaves the machine). A boolean.
+  statistics = true,
   -- `false` shows the model's raw text, neither stopped early nor cut: for measuring what post-
   -- processing adds (`bench/quality.py`), not for everyday use. A boolean.
   postprocess = true,
@@ -64,6 +86,7 @@ local setting_choices = {
   backend = { 'cpu', 'tpu' },
   weights = { 'auto', 'int8', 'int4', 'f32' },
   mode = { 'auto', 'fim', 'instruct', 'prefix' },
+  trigger = { 'automatic', 'manual' },
 }
 -- END GENERATED
 
