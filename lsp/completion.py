@@ -34,6 +34,7 @@ from ..inference.prompt import Prompt, build_prompt
 from .cache import CompletionCache
 from .documents import Cursor, cursor_at, open_document, unusable_reason
 from .model_host import ModelHost
+from .prefetch import Prefetcher
 from .requests import DocumentRequests
 from . import trigger
 from .settings import Settings
@@ -49,7 +50,8 @@ CONTEXT_MARGIN = 8  # tokens kept free in the model's context besides the comple
 class Completion:
     cursor: Cursor
     result: Processed
-    source: str  # model | cache
+    source: str  # model | cache | prefetch (a cache hit that the prefetch computed)
+    tag: str = ""  # the suggestion's id (cache.py), for the acceptance statistics
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,15 @@ class ModelRun:
 async def complete(workspace: Workspace, uri: str, position: types.Position, *, settings: Settings,
                    host: ModelHost, cache: CompletionCache, requests: DocumentRequests, worker: InferenceWorker,
                    context: ContextStore, stats: Stats, warn: Callable[[str, str], None],
-                   request_id: object, automatic: bool = False) -> Completion | None:
+                   request_id: object, automatic: bool = False,
+                   prefetcher: Prefetcher | None = None) -> Completion | None:
     """The completion at ``position`` of ``uri``, or None when there is none to show (not a place
     to complete, nothing useful generated, or superseded by a newer request). ``warn(key,
     message)`` tells the user once per key; the engine is taken from ``host`` in the worker,
     after any reload queued before this request. ``context`` holds the other files' code and
     learns where the user is. ``automatic``: the editor asked as the user typed (the trigger
-    rules of ``trigger.py`` apply), not the user."""
+    rules of ``trigger.py`` apply), not the user. ``prefetcher``: what is shown starts the
+    prefetch of what follows it (``prefetch.py``), and a request that needs the model cancels it."""
     document = open_document(workspace, uri)
     reason = unusable_reason(document.source)
     if reason is not None:
@@ -91,33 +95,48 @@ async def complete(workspace: Workspace, uri: str, position: types.Position, *, 
         log.info("request %s: no automatic completion: the last edit deleted text", request_id)
         return None
 
+    def model_job(at: Cursor, at_kind: Kind, label: str) -> Callable[[CancelToken], Processed | None]:
+        def job(token: CancelToken) -> Processed | None:  # worker thread
+            run = run_model(host.engine, at, at_kind, settings, token, context)
+            if run.generation is not None:
+                record(stats, request_id, label, run)
+            return run.result
+        return job
+
+    def shown(found: Completion) -> Completion:
+        if prefetcher is not None:
+            prefetcher.start(cursor, found.result, settings=settings, cache=cache, worker=worker,
+                             run=lambda at, at_kind, token: model_job(at, at_kind, "prefetch")(token))
+        return found
+
     cached = cache.lookup(uri, cursor.prefix, cursor.suffix)
     if cached is not None:
-        log.info("request %s: cache hit at %s:%s", request_id, position.line, position.character)
-        return Completion(cursor, cached, "cache")
+        source = "prefetch" if cached.prefetched and not cached.typed else "cache"
+        log.info("request %s: %s hit at %s:%s", request_id, source, position.line, position.character)
+        return shown(Completion(cursor, cached.result, source, cached.tag))
     if (why := trigger.model_refusal(settings, asked)) is not None:
         log.info("request %s: no automatic completion: %s", request_id, why)
         return None
-
-    def job(token: CancelToken) -> Processed | None:  # worker thread
-        run = run_model(host.engine, cursor, kind, settings, token, context)
-        if run.generation is not None:
-            record(stats, request_id, kind, run)
-        return run.result
+    if prefetcher is not None:
+        adopted = await prefetcher.claim(uri, cursor.prefix, cursor.suffix)
+        if adopted is not False:  # the prefetch was computing this very place: its result is the answer
+            log.info("request %s: waited for the prefetch at %s:%s", request_id, position.line, position.character)
+            hit = cache.lookup(uri, cursor.prefix, cursor.suffix) if adopted is not None else None
+            return shown(Completion(cursor, hit.result, "prefetch", hit.tag)) if hit is not None else None
 
     cancel = state.supersede()  # a newer request for this document cancels this one
     try:
         await debounce(settings.debounce_ms, state.last_change)
         if cancel.cancelled:
             return None
-        result = await worker.run(job, cancel, f"completing {cursor.file_name or uri}")
+        result = await worker.run(model_job(cursor, kind, kind), cancel, f"completing {cursor.file_name or uri}")
     finally:
         cancel.cancel()  # reaches the engine when this coroutine is cancelled ($/cancelRequest)
         state.release(cancel)
     if result is None:
         return None
-    cache.store(uri, cursor.prefix, cursor.suffix, result)
-    return Completion(cursor, result, "model")
+    tag = cache.store(uri, cursor.prefix, cursor.suffix, result)
+    return shown(Completion(cursor, result, "model", tag))
 
 
 def should_complete(settings: Settings, cursor: Cursor) -> Kind | None:
@@ -181,11 +200,12 @@ def within_time(text: str) -> str:
     return text[: text.rindex("\n", head)] if "\n" in text[head:] else text
 
 
-def record(stats: Stats, request_id: object, kind: Kind, run: ModelRun) -> None:
-    """The run in ``wizardcoder/stats`` and the log."""
+def record(stats: Stats, request_id: object, kind: str, run: ModelRun) -> None:
+    """The run in ``wizardcoder/stats`` (a prefetch's as kind ``prefetch``) and the log."""
     generation = run.generation
     assert generation is not None
-    stats.record(request_id, "completion", generation, generation.stop_reason, run.prompt.mode)
+    stats.record(request_id, "prefetch" if kind == "prefetch" else "completion", generation,
+                 generation.stop_reason, run.prompt.mode)
     log.info("request %s: %s %s, prompt %d tokens (%d of other files' in %d snippets, %d reused, build %.0f ms), "
              "%d new tokens, stop %s, prefill %.0f ms, decode %.0f ms", request_id, run.prompt.mode, kind,
              generation.prompt_tokens, run.prompt.context_tokens, run.prompt.context_snippets,

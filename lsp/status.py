@@ -28,14 +28,20 @@ class Status:
         self._server = server
         self.state = ""
         self.message = ""
+        self.latency_ms: float | None = None
 
-    def set(self, state: str, message: str) -> None:
+    def set(self, state: str, message: str, latency_ms: float | None = None) -> None:
+        """Send the state (with the last suggestion's latency, once there is one) when it changed."""
         assert state in STATES, state
-        if (state, message) == (self.state, self.message):
+        latency_ms = round(latency_ms) if latency_ms is not None else self.latency_ms
+        if (state, message, latency_ms) == (self.state, self.message, self.latency_ms):
             return
         new_error = state == "error" and message != self.message
-        self.state, self.message = state, message
-        self._server.protocol.notify(STATUS, {"state": state, "message": message})
+        self.state, self.message, self.latency_ms = state, message, latency_ms
+        params: dict[str, Any] = {"state": state, "message": message}
+        if latency_ms is not None:
+            params["lastLatencyMs"] = latency_ms
+        self._server.protocol.notify(STATUS, params)
         if new_error:
             self.log(types.MessageType.Error, message)
 
