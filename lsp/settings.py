@@ -86,9 +86,9 @@ class Settings:
     max_time_ms: int = setting(0, "Once the model has run this long for one suggestion, it stops at the next "
                                "line break and shows what it has (llama.cpp's `t_max_predict_ms`); 0 is no "
                                "limit.", minimum=0, maximum=60_000)
-    prefetch: bool = setting(True, "While idle after a suggestion was shown, compute the one that follows it "
-                             "(as if accepted whole, and after its first line), so accepting and going on is "
-                             "served from the cache.")
+    prefetch: bool = setting(True, "While idle after a suggestion was shown, compute the one that follows it as if "
+                             "it were accepted whole, so that accepting and going on is served from the cache (after "
+                             "a word or a line of it, its own rest is).")
     statistics: bool = setting(True, "Count shown and accepted suggestions and their latency in a file under the "
                                "cache, for `wizardcoder-tpu stats` (nothing leaves the machine).")
     postprocess: bool = setting(True, "`false` shows the model's raw text, neither stopped early nor cut: for "

@@ -49,7 +49,7 @@ export interface ServerSettings {
   disabledFiles: string[];
   /** Once the model has run this long for one suggestion, it stops at the next line break and shows what it has (llama.cpp's `t_max_predict_ms`); 0 is no limit. */
   maxTimeMs: number;
-  /** While idle after a suggestion was shown, compute the one that follows it (as if accepted whole, and after its first line), so accepting and going on is served from the cache. */
+  /** While idle after a suggestion was shown, compute the one that follows it as if it were accepted whole, so that accepting and going on is served from the cache (after a word or a line of it, its own rest is). */
   prefetch: boolean;
   /** Count shown and accepted suggestions and their latency in a file under the cache, for `wizardcoder-tpu stats` (nothing leaves the machine). */
   statistics: boolean;

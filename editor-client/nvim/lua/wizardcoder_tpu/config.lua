@@ -74,8 +74,9 @@ local server_settings = {
   -- Once the model has run this long for one suggestion, it stops at the next line break and shows
   -- what it has (llama.cpp's `t_max_predict_ms`); 0 is no limit. An integer from 0 to 60000.
   maxTimeMs = 0,
-  -- While idle after a suggestion was shown, compute the one that follows it (as if accepted whole,
-  -- and after its first line), so accepting and going on is served from the cache. A boolean.
+  -- While idle after a suggestion was shown, compute the one that follows it as if it were accepted
+  -- whole, so that accepting and going on is served from the cache (after a word or a line of it,
+  -- its own rest is). A boolean.
   prefetch = true,
   -- Count shown and accepted suggestions and their latency in a file under the cache, for
   -- `wizardcoder-tpu stats` (nothing leaves the machine). A boolean.
