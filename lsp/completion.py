@@ -86,13 +86,13 @@ async def complete(workspace: Workspace, uri: str, position: types.Position, *, 
         log.info("request %s: no completion: %s", request_id, why)
         return None
     context.visited(uri, document.source, position.line)
-    kind = should_complete(settings, cursor)
-    if kind is None:
-        return None
     state = requests.of(uri)
     asked = trigger.Request(automatic, cursor.prefix, cursor.suffix, state.after_deletion)
     if not trigger.shows_cached(settings, asked):
         log.info("request %s: no automatic completion: the last edit deleted text", request_id)
+        return None
+    kind = should_complete(settings, cursor)
+    if kind is None:
         return None
 
     def model_job(at: Cursor, at_kind: Kind, label: str) -> Callable[[CancelToken], Processed | None]:

@@ -84,7 +84,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+        return f"{value:.0f}" if value >= 10 or value == int(value) else f"{value:.1f}"
     return str(value)
 
 

@@ -26,6 +26,7 @@ from editor_support import private_cache, server_command
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "editor-client" / "nvim"
 HARNESS = PLUGIN / "tests" / "harness.lua"
+CHROMIUM = "/usr/lib/chromium/chromium"  # Debian's, as the VS Code test uses (editor-client/vscode/e2e/setup.sh)
 
 pytestmark = pytest.mark.slow
 
@@ -351,6 +352,7 @@ def test_prefetch_partial_accept_trigger_rules_and_statistics(nvim, tmp_path):
     state = editor.wait("stats", lambda s: s["stats"], 10, before=refresh)
     assert state["ghost"] is None and completions(state) == runs
     assert server_log.read_text().count("the last edit deleted text") > requests_before
+    assert "Error" not in (tmp_path / "nvim.log").read_text()  # the plugin's guard of Neovim's re-show
 
     # 5. Manual mode: typing asks nothing of the model; the suggest key does.
     editor.lua(f"WizardcoderTest.set_settings({json.dumps(json.dumps({'trigger': 'manual'}))})".replace("'", '"'))
@@ -382,4 +384,18 @@ def test_prefetch_partial_accept_trigger_rules_and_statistics(nvim, tmp_path):
     assert report["shown"] == sum(1 for r in records if r["shown"]) >= 3, (report, records)
     assert report["dismissed"] >= 1 and report["served"] == len(records)
     assert report["latencyMs"]["p50"] is not None
+
+    # The page of `stats --html`: the charts hold this session's suggestions.
+    page = tmp_path / "stats.html"
+    done = subprocess.run([*server_command()[:1], "stats", "--html", str(page)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "WIZARDCODER_TPU_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    html = page.read_text()
+    assert html.count("<svg") == 3 and html.count("<circle") >= 3 and f"{report['shown']} shown" in html
+    if os.environ.get("WIZARDCODER_CAPTURE_DIR"):  # the README's picture of the page, in headless chromium
+        shot = Path(os.environ["WIZARDCODER_CAPTURE_DIR"]).resolve() / "stats-page.png"
+        subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--screenshot={shot}", "--window-size=820,1000", page.as_uri()], capture_output=True,
+                       timeout=120, check=True)
+        assert shot.stat().st_size > 10_000
     print(f"\nnvim: {report}")

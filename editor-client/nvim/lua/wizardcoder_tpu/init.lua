@@ -37,6 +37,10 @@ local function on_attach(bufnr, client)
   local keys = config.options.keymaps
   vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
   suggest.watch(client)
+  suggest.guard(bufnr)
+  vim.schedule(function() -- the completor may be made once the attach has finished
+    suggest.guard(bufnr)
+  end)
   vim.api.nvim_create_autocmd('InsertLeave', {
     group = augroup,
     buffer = bufnr,

@@ -19,6 +19,26 @@ local function completor(bufnr)
   return class and class.active and class.active[bufnr] or nil
 end
 
+--- Neovim 0.12's completor re-shows its item on every CursorMovedI before asking again; after a
+--- backspace at the end of a line the item's place lies past the line's end, nvim_buf_set_extmark
+--- fails, the autocommand errors and no request is sent. Guard it: an item that no longer fits is
+--- hidden, and the request goes out (the server then answers a deletion with nothing).
+---@param bufnr integer
+function M.guard(bufnr)
+  local c = completor(bufnr)
+  if not c or rawget(c, '_wizardcoder_guarded') then
+    return
+  end
+  c._wizardcoder_guarded = true
+  local show = c.show
+  c.show = function(self, hint)
+    if not pcall(show, self, hint) then
+      self:hide()
+      self.current = nil
+    end
+  end
+end
+
 --- The suggestion id the server put in the item's command (`wizardcoder.accepted`), or nil.
 ---@param item? table
 ---@return string?
