@@ -46,6 +46,7 @@ const FILE_NAME = "fibonacci.py";
 const CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
   "--disable-component-update", "--disable-sync", "--no-first-run"];
 const RETRIGGER_KEY = "alt+]"; // bound to editor.action.inlineSuggest.trigger (no default key here)
+const ACCEPT_LINE_KEY = "alt+l"; // bound to VS Code's editor.action.inlineSuggest.acceptNextLine (no default key)
 
 const { values: options } = parseArgs({
   options: {
@@ -138,12 +139,14 @@ function makeSandbox(server) {
     "editor.quickSuggestions": { other: "off", comments: "off", strings: "off" },
     "editor.suggestOnTriggerCharacters": false,
     "editor.inlineSuggest.enabled": true,
+    "wizardcoder.maxNewTokens": 10, // the first suggestion ends early: there is more for the prefetch
     "editor.minimap.enabled": false,
     "files.autoSave": "off",
     "chat.commandCenter.enabled": false,
   }, null, 2));
   writeFileSync(path.join(dirs["user-data"], "User", "keybindings.json"), JSON.stringify([
     { key: RETRIGGER_KEY, command: "editor.action.inlineSuggest.trigger", when: "editorTextFocus" },
+    { key: ACCEPT_LINE_KEY, command: "editor.action.inlineSuggest.acceptNextLine", when: "inlineSuggestionVisible" },
   ], null, 2));
   const env = { ...process.env, XDG_CONFIG_HOME: dirs["xdg-config"], XDG_DATA_HOME: dirs["xdg-data"] };
   delete env.VSCODE_IPC_HOOK_CLI;
@@ -343,6 +346,45 @@ async function run(outDir) {
     }
     check(addedLines.slice(shownLines.length).every((line) => line.trim() === ""),
       `Tab inserted no more than was shown: ${JSON.stringify(addedLines.slice(shownLines.length))}`);
+
+    // The next suggestion, which the server prefetched while the first one showed (the Python
+    // side checks its log for the prefetch hit); then VS Code's own accept-next-word and
+    // accept-next-line on it, the rest staying shown.
+    let askedNext = performance.now();
+    const next = await waitFor("the next suggestion", TIMEOUT.ghost, async () => {
+      const shown = await ghostText(page);
+      if (shown && (shown.first.trim() || shown.rest.some((line) => line.trim()))) {
+        return shown;
+      }
+      if (performance.now() - askedNext > 10_000) {
+        await page.keyboard.press(RETRIGGER_KEY);
+        askedNext = performance.now();
+      }
+      return null;
+    });
+    result.next = next;
+    mark("next suggestion shown");
+    const savedNow = async (before) => {
+      await page.keyboard.press("Control+S");
+      return waitFor("the saved file", TIMEOUT.saved, () => {
+        const text = readFileSync(sandbox.file, "utf8");
+        return text !== before ? text : null;
+      });
+    };
+    await page.keyboard.press("Control+ArrowRight"); // editor.action.inlineSuggest.acceptNextWord
+    const afterWord = await savedNow(saved);
+    result.afterWord = afterWord;
+    await sleep(500);
+    result.restAfterWord = await ghostText(page);
+    mark("accepted a word");
+    check(afterWord.startsWith(saved) && afterWord.length > saved.length, "the word went in");
+    if (result.restAfterWord) {
+      await page.keyboard.press(ACCEPT_LINE_KEY);
+      const afterLine = await savedNow(afterWord);
+      result.afterLine = afterLine;
+      mark("accepted a line");
+      check(afterLine.startsWith(afterWord) && afterLine.length > afterWord.length, "the line went in");
+    }
 
     // Explain the function's first two lines: a webview beside the editor fills with markdown.
     await page.keyboard.press("Control+Home");
