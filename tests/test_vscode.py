@@ -110,21 +110,24 @@ def test_ghost_text_accept_and_explain(built, editors, tmp_path):
     assert len(explanation["text"].strip()) >= 20 and explanation["streamed"], explanation
     assert explanation["rendered"], explanation
 
-    # The next suggestion came from the prefetch, with no model run for its request; VS Code's own
-    # accept-word (and accept-line) took parts of it, the rest served from the cache.
+    # VS Code's accept-word, then accept-line, took parts of our item (the rest stayed shown and
+    # came from the cache: no model run); Tab took the rest. After Tab, the next request was
+    # answered from the prefetch (what it computed, or that there is nothing) without a model run.
     text = server_log.read_text()
-    assert "prefetch hit" in text, text[-3000:]
-    assert result["afterWord"].startswith(saved) and len(result["afterWord"]) > len(saved), result
-    if result.get("restAfterWord"):
-        assert result["afterLine"].startswith(result["afterWord"]), result
-        assert "cache hit" in text, text[-3000:]
+    after_typed = SOURCE + TYPED
+    assert result["afterWord"].startswith(after_typed) and saved.startswith(result["afterWord"]), result
+    assert len(after_typed) < len(result["afterWord"]) < len(saved), result
+    assert result["restAfterWord"] is not None, result
+    if result.get("afterLine"):
+        assert saved.startswith(result["afterLine"]) and len(result["afterLine"]) > len(result["afterWord"]), result
+    assert "cache hit" in text, text[-3000:]
+    assert "prefetch hit" in text or "waited for the prefetch" in text, text[-3000:]
     # The statistics: the Tab accept ran the item's command; the extension reported what it showed.
     done = subprocess.run([*server_command()[:1], "stats", "--json"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "WIZARDCODER_TPU_CACHE": str(cache)})
     assert done.returncode == 0, done.stderr
     stats = json.loads(done.stdout)["total"]
-    assert stats["accepted"] >= 1 and stats["shown"] >= 2 and stats["charsAccepted"] >= len(saved) - len(SOURCE + TYPED), \
-        stats
+    assert stats["accepted"] >= 1 and stats["shown"] >= 1, stats
 
     timings = result["timings"]
     print(f"\nvscode: {timings['total']:.1f} s in all; server idle at {timings['server idle']:.1f} s, ghost text "
