@@ -284,6 +284,13 @@ def next_line(text: str) -> str:
     return re.match(r"\n*[^\n]*", text).group(0)
 
 
+def fresh(editor: Nvim) -> dict:
+    """The state with the server's stats as they are now (an answer to a request sent here)."""
+    editor.lua("WizardcoderTest.refresh_stats()")
+    time.sleep(0.5)
+    return editor.wait("the stats", lambda s: s["stats"], 10)
+
+
 def completions(state: dict) -> int:
     """Model runs for requests (not prefetches) in the server's last generations."""
     return sum(1 for g in (state["stats"] or {}).get("generations", []) if g["kind"] == "completion")
@@ -322,7 +329,7 @@ def test_prefetch_partial_accept_trigger_rules_and_statistics(nvim, tmp_path):
     shown_second = ghost_text(second["ghost"])
     log = server_log.read_text()
     assert "prefetch hit" in log, log[-3000:]
-    assert completions(editor.wait("stats", lambda s: s["stats"], 10, before=refresh)) == runs
+    assert completions(fresh(editor)) == runs
 
     # 3. One word, then one line: each goes in, the rest stays shown, served from the cache.
     word = next_word(shown_second)
@@ -341,7 +348,7 @@ def test_prefetch_partial_accept_trigger_rules_and_statistics(nvim, tmp_path):
     state = editor.wait("the line in the buffer", lambda s: "\n".join(s["lines"]) == text_so_far, timeout=10)
     second_whole = len(line) >= len(rest)  # the line was all that was left: a whole accept
     time.sleep(1.0)
-    state = editor.wait("stats", lambda s: s["stats"], 10, before=refresh)
+    state = fresh(editor)
     assert completions(state) == runs, "a partial accept ran the model"
     assert server_log.read_text().count("cache hit") >= 1
 
@@ -349,7 +356,7 @@ def test_prefetch_partial_accept_trigger_rules_and_statistics(nvim, tmp_path):
     requests_before = server_log.read_text().count("the last edit deleted text")
     editor.send("<BS>")
     time.sleep(2.0)
-    state = editor.wait("stats", lambda s: s["stats"], 10, before=refresh)
+    state = fresh(editor)
     assert state["ghost"] is None and completions(state) == runs
     assert server_log.read_text().count("the last edit deleted text") > requests_before
     assert "Error" not in (tmp_path / "nvim.log").read_text()  # the plugin's guard of Neovim's re-show
@@ -358,17 +365,17 @@ def test_prefetch_partial_accept_trigger_rules_and_statistics(nvim, tmp_path):
     editor.lua(f"WizardcoderTest.set_settings({json.dumps(json.dumps({'trigger': 'manual'}))})".replace("'", '"'))
     editor.send("<End><CR>result = ")
     time.sleep(2.0)
-    state = editor.wait("stats", lambda s: s["stats"], 10, before=refresh)
+    state = fresh(editor)
     assert state["ghost"] is None and completions(state) == runs
     assert "trigger is manual" in server_log.read_text()
     editor.send("<M-\\>")
-    state = editor.wait("the asked-for suggestion", lambda s: s["ghost"] is not None, timeout=180, before=refresh)
-    assert completions(state) == runs + 1
+    editor.wait("the asked-for suggestion", lambda s: s["ghost"] is not None, timeout=180)
+    assert completions(fresh(editor)) == runs + 1
     editor.send("<Esc>")  # left untaken: dismissed
 
     # 6. The statistics: what the server recorded is what the test did, and `stats` says it.
     time.sleep(1.5)  # the session file is written within a second of the last event
-    state = editor.wait("stats", lambda s: s["stats"], 10, before=refresh)
+    state = fresh(editor)
     records = state["stats"]["suggestions"]
     by_id = {r["id"]: r for r in records}
     assert len(by_id) == len(records)
