@@ -280,7 +280,8 @@ def create_server(settings: Settings) -> WizardServer:
     @server.feature(STATS)
     def stats(ls: WizardServer, params: Any) -> dict[str, Any]:
         return ls.stats.snapshot(cacheHits=ls.cache.hits, skippedJobs=ls.worker.skipped,
-                                 prefetch={"running": ls.prefetcher.running is not None, "started": ls.prefetcher.started, "stored": ls.prefetcher.stored,
+                                 prefetch={"running": ls.prefetcher.running is not None,
+                                           "started": ls.prefetcher.started, "stored": ls.prefetcher.stored,
                                            "cancelled": ls.prefetcher.cancelled, "adopted": ls.prefetcher.adopted},
                                  suggestions=ls.acceptance.records(),
                                  model=ls.host.description, modelError=ls.host.error,

@@ -318,7 +318,8 @@ def test_prefetch_partial_accept_trigger_rules_and_statistics(nvim, tmp_path):
     shown_first = ghost_text(first)
     prefetched = editor.wait("the prefetch to finish", lambda s: s["stats"] and s["stats"]["prefetch"]["started"]
                              and not s["stats"]["prefetch"]["running"], timeout=180, before=refresh)
-    assert prefetched["stats"]["prefetch"]["stored"] >= 1, (shown_first, prefetched["stats"]["prefetches"], server_log.read_text()[-2500:])
+    assert prefetched["stats"]["prefetch"]["stored"] >= 1, (shown_first, prefetched["stats"]["prefetches"],
+                                                            server_log.read_text()[-2500:])
     runs = completions(prefetched)
 
     # 2. Tab: the text goes in, and the next suggestion comes from the prefetch (no model run).
