@@ -134,7 +134,9 @@ class LspSystem:
                 types.InlineCompletionParams(
                     text_document=types.TextDocumentIdentifier(uri=uri),
                     position=types.Position(line=hole.line, character=hole.utf16_column),
-                    context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))),
+                    # Invoked: the benchmark asks at each hole, whatever follows the cursor (an automatic
+                    # request mid-line would meet the trigger rules of lsp/trigger.py and get nothing).
+                    context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))),
                 self.request_timeout_s)
             text = _insert_text(answer)
         except asyncio.TimeoutError:

@@ -1,4 +1,4 @@
-"""The one console script: ``wizardcoder-tpu serve | complete | fetch`` (and the TPU tools).
+"""The one console script: ``wizardcoder-tpu serve | complete | fetch | stats`` (and the TPU tools).
 
 Each subcommand lives in the package that does the work; this file only parses arguments.
 """
@@ -89,6 +89,12 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from wizardcoder_tpu.lsp.stats_report import main
+
+    return main(args.json, args.html)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from wizardcoder_tpu.lsp.main import serve
 
@@ -129,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=_models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     fetch.add_argument("name", nargs="?", default="default", help="a model name (default: the default model)")
     fetch.set_defaults(func=_fetch)
+
+    stats = sub.add_parser("stats", help="print the local acceptance statistics of the editor sessions",
+                           description="Acceptance rate, characters accepted and latency percentiles of the "
+                                       "suggestions shown in the editors, by language and by model, from the "
+                                       "server's files under the cache. Nothing leaves the machine.")
+    stats.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    stats.add_argument("--html", metavar="FILE", help="write a self-contained page with charts over time")
+    stats.set_defaults(func=_stats)
 
     _add_tpu_tools(sub)
     return parser

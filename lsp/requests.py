@@ -19,6 +19,7 @@ class RequestState:
 
     def __init__(self) -> None:
         self.last_change = 0.0
+        self.after_deletion = False  # the last edit removed text and inserted none (trigger.py)
         self._live: CancelToken | None = None
 
     def touch(self) -> None:
@@ -57,10 +58,12 @@ class DocumentRequests:
     def opened(self, uri: str) -> None:
         self.of(uri).touch()
 
-    def changed(self, uri: str) -> None:
-        """The document changed: its in-flight completion is stale."""
+    def changed(self, uri: str, deletion: bool = False) -> None:
+        """The document changed (``deletion``: the edit only removed text): its in-flight
+        completion is stale."""
         state = self.of(uri)
         state.touch()
+        state.after_deletion = deletion
         state.cancel()
 
     def closed(self, uri: str) -> None:

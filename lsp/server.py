@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,12 +29,16 @@ from . import completion, explain
 from .cache import CompletionCache
 from .documents import encoding_name
 from .errors import BadRequest, NotReady, to_response_error
+from .acceptance import ACCEPTED, DISMISSED, PARTIALLY_ACCEPTED, SHOWN, AcceptanceLog
 from .model_host import ModelHost
+from .prefetch import LABEL as PREFETCH_LABEL
+from .prefetch import Prefetcher
 from .progress import Progress
 from .protocol import WizardProtocol
 from .requests import DocumentRequests
 from .settings import Settings, merge
 from .status import STATS, Stats, Status
+from .trigger import excluded, is_deletion
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,8 @@ class WizardServer(LanguageServer):
         self.status = Status(self)
         self.worker = InferenceWorker(on_state=self._worker_state)
         self.requests = DocumentRequests()
+        self.prefetcher = Prefetcher()
+        self.acceptance = AcceptanceLog(None)  # replaced by the session's file once the loop runs
         self._warned: set[str] = set()
         self._model_key: tuple | None = None  # what the last load was asked for (Settings.model_key)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -64,6 +71,8 @@ class WizardServer(LanguageServer):
     def _show_worker_state(self, state: str, label: str) -> None:
         if self.host.loading:
             return  # the status says "loading" until the load reports
+        if state == "busy" and label == PREFETCH_LABEL:
+            return  # prefetching is idle time put to use: the user is not waiting
         if state == "busy":
             self.status.set("busy", label)
         elif not self.host.loading:
@@ -74,7 +83,7 @@ class WizardServer(LanguageServer):
             self.status.set("error", self.host.failure)
         elif self.host.description:
             note = f" (instead of the requested model: {self.host.error})" if self.host.error else ""
-            self.status.set("idle", f"ready: {self.host.description}{note}")
+            self.status.set("idle", f"ready: {self.host.description}{note}", self.acceptance.last_latency_ms)
         elif self.host.error:
             self.status.set("error", self.host.error)
 
@@ -115,10 +124,27 @@ class WizardServer(LanguageServer):
         if self._model_key is not None and self.settings.model_key != self._model_key:
             asyncio.ensure_future(self.load_model())
 
+    def served(self, found: completion.Completion, started: float) -> None:
+        """A suggestion went back to the editor: the statistics and the status line hear of it."""
+        latency_ms = (time.perf_counter() - started) * 1e3
+        if self.settings.statistics:
+            self.acceptance.served(found.tag, language=found.cursor.language_id, model=self.host.description,
+                                   source=found.source, latency_ms=latency_ms, chars=len(found.result.text))
+        else:
+            self.acceptance.last_latency_ms = latency_ms
+        log.info("served suggestion %s from %s in %.0f ms", found.tag, found.source, latency_ms)
+        if self.status.state == "idle":
+            self.show_model_state()
+
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             self.status.log(types.MessageType.Warning, message)
+
+    def excluded(self, uri: str) -> bool:
+        """Whether ``uri`` is one of ``disabledFiles``/``disabledLanguages`` (trigger.py)."""
+        document = self.workspace.text_documents.get(uri)
+        return excluded(self.settings, uri, document.language_id or "" if document else "") is not None
 
     @property
     def client_has_inline_completion(self) -> bool:
@@ -155,6 +181,8 @@ def create_server(settings: Settings, access: RemoteAccess = RemoteAccess()) -> 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: WizardServer, params: types.InitializedParams) -> None:
         ls.loop = asyncio.get_running_loop()
+        if ls.settings.statistics:
+            ls.acceptance = AcceptanceLog.for_session(ls.loop.call_later)
         await ls.load_model()
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
@@ -164,17 +192,26 @@ def create_server(settings: Settings, access: RemoteAccess = RemoteAccess()) -> 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: WizardServer, params: types.DidOpenTextDocumentParams) -> None:
         ls.requests.opened(params.text_document.uri)
-        ls.context.opened(params.text_document.uri, params.text_document.text)
+        if not ls.excluded(params.text_document.uri):  # secrets never become another file's context
+            ls.context.opened(params.text_document.uri, params.text_document.text)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: WizardServer, params: types.DidChangeTextDocumentParams) -> None:
-        ls.requests.changed(params.text_document.uri)
+        last = params.content_changes[-1] if params.content_changes else None
+        last_range = getattr(last, "range", None)
+        deletion = last is not None and is_deletion(last.text, None if last_range is None else
+                                                    last_range.start == last_range.end)
+        ls.requests.changed(params.text_document.uri, deletion)
+        if ls.excluded(params.text_document.uri):
+            return
         if (document := ls.workspace.text_documents.get(params.text_document.uri)) is not None:
             edit = getattr(params.content_changes[-1], "range", None) if params.content_changes else None
             ls.context.changed(params.text_document.uri, document.source, edit.start.line if edit else None)
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: WizardServer, params: types.DidSaveTextDocumentParams) -> None:
+        if ls.excluded(params.text_document.uri):
+            return
         if (document := ls.workspace.text_documents.get(params.text_document.uri)) is not None:
             ls.context.saved(params.text_document.uri, document.source)
 
@@ -187,26 +224,37 @@ def create_server(settings: Settings, access: RemoteAccess = RemoteAccess()) -> 
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: WizardServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        started = time.perf_counter()
         with boundary(ls, "inlineCompletion"):
-            found = await complete(ls, params.text_document.uri, params.position)
+            automatic = params.context.trigger_kind != types.InlineCompletionTriggerKind.Invoked
+            found = await complete(ls, params.text_document.uri, params.position, automatic)
         if found is None:
             return types.InlineCompletionList(items=[])
-        item = types.InlineCompletionItem(insert_text=found.result.text,
-                                          range=found.cursor.range_replacing(found.result.replace))
+        ls.served(found, started)
+        text = found.result.text
+        # LSP 3.18: the client runs the item's command once the user accepted it (the whole rest).
+        accepted = types.Command(title="WizardCoder: accepted", command=ACCEPTED,
+                                 arguments=[{"id": found.tag, "chars": len(text)}])
+        item = types.InlineCompletionItem(insert_text=text, range=found.cursor.range_replacing(found.result.replace),
+                                          command=accepted)
         return types.InlineCompletionList(items=[item])
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions())
     async def completion_fallback(ls: WizardServer, params: types.CompletionParams) -> types.CompletionList:
         if ls.client_has_inline_completion:  # that client shows inline completions; no second model run
             return types.CompletionList(is_incomplete=False, items=[])
+        started = time.perf_counter()
         with boundary(ls, "completion"):
-            found = await complete(ls, params.text_document.uri, params.position)
+            invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+            found = await complete(ls, params.text_document.uri, params.position, not invoked)
         if found is None:
             return types.CompletionList(is_incomplete=True, items=[])
+        ls.served(found, started)
         return types.CompletionList(is_incomplete=True, items=[completion_item(ls, found)])
 
     @server.command(explain.COMMAND)
     async def explain_selection(ls: WizardServer, params: types.ExecuteCommandParams) -> dict[str, str]:
+        ls.prefetcher.cancel()
         with boundary(ls, explain.COMMAND):
             return await explain.explain_selection(
                 ls.workspace, params.arguments, settings=ls.settings, host=ls.host, worker=ls.worker,
@@ -214,26 +262,73 @@ def create_server(settings: Settings, access: RemoteAccess = RemoteAccess()) -> 
                 begin_progress=lambda: Progress.begin(ls, "Explaining selection", "explain",
                                                       params.work_done_token, cancellable=True))
 
+    @server.command(ACCEPTED)
+    async def suggestion_accepted(ls: WizardServer, params: Any) -> None:
+        arguments = params if isinstance(params, list) else getattr(params, "arguments", None)
+        report = _suggestion_report(arguments[0] if arguments else None)
+        if report is not None:
+            ls.acceptance.accepted(*report)
+
+    @server.feature(SHOWN)
+    def suggestion_shown(ls: WizardServer, params: Any) -> None:
+        if (report := _suggestion_report(params)) is not None:
+            ls.acceptance.shown(report[0])
+
+    @server.feature(PARTIALLY_ACCEPTED)
+    def suggestion_partially_accepted(ls: WizardServer, params: Any) -> None:
+        if (report := _suggestion_report(params)) is not None:
+            ls.acceptance.partially_accepted(*report)
+
+    @server.feature(DISMISSED)
+    def suggestion_dismissed(ls: WizardServer, params: Any) -> None:
+        if (report := _suggestion_report(params)) is not None:
+            ls.acceptance.dismissed(report[0])
+
     @server.feature(STATS)
     def stats(ls: WizardServer, params: Any) -> dict[str, Any]:
         return ls.stats.snapshot(cacheHits=ls.cache.hits, skippedJobs=ls.worker.skipped,
+                                 prefetch={"running": ls.prefetcher.running is not None,
+                                           "started": ls.prefetcher.started, "stored": ls.prefetcher.stored,
+                                           "cancelled": ls.prefetcher.cancelled, "adopted": ls.prefetcher.adopted},
+                                 suggestions=ls.acceptance.records(),
                                  model=ls.host.description, modelError=ls.host.error,
                                  status={"state": ls.status.state, "message": ls.status.message},
                                  positionEncoding=encoding_name(ls.workspace.position_encoding))
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: WizardServer, params: Any) -> None:
+        ls.prefetcher.cancel()
+        ls.acceptance.flush()
         ls.requests.cancel_all()
         ls.worker.close()
 
     return server
 
 
-async def complete(ls: WizardServer, uri: str, position: types.Position) -> completion.Completion | None:
+async def complete(ls: WizardServer, uri: str, position: types.Position,
+                   automatic: bool) -> completion.Completion | None:
     """The completion path with this server's parts, for both completion requests."""
     return await completion.complete(ls.workspace, uri, position, settings=ls.settings, host=ls.host, cache=ls.cache,
                                      requests=ls.requests, worker=ls.worker, context=ls.context, stats=ls.stats,
-                                     warn=ls.warn_once, request_id=ls.protocol.msg_id)
+                                     warn=ls.warn_once, request_id=ls.protocol.msg_id, automatic=automatic,
+                                     prefetcher=ls.prefetcher)
+
+
+def _suggestion_report(params: Any) -> tuple[str, int] | None:
+    """``{id, chars?}`` from a client's notification or the accept command (None: malformed; the
+    notification is dropped, as LSP asks, with a log line)."""
+    suggestion_id = _field(params, "id")
+    chars = _field(params, "chars", 0)
+    if not isinstance(suggestion_id, str) or isinstance(chars, bool) or not isinstance(chars, int):
+        log.warning("dropped a suggestion report without a string id and an integer chars")
+        return None
+    return suggestion_id, chars
+
+
+def _field(params: Any, name: str, default: Any = None) -> Any:
+    if isinstance(params, dict):
+        return params.get(name, default)
+    return getattr(params, name, default)
 
 
 def completion_item(ls: WizardServer, found: completion.Completion) -> types.CompletionItem:

@@ -27,6 +27,12 @@ from ..inference.prompt import MODES
 from ..inference.remote import PROTOCOLS
 
 SECTION = "wizardcoder"
+TRIGGERS = ("automatic", "manual")
+# Secrets and key files: never sent to the model, by default (users may extend or empty the list).
+DISABLED_FILES = (".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.crt", "*.p12", "*.pfx", "*.jks",
+                  "*.keystore", "*.kdbx", "*.gpg", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
+                  "*.ppk", ".netrc", ".pgpass", ".npmrc", ".pypirc", ".git-credentials", "credentials",
+                  "credentials.json", "*.tfvars", "*.tfstate")
 
 
 def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), minimum: int | None = None,
@@ -83,6 +89,25 @@ class Settings:
     languages: tuple[str, ...] = setting((), "Language ids to complete in (for example `python`); empty means "
                                          "all. The clients attach to these only.")
     explain_max_new_tokens: int = setting(256, "Tokens of an explanation at most.", minimum=1, maximum=4096)
+    trigger: str = setting("automatic", "`automatic`: a suggestion as you type; `manual`: the model runs only when "
+                           "you ask (the client's suggest key or command); typing on into a suggestion still "
+                           "serves its rest from the cache.", choices=TRIGGERS)
+    max_line_suffix: int = setting(8, "No automatic suggestion when more than this many characters follow the cursor "
+                                   "on its line (llama.vim's rule); asking for one still works.", minimum=0,
+                                   maximum=10_000)
+    disabled_languages: tuple[str, ...] = setting((), "Language ids never completed (for example `markdown`), "
+                                                  "asked for or not.")
+    disabled_files: tuple[str, ...] = setting(DISABLED_FILES, "File patterns never completed and never used as "
+                                              "context for other files (`fnmatch` on the file's name, or on its "
+                                              "path when the pattern has a `/`): secrets and key files by default.")
+    max_time_ms: int = setting(0, "Once the model has run this long for one suggestion, it stops at the next "
+                               "line break and shows what it has (llama.cpp's `t_max_predict_ms`); 0 is no "
+                               "limit.", minimum=0, maximum=60_000)
+    prefetch: bool = setting(True, "While idle after a suggestion was shown, compute the one that follows it as if "
+                             "it were accepted whole, so that accepting and going on is served from the cache (after "
+                             "a word or a line of it, its own rest is).")
+    statistics: bool = setting(True, "Count shown and accepted suggestions and their latency in a file under the "
+                               "cache, for `wizardcoder-tpu stats` (nothing leaves the machine).")
     postprocess: bool = setting(True, "`false` shows the model's raw text, neither stopped early nor cut: for "
                                 "measuring what post-processing adds (`bench/quality.py`), not for everyday use.")
 

@@ -28,14 +28,20 @@ class Status:
         self._server = server
         self.state = ""
         self.message = ""
+        self.latency_ms: float | None = None
 
-    def set(self, state: str, message: str) -> None:
+    def set(self, state: str, message: str, latency_ms: float | None = None) -> None:
+        """Send the state (with the last suggestion's latency, once there is one) when it changed."""
         assert state in STATES, state
-        if (state, message) == (self.state, self.message):
+        latency_ms = round(latency_ms) if latency_ms is not None else self.latency_ms
+        if (state, message, latency_ms) == (self.state, self.message, self.latency_ms):
             return
         new_error = state == "error" and message != self.message
-        self.state, self.message = state, message
-        self._server.protocol.notify(STATUS, {"state": state, "message": message})
+        self.state, self.message, self.latency_ms = state, message, latency_ms
+        params: dict[str, Any] = {"state": state, "message": message}
+        if latency_ms is not None:
+            params["lastLatencyMs"] = latency_ms
+        self._server.protocol.notify(STATUS, params)
         if new_error:
             self.log(types.MessageType.Error, message)
 
@@ -48,13 +54,18 @@ class Stats:
 
     def __init__(self, keep: int = 32):
         self._lock = threading.Lock()
-        self.engine_calls = 0
+        self.engine_calls = 0  # model runs for requests (completions, explanations)
+        self.prefetch_calls = 0  # and for the prefetch (lsp/prefetch.py), counted apart
         self.generations: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.prefetches: deque[dict[str, Any]] = deque(maxlen=keep)  # apart: they interleave with requests
 
     def record(self, request_id: object, kind: str, generation: Generation, stop_reason: str, mode: str) -> None:
         with self._lock:
-            self.engine_calls += 1
-            self.generations.append({
+            if kind == "prefetch":
+                self.prefetch_calls += 1
+            else:
+                self.engine_calls += 1
+            (self.prefetches if kind == "prefetch" else self.generations).append({
                 "requestId": request_id, "kind": kind, "mode": mode, "tokens": len(generation.token_ids),
                 "stopReason": stop_reason, "promptTokens": generation.prompt_tokens,
                 "reusedTokens": generation.reused_tokens, "prefillMs": round(generation.prefill_ms, 1),
@@ -62,4 +73,5 @@ class Stats:
 
     def snapshot(self, **extra: Any) -> dict[str, Any]:
         with self._lock:
-            return {"engineCalls": self.engine_calls, "generations": list(self.generations), **extra}
+            return {"engineCalls": self.engine_calls, "prefetchCalls": self.prefetch_calls,
+                    "generations": list(self.generations), "prefetches": list(self.prefetches), **extra}

@@ -44,7 +44,8 @@ async def test_capabilities_advertise_inline_completion_and_the_command(client: 
     caps = client.init_result.capabilities
     assert caps.inline_completion_provider is not None
     assert caps.completion_provider is not None
-    assert list(caps.execute_command_provider.commands) == ["wizardcoder.explainSelection"]
+    # explain, and the inline items' command that tells the statistics of an accept (docs/protocol.md)
+    assert sorted(caps.execute_command_provider.commands) == ["wizardcoder.accepted", "wizardcoder.explainSelection"]
     sync = caps.text_document_sync
     assert getattr(sync, "change", sync) == types.TextDocumentSyncKind.Incremental
     assert caps.position_encoding == types.PositionEncodingKind.Utf16

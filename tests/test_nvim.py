@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -20,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from editor_support import server_command
+from editor_support import private_cache, server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "editor-client" / "nvim"
 HARNESS = PLUGIN / "tests" / "harness.lua"
+CHROMIUM = "/usr/lib/chromium/chromium"  # Debian's, as the VS Code test uses (editor-client/vscode/e2e/setup.sh)
 
 pytestmark = pytest.mark.slow
 
@@ -127,6 +129,7 @@ vim.api.nvim_create_autocmd('VimEnter', {{ once = true, command = 'luafile ' .. 
         env = dict(os.environ)
         for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
             env[var] = str(tmp_path / var.lower())
+        env["WIZARDCODER_TPU_CACHE"] = str(private_cache(tmp_path))  # this session's statistics only
         log = open(tmp_path / "nvim.log", "w")
         # -u: the plugin is set up the way a user's init.lua does it, before the file is read.
         process = subprocess.Popen([binary, "--headless", "-u", str(init), "-i", "NONE", "--listen", str(sock),
@@ -195,9 +198,11 @@ def test_ghost_text_accept_and_explain(nvim):
     assert accepted["ghost"] is None or accepted["ghost"]["first"] != ghost["first"]
     # The statusline followed the server: busy while the model ran, idle again after.
     seen = [(s["state"], s["statusline"]) for s in accepted["statuses"]]
-    busy, idle = ("busy", "sample.py WizardCoder ●"), ("idle", "sample.py WizardCoder")
+    busy = ("busy", "sample.py WizardCoder ●")
     assert busy in seen, seen
-    assert seen.index(busy) < len(seen) - 1 - seen[::-1].index(idle), seen  # an idle after the first busy
+    # An idle after the first busy, with the suggestion's latency ("WizardCoder 1234 ms").
+    assert any(s == "idle" and re.fullmatch(r"sample\.py WizardCoder \d+ ms", line)
+               for s, line in seen[seen.index(busy):]), seen
 
     # Explain a visual selection: a floating markdown window fills with the streamed text.
     editor.send("<Esc>ggVj:WizardcoderExplain<CR>")
@@ -263,3 +268,142 @@ def test_statusline_and_health_show_a_server_error(nvim, tmp_path):
     assert "missing.gguf" in error["message"], error
     health = editor.lua("WizardcoderTest.health()")
     assert "ERROR" in health and f"model not found: {missing}" in health, health
+
+
+def ghost_text(ghost: dict) -> str:
+    """The suggestion still to come, as the ghost text shows it after the cursor."""
+    return "\n".join([ghost["first"], *ghost["rest"]])
+
+
+def next_word(text: str) -> str:
+    """The plugin's rule (suggest.lua, next_word)."""
+    return re.match(r"\s*(?:\w+|[^\w\s]+)?", text, re.ASCII).group(0)
+
+
+def next_line(text: str) -> str:
+    return re.match(r"\n*[^\n]*", text).group(0)
+
+
+def fresh(editor: Nvim) -> dict:
+    """The state with the server's stats as they are now (an answer to a request sent here)."""
+    editor.lua("WizardcoderTest.refresh_stats()")
+    time.sleep(0.5)
+    return editor.wait("the stats", lambda s: s["stats"], 10)
+
+
+def completions(state: dict) -> int:
+    """Model runs for requests (not prefetches) in the server's last generations."""
+    return sum(1 for g in (state["stats"] or {}).get("generations", []) if g["kind"] == "completion")
+
+
+def test_prefetch_partial_accept_trigger_rules_and_statistics(nvim, tmp_path):
+    """Tab, then the next suggestion from the prefetch without a model run; one word, then one
+    line, the rest from the cache; nothing after a backspace; manual mode and its key; and the
+    counts of `wizardcoder-tpu stats` are what happened. A short token budget, so that the first
+    suggestion ends before the function does and there is more to prefetch."""
+    editor, sample = nvim({"maxNewTokens": 10})
+    server_log = tmp_path / "server.log"
+    refresh = "WizardcoderTest.refresh_stats()"
+    state = editor.wait("the server to be idle", lambda s: (s["status"] or {}).get("state") == "idle", timeout=300)
+    assert state["key_mappings"] == {"<M-Right>": "WizardCoder: accept the next word of the suggestion",
+                                     "<M-C-Right>": "WizardCoder: accept the next line of the suggestion",
+                                     "<M-\\>": "WizardCoder: ask for a suggestion"}, state["key_mappings"]
+    original = SOURCE.splitlines()
+
+    # 1. A suggestion from the model; the prefetch then computes the one after it.
+    editor.send("Go")
+    editor.send("if n")
+    first = editor.wait("ghost text", lambda s: s["ghost"] is not None and s["lines"] == original + ["    if n"],
+                        timeout=180)["ghost"]
+    shown_first = ghost_text(first)
+    prefetched = editor.wait("the prefetch to finish", lambda s: s["stats"] and s["stats"]["prefetch"]["started"]
+                             and not s["stats"]["prefetch"]["running"], timeout=180, before=refresh)
+    assert prefetched["stats"]["prefetch"]["stored"] >= 1, (shown_first, prefetched["stats"]["prefetches"],
+                                                            server_log.read_text()[-2500:])
+    runs = completions(prefetched)
+
+    # 2. Tab: the text goes in, and the next suggestion comes from the prefetch (no model run).
+    editor.send("<Tab>")
+    after_tab = original + ("    if n" + shown_first).split("\n")
+    second = editor.wait("the prefetched suggestion", lambda s: s["lines"] == after_tab and s["ghost"] is not None,
+                         timeout=30, before=refresh)
+    shown_second = ghost_text(second["ghost"])
+    log = server_log.read_text()
+    assert "prefetch hit" in log, log[-3000:]
+    assert completions(fresh(editor)) == runs
+
+    # 3. One word, then one line: each goes in, the rest stays shown, served from the cache.
+    word = next_word(shown_second)
+    assert word and len(word) < len(shown_second), shown_second
+    editor.send("<M-Right>")
+    text_so_far = "\n".join(after_tab) + word
+    rest = shown_second[len(word):]
+    state = editor.wait("the word in the buffer, the rest shown", lambda s: "\n".join(s["lines"]) == text_so_far
+                        and s["ghost"] is not None and ghost_text(s["ghost"]) == rest, timeout=10)
+    time.sleep(1.0)  # the request the cursor move sent has been answered (from the cache)
+    state = editor.wait("the rest still shown", lambda s: s["ghost"] is not None and ghost_text(s["ghost"]) == rest,
+                        timeout=10, before=refresh)
+    line = next_line(rest)
+    editor.send("<M-C-Right>")
+    text_so_far += line
+    state = editor.wait("the line in the buffer", lambda s: "\n".join(s["lines"]) == text_so_far, timeout=10)
+    second_whole = len(line) >= len(rest)  # the line was all that was left: a whole accept
+    time.sleep(1.0)
+    state = fresh(editor)
+    assert completions(state) == runs, "a partial accept ran the model"
+    assert server_log.read_text().count("cache hit") >= 1
+
+    # 4. A backspace: no automatic request runs the model, and nothing is shown.
+    requests_before = server_log.read_text().count("the last edit deleted text")
+    editor.send("<BS>")
+    time.sleep(2.0)
+    state = fresh(editor)
+    assert state["ghost"] is None and completions(state) == runs
+    assert server_log.read_text().count("the last edit deleted text") > requests_before
+    assert "Error" not in (tmp_path / "nvim.log").read_text()  # the plugin's guard of Neovim's re-show
+
+    # 5. Manual mode: typing asks nothing of the model; the suggest key does.
+    editor.lua(f"WizardcoderTest.set_settings({json.dumps(json.dumps({'trigger': 'manual'}))})".replace("'", '"'))
+    editor.send("<End><CR>result = ")
+    time.sleep(2.0)
+    state = fresh(editor)
+    assert state["ghost"] is None and completions(state) == runs
+    assert "trigger is manual" in server_log.read_text()
+    editor.send("<M-\\>")
+    editor.wait("the asked-for suggestion", lambda s: s["ghost"] is not None, timeout=180)
+    assert completions(fresh(editor)) == runs + 1
+    editor.send("<Esc>")  # left untaken: dismissed
+
+    # 6. The statistics: what the server recorded is what the test did, and `stats` says it.
+    time.sleep(1.5)  # the session file is written within a second of the last event
+    state = fresh(editor)
+    records = state["stats"]["suggestions"]
+    by_id = {r["id"]: r for r in records}
+    assert len(by_id) == len(records)
+    accepted_chars = len(shown_first) + len(word) + len(line)
+    expected_accepted = 2 if second_whole else 1
+    done = subprocess.run([*server_command()[:1], "stats", "--json"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "WIZARDCODER_TPU_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["total"]
+    assert report["accepted"] == expected_accepted, (report, records)
+    assert report["partiallyAccepted"] == (0 if second_whole else 1), (report, records)
+    assert report["charsAccepted"] == accepted_chars, (report, records, shown_first, word, line)
+    assert report["shown"] == sum(1 for r in records if r["shown"]) >= 3, (report, records)
+    assert report["dismissed"] >= 1 and report["served"] == len(records)
+    assert report["latencyMs"]["p50"] is not None
+
+    # The page of `stats --html`: the charts hold this session's suggestions.
+    page = tmp_path / "stats.html"
+    done = subprocess.run([*server_command()[:1], "stats", "--html", str(page)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "WIZARDCODER_TPU_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    html = page.read_text()
+    assert html.count("<svg") == 3 and html.count("<circle") >= 3 and f"{report['shown']} shown" in html
+    if os.environ.get("WIZARDCODER_CAPTURE_DIR"):  # the README's picture of the page, in headless chromium
+        shot = Path(os.environ["WIZARDCODER_CAPTURE_DIR"]).resolve() / "stats-page.png"
+        subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--screenshot={shot}", "--window-size=820,1000", page.as_uri()], capture_output=True,
+                       timeout=120, check=True)
+        assert shot.stat().st_size > 10_000
+    print(f"\nnvim: {report}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from editor_support import server_command
+from editor_support import private_cache, server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENSION = ROOT / "editor-client" / "vscode"
@@ -76,7 +76,11 @@ def test_ghost_text_accept_and_explain(built, editors, tmp_path):
     argv = ["node", "e2e/run.mjs", "--vsix", str(built), "--out", str(out)]
     if os.environ.get("WIZARDCODER_CAPTURE_DIR"):
         argv += ["--shots", str(Path(os.environ["WIZARDCODER_CAPTURE_DIR"]).resolve())]
-    env = {**os.environ, **editors, "WIZARDCODER_SERVER_COMMAND": json.dumps(server_command())}
+    server_log = tmp_path / "server.log"
+    cache = private_cache(tmp_path)  # this session's statistics only
+    command = [*server_command(), "--log-file", str(server_log), "--log-level", "info"]
+    env = {**os.environ, **editors, "WIZARDCODER_SERVER_COMMAND": json.dumps(command),
+           "WIZARDCODER_TPU_CACHE": str(cache)}
     done = subprocess.run(argv, cwd=EXTENSION, env=env, capture_output=True, text=True, timeout=900)
     result_file = out / "result.json"
     assert result_file.exists(), f"run.mjs wrote no result ({done.returncode}):\n{done.stderr[-6000:]}"
@@ -105,6 +109,25 @@ def test_ghost_text_accept_and_explain(built, editors, tmp_path):
     assert explanation["phase"] == "done", explanation
     assert len(explanation["text"].strip()) >= 20 and explanation["streamed"], explanation
     assert explanation["rendered"], explanation
+
+    # VS Code's accept-word, then accept-line, took parts of our item (the rest stayed shown and
+    # came from the cache: no model run); Tab took the rest. After Tab, the next request was
+    # answered from the prefetch (what it computed, or that there is nothing) without a model run.
+    text = server_log.read_text()
+    after_typed = SOURCE + TYPED
+    assert result["afterWord"].startswith(after_typed) and saved.startswith(result["afterWord"]), result
+    assert len(after_typed) < len(result["afterWord"]) < len(saved), result
+    assert result["restAfterWord"] is not None, result
+    if result.get("afterLine"):
+        assert saved.startswith(result["afterLine"]) and len(result["afterLine"]) > len(result["afterWord"]), result
+    assert "cache hit" in text, text[-3000:]
+    assert "prefetch hit" in text or "waited for the prefetch" in text, text[-3000:]
+    # The statistics: the Tab accept ran the item's command; the extension reported what it showed.
+    done = subprocess.run([*server_command()[:1], "stats", "--json"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "WIZARDCODER_TPU_CACHE": str(cache)})
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout)["total"]
+    assert stats["accepted"] >= 1 and stats["shown"] >= 1, stats
 
     timings = result["timings"]
     print(f"\nvscode: {timings['total']:.1f} s in all; server idle at {timings['server idle']:.1f} s, ghost text "

@@ -96,6 +96,15 @@ function M.refresh_stats()
   return true
 end
 
+--- Send the server new settings (workspace/didChangeConfiguration), as a user's setup() call does.
+---@param encoded string JSON of the `wizardcoder` settings to change
+function M.set_settings(encoded)
+  local client = require('wizardcoder_tpu').client()
+  local settings = vim.tbl_extend('force', require('wizardcoder_tpu.config').options.settings, vim.json.decode(encoded))
+  client:notify('workspace/didChangeConfiguration', { settings = { wizardcoder = settings } })
+  return true
+end
+
 --- Everything the test asserts on, as JSON.
 function M.state()
   local plugin = require('wizardcoder_tpu')
@@ -109,6 +118,10 @@ function M.state()
     end
   end
   local tab = vim.fn.maparg('<Tab>', 'i', false, true)
+  local keys = {}
+  for _, lhs in ipairs({ '<M-Right>', '<M-C-Right>', '<M-\\>' }) do
+    keys[lhs] = vim.fn.maparg(lhs, 'i', false, true).desc or vim.NIL
+  end
   return vim.json.encode({
     mode = vim.api.nvim_get_mode().mode,
     lines = vim.api.nvim_buf_get_lines(M.bufnr, 0, -1, false),
@@ -121,6 +134,7 @@ function M.state()
     attached = client ~= nil and client.attached_buffers[M.bufnr] == true,
     inline_enabled = vim.lsp.inline_completion.is_enabled({ bufnr = M.bufnr }),
     tab_mapping = tab.desc or vim.NIL,
+    key_mappings = keys,
     pending_explain = pending_explain,
     reports = M.reports,
     report_texts = M.report_texts,

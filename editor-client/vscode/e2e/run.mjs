@@ -46,6 +46,9 @@ const FILE_NAME = "fibonacci.py";
 const CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
   "--disable-component-update", "--disable-sync", "--no-first-run"];
 const RETRIGGER_KEY = "alt+]"; // bound to editor.action.inlineSuggest.trigger (no default key here)
+const ACCEPT_LINE_KEY = "alt+l"; // bound to VS Code's editor.action.inlineSuggest.acceptNextLine (no default key)
+// The same keys as playwright names them.
+const PRESS = { [RETRIGGER_KEY]: "Alt+BracketRight", [ACCEPT_LINE_KEY]: "Alt+KeyL" };
 
 const { values: options } = parseArgs({
   options: {
@@ -138,12 +141,14 @@ function makeSandbox(server) {
     "editor.quickSuggestions": { other: "off", comments: "off", strings: "off" },
     "editor.suggestOnTriggerCharacters": false,
     "editor.inlineSuggest.enabled": true,
+    "wizardcoder.maxNewTokens": 10, // the first suggestion ends early: there is more for the prefetch
     "editor.minimap.enabled": false,
     "files.autoSave": "off",
     "chat.commandCenter.enabled": false,
   }, null, 2));
   writeFileSync(path.join(dirs["user-data"], "User", "keybindings.json"), JSON.stringify([
     { key: RETRIGGER_KEY, command: "editor.action.inlineSuggest.trigger", when: "editorTextFocus" },
+    { key: ACCEPT_LINE_KEY, command: "editor.action.inlineSuggest.acceptNextLine", when: "inlineSuggestionVisible" },
   ], null, 2));
   const env = { ...process.env, XDG_CONFIG_HOME: dirs["xdg-config"], XDG_DATA_HOME: dirs["xdg-data"] };
   delete env.VSCODE_IPC_HOOK_CLI;
@@ -304,7 +309,7 @@ async function run(outDir) {
       }
       if (performance.now() - asked > TIMEOUT.retrigger) {
         log("no suggestion yet: asking again");
-        await page.keyboard.press(RETRIGGER_KEY);
+        await page.keyboard.press(PRESS[RETRIGGER_KEY]);
         asked = performance.now();
       }
       return null;
@@ -320,15 +325,41 @@ async function run(outDir) {
     // Still a suggestion: the file on disk is untouched and the model text is not in the document.
     check(readFileSync(sandbox.file, "utf8") === SOURCE, "nothing is written before the user accepts");
 
-    // Tab accepts; Ctrl+S writes the document, which is read back from disk.
+    // VS Code's own accept-next-word (Ctrl+Right) and accept-next-line on our item: each part goes
+    // in (saved and read back), the rest stays shown, served from the server's cache.
+    const savedNow = async (before) => {
+      await page.keyboard.press("Control+S");
+      return waitFor("the saved file", TIMEOUT.saved, () => {
+        const text = readFileSync(sandbox.file, "utf8");
+        return text !== before ? text : null;
+      });
+    };
+    await page.keyboard.press("Control+ArrowRight");
+    result.afterWord = await savedNow(SOURCE);
+    await sleep(800);
+    result.restAfterWord = await ghostText(page);
+    mark("accepted a word");
+    check(result.afterWord.startsWith(SOURCE + TYPED) && result.afterWord.length > (SOURCE + TYPED).length,
+      `the word went in: ${JSON.stringify(result.afterWord)}`);
+    check(result.restAfterWord !== null, "the rest stays shown after a word");
+    await page.keyboard.press(PRESS[ACCEPT_LINE_KEY]);
+    result.afterLine = await savedNow(result.afterWord).catch(() => null); // nothing when the word ended the line
+    await sleep(800);
+    result.restAfterLine = await ghostText(page);
+    mark("accepted a line");
+
+    // Tab accepts the rest; Ctrl+S writes the document, which is read back from disk. (When the
+    // rest starts a line with its indentation, VS Code's first Tab indents and the second accepts.)
     await page.keyboard.press("Tab");
+    await sleep(800);
+    const pending = result.restAfterLine ?? result.restAfterWord;
+    const still = await ghostText(page);
+    if (still && pending && still.first.trim() && still.first.trim() === pending.first.trim()) {
+      await page.keyboard.press("Tab");
+    }
     await waitFor("the suggestion to be accepted", 10_000, async () => (await ghostText(page)) === null
       || (await ghostText(page))?.first !== settled.first);
-    await page.keyboard.press("Control+S");
-    const saved = await waitFor("the saved file", TIMEOUT.saved, () => {
-      const text = readFileSync(sandbox.file, "utf8");
-      return text !== SOURCE ? text : null;
-    });
+    const saved = await savedNow(result.afterLine ?? result.afterWord);
     result.saved = saved;
     mark("accepted and saved");
     check(saved.startsWith(SOURCE + TYPED), `the saved file keeps the text and what was typed: ${JSON.stringify(saved)}`);
@@ -343,6 +374,14 @@ async function run(outDir) {
     }
     check(addedLines.slice(shownLines.length).every((line) => line.trim() === ""),
       `Tab inserted no more than was shown: ${JSON.stringify(addedLines.slice(shownLines.length))}`);
+
+    // The next suggestion, which the server prefetched while the first one showed: the request
+    // after Tab is answered without a model run (the Python side reads the server's log).
+    result.next = await waitFor("the next suggestion", 20_000, async () => {
+      const shown = await ghostText(page);
+      return shown && (shown.first.trim() || shown.rest.some((line) => line.trim())) ? shown : null;
+    }).catch(() => null);
+    mark("after the accept");
 
     // Explain the function's first two lines: a webview beside the editor fills with markdown.
     await page.keyboard.press("Control+Home");

@@ -17,6 +17,7 @@ import { parseStatus, statusView, stoppedView, type StatusView } from "./status"
 
 const SECTION = "wizardcoder";
 const SERVER_EXPLAIN = "wizardcoder.explainSelection";
+const SERVER_ACCEPTED = "wizardcoder.accepted";
 
 let client: LanguageClient | undefined;
 let statusItem: vscode.StatusBarItem;
@@ -38,7 +39,21 @@ function createClient(): LanguageClient {
     documentSelector: documentSelector(settings.languages),
     initializationOptions: settings,
     outputChannel: output,
+    middleware: {
+      // The statistics (docs/protocol.md): a suggestion VS Code got to show is reported once by its id.
+      provideInlineCompletionItems: async (document, position, context, token, next) => {
+        const result = await next(document, position, context, token);
+        const items = Array.isArray(result) ? result : result?.items ?? [];
+        const id = suggestionId(items[0]?.command);
+        if (id !== undefined && id !== lastShown && created.isRunning()) {
+          lastShown = id;
+          void created.sendNotification("wizardcoder/shown", { id });
+        }
+        return result;
+      },
+    },
   };
+  let lastShown: string | undefined;
   const created = new LanguageClient("wizardcoder-tpu", "WizardCoder TPU", serverOptions, clientOptions);
   created.onNotification("wizardcoder/status", (params: unknown) => {
     const status = parseStatus(params);
@@ -92,6 +107,18 @@ async function onConfigurationChanged(event: vscode.ConfigurationChangeEvent): P
     const settings = readServerSettings(vscode.workspace.getConfiguration(SECTION));
     await client.sendNotification("workspace/didChangeConfiguration", { settings: { [SECTION]: settings } });
   }
+}
+
+/** The suggestion id that the server put in an inline item's command, or undefined. */
+function suggestionId(command: vscode.Command | undefined): string | undefined {
+  const argument: unknown = command?.command === SERVER_ACCEPTED ? command.arguments?.[0] : undefined;
+  const id = typeof argument === "object" && argument !== null ? (argument as { id?: unknown }).id : undefined;
+  return typeof id === "string" ? id : undefined;
+}
+
+/** Ask for a suggestion now: VS Code's own trigger, an Invoked request (runs with trigger "manual"). */
+async function suggest(): Promise<void> {
+  await vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
 }
 
 /** The markdown rendered by VS Code's built-in markdown extension, or escaped text. */
@@ -170,6 +197,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     statusItem,
     vscode.commands.registerCommand("wizardcoder-tpu.explainSelection", explainSelection),
     vscode.commands.registerCommand("wizardcoder-tpu.restartServer", restartClient),
+    vscode.commands.registerCommand("wizardcoder-tpu.suggest", suggest),
     vscode.commands.registerCommand("wizardcoder-tpu.showOutput", () => output.show(true)),
     vscode.workspace.onDidChangeConfiguration(onConfigurationChanged),
   );

@@ -47,6 +47,20 @@ export interface ServerSettings {
   languages: string[];
   /** Tokens of an explanation at most. */
   explainMaxNewTokens: number;
+  /** `automatic`: a suggestion as you type; `manual`: the model runs only when you ask (the client's suggest key or command); typing on into a suggestion still serves its rest from the cache. */
+  trigger: "automatic" | "manual";
+  /** No automatic suggestion when more than this many characters follow the cursor on its line (llama.vim's rule); asking for one still works. */
+  maxLineSuffix: number;
+  /** Language ids never completed (for example `markdown`), asked for or not. */
+  disabledLanguages: string[];
+  /** File patterns never completed and never used as context for other files (`fnmatch` on the file's name, or on its path when the pattern has a `/`): secrets and key files by default. */
+  disabledFiles: string[];
+  /** Once the model has run this long for one suggestion, it stops at the next line break and shows what it has (llama.cpp's `t_max_predict_ms`); 0 is no limit. */
+  maxTimeMs: number;
+  /** While idle after a suggestion was shown, compute the one that follows it as if it were accepted whole, so that accepting and going on is served from the cache (after a word or a line of it, its own rest is). */
+  prefetch: boolean;
+  /** Count shown and accepted suggestions and their latency in a file under the cache, for `wizardcoder-tpu stats` (nothing leaves the machine). */
+  statistics: boolean;
   /** `false` shows the model's raw text, neither stopped early nor cut: for measuring what post-processing adds (`bench/quality.py`), not for everyday use. */
   postprocess: boolean;
 }
@@ -69,6 +83,13 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "mode", kind: "string", choices: ["auto", "fim", "instruct", "prefix"] },
   { key: "languages", kind: "string[]" },
   { key: "explainMaxNewTokens", kind: "integer", minimum: 1, maximum: 4096 },
+  { key: "trigger", kind: "string", choices: ["automatic", "manual"] },
+  { key: "maxLineSuffix", kind: "integer", minimum: 0, maximum: 10000 },
+  { key: "disabledLanguages", kind: "string[]" },
+  { key: "disabledFiles", kind: "string[]" },
+  { key: "maxTimeMs", kind: "integer", minimum: 0, maximum: 60000 },
+  { key: "prefetch", kind: "boolean" },
+  { key: "statistics", kind: "boolean" },
   { key: "postprocess", kind: "boolean" },
 ];
 
@@ -89,6 +110,13 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   mode: "auto",
   languages: [],
   explainMaxNewTokens: 256,
+  trigger: "automatic",
+  maxLineSuffix: 8,
+  disabledLanguages: [],
+  disabledFiles: [".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.crt", "*.p12", "*.pfx", "*.jks", "*.keystore", "*.kdbx", "*.gpg", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.ppk", ".netrc", ".pgpass", ".npmrc", ".pypirc", ".git-credentials", "credentials", "credentials.json", "*.tfvars", "*.tfstate"],
+  maxTimeMs: 0,
+  prefetch: true,
+  statistics: true,
   postprocess: true,
 });
 

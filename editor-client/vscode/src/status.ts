@@ -6,6 +6,8 @@ export type ServerState = "loading" | "idle" | "busy" | "error";
 export interface StatusParams {
   state: ServerState;
   message: string;
+  /** The last suggestion's latency (request to answer, in the server), once there is one. */
+  lastLatencyMs?: number;
 }
 
 export interface StatusView {
@@ -23,11 +25,15 @@ export function parseStatus(params: unknown): StatusParams | undefined {
   if (typeof params !== "object" || params === null) {
     return undefined;
   }
-  const { state, message } = params as { state?: unknown; message?: unknown };
+  const { state, message, lastLatencyMs } = params as { state?: unknown; message?: unknown; lastLatencyMs?: unknown };
   if (typeof state !== "string" || !(STATES as readonly string[]).includes(state)) {
     return undefined;
   }
-  return { state: state as ServerState, message: typeof message === "string" ? message : "" };
+  const parsed: StatusParams = { state: state as ServerState, message: typeof message === "string" ? message : "" };
+  if (typeof lastLatencyMs === "number" && Number.isFinite(lastLatencyMs) && lastLatencyMs >= 0) {
+    parsed.lastLatencyMs = Math.round(lastLatencyMs);
+  }
+  return parsed;
 }
 
 export function statusView(status: StatusParams | undefined): StatusView {
@@ -37,8 +43,11 @@ export function statusView(status: StatusParams | undefined): StatusView {
       return { text: "$(loading~spin) WizardCoder", tooltip: "WizardCoder: starting the server", background: undefined };
     case "loading":
       return { text: "$(loading~spin) WizardCoder", tooltip: `WizardCoder: loading${detail}`, background: undefined };
-    case "idle":
-      return { text: "$(sparkle) WizardCoder", tooltip: `WizardCoder: idle${detail}`, background: undefined };
+    case "idle": {
+      const latency = status.lastLatencyMs !== undefined ? ` ${status.lastLatencyMs} ms` : "";
+      const last = latency ? ` (last suggestion in${latency})` : "";
+      return { text: `$(sparkle) WizardCoder${latency}`, tooltip: `WizardCoder: idle${detail}${last}`, background: undefined };
+    }
     case "busy":
       return { text: "$(sync~spin) WizardCoder", tooltip: `WizardCoder: busy${detail}`, background: undefined };
     case "error":

@@ -18,7 +18,11 @@ test("an empty configuration gives the protocol's defaults", () => {
     model: "default", backend: "cpu", fallbackToCpu: true, endpoint: "http://127.0.0.1:8080", remoteProtocol: "openai",
     remoteModel: "auto", remoteTimeoutMs: 15000, weights: "auto", threads: 0, maxNewTokens: 64, debounceMs: 150,
     promptTokens: 1024, contextTokens: 512, mode: "auto", languages: [], explainMaxNewTokens: 256,
-    postprocess: true,
+    trigger: "automatic", maxLineSuffix: 8, disabledLanguages: [],
+    disabledFiles: [".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.crt", "*.p12", "*.pfx", "*.jks",
+      "*.keystore", "*.kdbx", "*.gpg", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.ppk", ".netrc", ".pgpass",
+      ".npmrc", ".pypirc", ".git-credentials", "credentials", "credentials.json", "*.tfvars", "*.tfstate"],
+    maxTimeMs: 0, prefetch: true, statistics: true, postprocess: true,
   });
 });
 
@@ -27,13 +31,16 @@ test("valid values pass through with the protocol's key names", () => {
     model: " /models/wizardcoder.gguf ", backend: "tpu", fallbackToCpu: false, endpoint: "https://gpu.example.com",
     remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, maxNewTokens: 32,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
-    explainMaxNewTokens: 512, postprocess: false, serverCommand: ["x"],
+    explainMaxNewTokens: 512, trigger: "manual", maxLineSuffix: 0, disabledLanguages: ["markdown"],
+    disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false,
+    serverCommand: ["x"],
   }));
   assert.deepEqual(settings, {
     model: "/models/wizardcoder.gguf", backend: "tpu", fallbackToCpu: false, endpoint: "https://gpu.example.com",
     remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, maxNewTokens: 32,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
-    explainMaxNewTokens: 512, postprocess: false,
+    explainMaxNewTokens: 512, trigger: "manual", maxLineSuffix: 0, disabledLanguages: ["markdown"],
+    disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false,
   });
   assert.equal("serverCommand" in settings, false, "client-only keys are not sent to the server");
 });

@@ -29,6 +29,15 @@ test("each state has its own text, the message goes to the tooltip", () => {
   assert.equal(statusView({ state: "idle", message: "" }).tooltip, "WizardCoder: idle");
 });
 
+test("idle shows the last suggestion's latency once the server sends one", () => {
+  const status = parseStatus({ state: "idle", message: "ready", lastLatencyMs: 182.4 });
+  assert.deepEqual(status, { state: "idle", message: "ready", lastLatencyMs: 182 });
+  assert.equal(statusView(status).text, "$(sparkle) WizardCoder 182 ms");
+  assert.match(statusView(status).tooltip, /last suggestion in 182 ms\)$/);
+  assert.equal(parseStatus({ state: "idle", message: "", lastLatencyMs: "fast" })?.lastLatencyMs, undefined);
+  assert.equal(statusView({ state: "busy", message: "", lastLatencyMs: 5 }).text, "$(sync~spin) WizardCoder");
+});
+
 test("before the first notification and after a stop", () => {
   assert.match(statusView(undefined).tooltip, /starting/);
   const stopped = stoppedView("exit code 1");

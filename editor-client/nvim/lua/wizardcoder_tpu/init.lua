@@ -5,6 +5,7 @@
 ---   require('wizardcoder_tpu').setup({ settings = { maxNewTokens = 48 } })
 local config = require('wizardcoder_tpu.config')
 local status = require('wizardcoder_tpu.status')
+local suggest = require('wizardcoder_tpu.suggest')
 
 local M = {}
 
@@ -31,14 +32,41 @@ local function map(lhs, rhs, desc, bufnr, expr)
 end
 
 ---@param bufnr integer
-local function on_attach(bufnr)
+---@param client vim.lsp.Client
+local function on_attach(bufnr, client)
   local keys = config.options.keymaps
   vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
+  suggest.watch(client)
+  suggest.guard(bufnr)
+  vim.schedule(function() -- the completor may be made once the attach has finished
+    suggest.guard(bufnr)
+  end)
+  vim.api.nvim_create_autocmd('InsertLeave', {
+    group = augroup,
+    buffer = bufnr,
+    desc = 'wizardcoder-tpu: a shown suggestion left untaken is dismissed',
+    callback = function()
+      suggest.left(client, bufnr)
+    end,
+  })
   map(keys.accept, function()
-    if not vim.lsp.inline_completion.get({ bufnr = bufnr }) then
+    if not suggest.accept(bufnr) then
       return keys.accept
     end
   end, 'WizardCoder: accept the suggestion', bufnr, true)
+  map(keys.accept_word, function()
+    if not suggest.accept_part(bufnr, 'word') then
+      return keys.accept_word
+    end
+  end, 'WizardCoder: accept the next word of the suggestion', bufnr, true)
+  map(keys.accept_line, function()
+    if not suggest.accept_part(bufnr, 'line') then
+      return keys.accept_line
+    end
+  end, 'WizardCoder: accept the next line of the suggestion', bufnr, true)
+  map(keys.suggest, function()
+    suggest.request(bufnr)
+  end, 'WizardCoder: ask for a suggestion', bufnr)
   map(keys.next, function()
     vim.lsp.inline_completion.select({ bufnr = bufnr, count = 1 })
   end, 'WizardCoder: next suggestion', bufnr)
@@ -72,7 +100,7 @@ function M.setup(opts)
     callback = function(ev)
       local client = vim.lsp.get_client_by_id(ev.data.client_id)
       if client and client.name == M.name then
-        on_attach(ev.buf)
+        on_attach(ev.buf, client)
       end
     end,
   })
@@ -81,13 +109,36 @@ function M.setup(opts)
   if client then
     client:notify('workspace/didChangeConfiguration', { settings = { wizardcoder = options.settings } })
     for bufnr in pairs(client.attached_buffers) do
-      on_attach(bufnr)
+      on_attach(bufnr, client)
     end
   end
+
+  vim.api.nvim_create_user_command('WizardcoderSuggest', function()
+    M.suggest()
+  end, { force = true, desc = 'WizardCoder: ask for a suggestion at the cursor (also with trigger = "manual")' })
 
   vim.api.nvim_create_user_command('WizardcoderExplain', function(cmd)
     M.explain(cmd.line1, cmd.line2, cmd.range > 0)
   end, { range = true, force = true, desc = 'WizardCoder: explain the selection (or the current line)' })
+end
+
+--- Ask for a suggestion at the cursor of the current buffer (an invoked request: it runs with
+--- `trigger = 'manual'` too, and whatever the automatic rules say). False when none can be asked.
+---@return boolean
+function M.suggest()
+  return suggest.request(vim.api.nvim_get_current_buf())
+end
+
+--- Accept the next word of the shown suggestion; false when none shows.
+---@return boolean
+function M.accept_word()
+  return suggest.accept_part(vim.api.nvim_get_current_buf(), 'word')
+end
+
+--- Accept the next line of the shown suggestion; false when none shows.
+---@return boolean
+function M.accept_line()
+  return suggest.accept_part(vim.api.nvim_get_current_buf(), 'line')
 end
 
 --- Explain lines {line1}..{line2} of the current buffer, or the last visual selection when
@@ -113,7 +164,7 @@ end
 --- Statusline component: '' while no server runs, else a label per state (config `statusline`).
 ---@return string
 function M.statusline()
-  return status.statusline(config.options.statusline)
+  return status.statusline(config.options.statusline, config.options.statusline_latency)
 end
 
 --- The server's last `wizardcoder/status`: { state = 'loading'|'idle'|'busy'|'error', message }.

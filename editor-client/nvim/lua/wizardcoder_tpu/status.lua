@@ -14,7 +14,8 @@ function M.handler(_, params, _)
     return
   end
   local previous = M.current
-  M.current = { state = params.state, message = params.message or '' }
+  M.current = { state = params.state, message = params.message or '',
+    last_latency_ms = type(params.lastLatencyMs) == 'number' and params.lastLatencyMs or nil }
   if params.state == 'error' and not (previous and previous.state == 'error' and previous.message == params.message) then
     vim.notify('wizardcoder-tpu: ' .. M.current.message, vim.log.levels.WARN)
   end
@@ -30,14 +31,20 @@ function M.reset()
 end
 
 --- Statusline text for the current state ('' while no server runs), e.g.
---- `set statusline=%f\ %{v:lua.require'wizardcoder_tpu'.statusline()}`
+--- `set statusline=%f\ %{v:lua.require'wizardcoder_tpu'.statusline()}`; while idle, with the
+--- last suggestion's latency when {latency} is true and the server has served one.
 ---@param labels table<string, string>
+---@param latency? boolean
 ---@return string
-function M.statusline(labels)
+function M.statusline(labels, latency)
   if not M.current then
     return ''
   end
-  return labels[M.current.state] or ('WizardCoder ' .. M.current.state)
+  local text = labels[M.current.state] or ('WizardCoder ' .. M.current.state)
+  if latency and M.current.state == 'idle' and M.current.last_latency_ms then
+    text = ('%s %d ms'):format(text, M.current.last_latency_ms)
+  end
+  return text
 end
 
 return M
