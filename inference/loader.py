@@ -26,16 +26,16 @@ def resolve_model(model: str | None) -> Path:
 
 
 def load_engine(model: str | None = None, backend: str = "cpu", threads: int | None = None,
-                weights: str = "auto") -> Engine:
-    """``threads`` and ``weights`` apply to the CPU backend (a bmodel's precision is fixed when it
-    is compiled)."""
+                weights: str = "auto", slots: int = 1) -> Engine:
+    """``threads``, ``weights`` and ``slots`` (KV caches kept, one prefix each) apply to the CPU
+    backend (a bmodel's precision is fixed when it is compiled; the TPU keeps one KV cache)."""
     path = resolve_model(model)
     if backend == "cpu":
         from .backends.cpu import CPUBackend
         from .weights import open_checkpoint
 
         checkpoint = open_checkpoint(path)
-        backend_ = CPUBackend(checkpoint, threads=threads, weights=weights)
+        backend_ = CPUBackend(checkpoint, threads=threads, weights=weights, slots=slots)
         return Engine(backend_, checkpoint.tokenizer(), model_name=path.name)
     if backend == "tpu":
         from .backends.tpu import load_tpu_engine  # the C++ bmrt engine (csrc/)
