@@ -40,6 +40,18 @@ class ModelHost:
         self.loading = False
         self.description = ""
         self.error = ""
+        self.loaded_key: tuple | None = None  # the Settings.model_key of the last load, done or failed
+
+    @property
+    def current(self) -> Engine | None:
+        """The engine that serves, or None (for status reports; requests use ``engine``)."""
+        with self._lock:
+            return self._engine
+
+    def serves(self, settings: Settings) -> bool:
+        """Whether the last finished load was for what ``settings`` ask (nothing to reload)."""
+        with self._lock:
+            return not self.loading and self.loaded_key == settings.model_key
 
     @property
     def engine(self) -> Engine:
@@ -53,8 +65,11 @@ class ModelHost:
 
     def load(self, settings: Settings, on_message: Callable[[str], None]) -> LoadReport:
         """Load what ``settings`` ask for (in the worker thread); falls back to the CPU default
-        when allowed. The previous engine is closed first: the memory is needed for the next."""
+        when allowed. The previous engine is closed first: the memory is needed for the next. A
+        load for what was loaded last does nothing (a team server's next client asks again)."""
         with self._lock:
+            if not self.loading and self.loaded_key == settings.model_key:
+                return LoadReport(self.description, self.error, False)
             old, self._engine = self._engine, None
             self.loading, self.error = True, ""
         if old is not None:
@@ -80,13 +95,15 @@ class ModelHost:
         with self._lock:
             self._engine, self.loading = engine, False
             self.description, self.error = loaded, error
+            self.loaded_key = settings.model_key
         return LoadReport(loaded, error, fell_back)
 
     def _load(self, model: str, backend: str, settings: Settings) -> Engine:
         """Every failure of a load as ModelLoadError (a backend that is not built, a library that
         raises its own error on a corrupt file)."""
         try:
-            return load_engine(model, backend, threads=settings.threads or None, weights=settings.weights)
+            return load_engine(model, backend, threads=settings.threads or None, weights=settings.weights,
+                               slots=settings.cache_slots)
         except ModelLoadError:
             raise
         except InferenceError as exc:

@@ -53,6 +53,9 @@ class Settings:
                            "closely as a fast kernel allows, `int8`/`int4` requantize, `f32` is the reference.",
                            choices=WEIGHTS)
     threads: int = setting(0, "CPU backend threads; 0 is one per physical core.", minimum=0, maximum=256)
+    cache_slots: int = setting(4, "KV caches the CPU backend keeps, one earlier prompt each: switching between "
+                               "documents (or a team server's clients) and back prefills only what changed. The TPU "
+                               "backend keeps one.", minimum=1, maximum=64)
     max_new_tokens: int = setting(64, "Tokens per completion at most.", minimum=1, maximum=4096)
     debounce_ms: int = setting(150, "Milliseconds the server waits after the last change of a document before "
                                "running the model.", minimum=0, maximum=10_000)
@@ -73,9 +76,9 @@ class Settings:
         return not self.languages or language_id in self.languages
 
     @property
-    def model_key(self) -> tuple[str, str, bool, str, int]:
+    def model_key(self) -> tuple[str, str, bool, str, int, int]:
         """What a reload depends on."""
-        return self.model, self.backend, self.fallback_to_cpu, self.weights, self.threads
+        return self.model, self.backend, self.fallback_to_cpu, self.weights, self.threads, self.cache_slots
 
 
 # The JSON type of each Python type a setting may have, as the clients and the docs name it.
@@ -176,5 +179,6 @@ def from_command_line(args: Any) -> Settings:
     """The defaults overridden by the ``serve`` arguments that were given."""
     given = {"model": getattr(args, "model", None), "backend": getattr(args, "backend", None),
              "fallback_to_cpu": True if getattr(args, "fallback_cpu", False) else None,
-             "weights": getattr(args, "weights", None), "threads": getattr(args, "threads", None)}
+             "weights": getattr(args, "weights", None), "threads": getattr(args, "threads", None),
+             "cache_slots": getattr(args, "cache_slots", None)}
     return replace(Settings(), **{name: value for name, value in given.items() if value})

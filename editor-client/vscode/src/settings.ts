@@ -25,6 +25,8 @@ export interface ServerSettings {
   weights: "auto" | "int8" | "int4" | "f32";
   /** CPU backend threads; 0 is one per physical core. */
   threads: number;
+  /** KV caches the CPU backend keeps, one earlier prompt each: switching between documents (or a team server's clients) and back prefills only what changed. The TPU backend keeps one. */
+  cacheSlots: number;
   /** Tokens per completion at most. */
   maxNewTokens: number;
   /** Milliseconds the server waits after the last change of a document before running the model. */
@@ -50,6 +52,7 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "fallbackToCpu", kind: "boolean" },
   { key: "weights", kind: "string", choices: ["auto", "int8", "int4", "f32"] },
   { key: "threads", kind: "integer", minimum: 0, maximum: 256 },
+  { key: "cacheSlots", kind: "integer", minimum: 1, maximum: 64 },
   { key: "maxNewTokens", kind: "integer", minimum: 1, maximum: 4096 },
   { key: "debounceMs", kind: "integer", minimum: 0, maximum: 10000 },
   { key: "promptTokens", kind: "integer", minimum: 64, maximum: 32768 },
@@ -66,6 +69,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   fallbackToCpu: true,
   weights: "auto",
   threads: 0,
+  cacheSlots: 4,
   maxNewTokens: 64,
   debounceMs: 150,
   promptTokens: 1024,

@@ -15,7 +15,7 @@ function source(values: Record<string, unknown>): ConfigSource {
 test("an empty configuration gives the protocol's defaults", () => {
   assert.deepEqual(readServerSettings(source({})), DEFAULT_SETTINGS);
   assert.deepEqual(DEFAULT_SETTINGS, {
-    model: "default", backend: "cpu", fallbackToCpu: true, weights: "auto", threads: 0, maxNewTokens: 64, debounceMs: 150,
+    model: "default", backend: "cpu", fallbackToCpu: true, weights: "auto", threads: 0, cacheSlots: 4, maxNewTokens: 64, debounceMs: 150,
     promptTokens: 1024, contextTokens: 512, mode: "auto", languages: [], explainMaxNewTokens: 256,
     postprocess: true,
   });
@@ -23,12 +23,12 @@ test("an empty configuration gives the protocol's defaults", () => {
 
 test("valid values pass through with the protocol's key names", () => {
   const settings = readServerSettings(source({
-    model: " /models/wizardcoder.gguf ", backend: "tpu", fallbackToCpu: false, weights: "int4", threads: 2, maxNewTokens: 32,
+    model: " /models/wizardcoder.gguf ", backend: "tpu", fallbackToCpu: false, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
     explainMaxNewTokens: 512, postprocess: false, serverCommand: ["x"],
   }));
   assert.deepEqual(settings, {
-    model: "/models/wizardcoder.gguf", backend: "tpu", fallbackToCpu: false, weights: "int4", threads: 2, maxNewTokens: 32,
+    model: "/models/wizardcoder.gguf", backend: "tpu", fallbackToCpu: false, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
     explainMaxNewTokens: 512, postprocess: false,
   });

@@ -34,6 +34,10 @@ local server_settings = {
   weights = 'auto',
   -- CPU backend threads; 0 is one per physical core. An integer from 0 to 256.
   threads = 0,
+  -- KV caches the CPU backend keeps, one earlier prompt each: switching between documents (or a
+  -- team server's clients) and back prefills only what changed. The TPU backend keeps one. An
+  -- integer from 1 to 64.
+  cacheSlots = 4,
   -- Tokens per completion at most. An integer from 1 to 4096.
   maxNewTokens = 64,
   -- Milliseconds the server waits after the last change of a document before running the model. An
