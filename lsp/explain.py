@@ -33,7 +33,8 @@ from .model_host import ModelHost
 from .progress import Progress
 from .settings import Settings
 from .status import Stats
-from .worker import Continue, InferenceWorker
+from .team import ClientJobs
+from .worker import Continue
 
 COMMAND = "wizardcoder.explainSelection"
 REPORT_EVERY_S = 0.1  # progress messages at most this often
@@ -68,7 +69,7 @@ def instruction_for(workspace: Workspace, uri: str, selection: types.Range) -> s
 
 
 async def explain_selection(workspace: Workspace, arguments: list[Any] | None, *, settings: Settings,
-                            host: ModelHost, worker: InferenceWorker, stats: Stats,
+                            host: ModelHost, worker: ClientJobs, stats: Stats,
                             begin_progress: Callable[[], Awaitable[Progress]], request_id: object) -> dict[str, str]:
     """The explanation of the selection that ``arguments`` name, as ``{"markdown": …}``. Bad
     arguments fail before any progress begins; then the text so far goes to the progress that
@@ -84,7 +85,7 @@ async def explain_selection(workspace: Workspace, arguments: list[Any] | None, *
     return {"markdown": markdown}
 
 
-async def _explain(instruction: str, settings: Settings, host: ModelHost, worker: InferenceWorker, stats: Stats,
+async def _explain(instruction: str, settings: Settings, host: ModelHost, worker: ClientJobs, stats: Stats,
                    progress: Progress, request_id: object) -> str:
     loop = asyncio.get_running_loop()
     last_report = 0.0
@@ -107,7 +108,7 @@ async def _explain(instruction: str, settings: Settings, host: ModelHost, worker
     job = SlicedExplanation(host, instruction, settings.explain_max_new_tokens, on_text, finished)
     cancel = CancelToken()
     try:
-        markdown = await worker.run(job.step, cancel, "explaining selection", kind="explain")
+        markdown = await worker.run(job.step, cancel, "explaining selection", kind="explain", request_id=request_id)
     finally:
         cancel.cancel()  # reaches the engine when this coroutine is cancelled ($/cancelRequest)
     if markdown is None:

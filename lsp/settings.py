@@ -26,6 +26,7 @@ from ..inference.loader import WEIGHTS
 from ..inference.prompt import MODES
 
 SECTION = "wizardcoder"
+CLIENT_KEYS = ("token",)  # sent beside the settings (a team server's token, team.py), never one of them
 
 
 def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), minimum: int | None = None,
@@ -164,6 +165,8 @@ def merge(settings: Settings, raw: Any) -> tuple[Settings, list[str]]:
     changes: dict[str, Any] = {}
     problems = []
     for key, value in raw.items():
+        if key in CLIENT_KEYS:
+            continue
         row = rows.get(key)
         if row is None:
             problems.append(f"unknown setting {key!r} ignored (known: {', '.join(rows)})")

@@ -31,7 +31,7 @@ from ..inference.engine import CancelToken
 from .model_host import ModelHost
 from .settings import Settings
 from .tokens import TokenTable
-from .worker import InferenceWorker, OnState
+from .worker import Continue, InferenceWorker, OnState
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -146,6 +146,8 @@ class Team:
             "queue": self.worker.depth(), "running": self.worker.running.label if self.worker.running else None,
             "skippedJobs": self.worker.skipped,
             "slots": engine.slot_use() if engine is not None else [],
+            "promptTokens": engine.prompt_tokens if engine is not None else 0,
+            "reusedTokens": engine.reused_tokens if engine is not None else 0,  # served from a KV-cache slot
             "requestsServed": served,
             "completionP50Ms": _round(percentile(all_latencies, 0.5)),
             "completionP95Ms": _round(percentile(all_latencies, 0.95)),
@@ -176,9 +178,18 @@ class ClientJobs:
     async def run(self, fn: Callable[[CancelToken], T], cancel: CancelToken, label: str = "",
                   kind: str = "completion", request_id: object = None) -> T | None:
         started = time.monotonic()
+        ran: list[float] = []  # when its first slice began (worker thread)
         outcome = "error"
+
+        def timed(step: Callable[[CancelToken], Any]) -> Callable[[CancelToken], Any]:
+            def run_step(token: CancelToken) -> Any:
+                ran.append(time.monotonic())
+                result = step(token)
+                return Continue(timed(result.next_fn)) if isinstance(result, Continue) else result
+            return run_step
+
         try:
-            result = await self._team.worker.run(fn, cancel, label, client=self.client, kind=kind,
+            result = await self._team.worker.run(timed(fn), cancel, label, client=self.client, kind=kind,
                                                  on_state=self._on_state)
             outcome = ("superseded" if cancel.cancelled else "empty") if result is None else "served"
             return result
@@ -189,5 +200,7 @@ class ClientJobs:
             total_ms = (time.monotonic() - started) * 1e3
             if kind != "load":
                 self._team.record(self.client, kind, outcome, total_ms)
-            log.info("client %s request %s %s: %s in %.0f ms", self.client, request_id if request_id is not None else "-",
-                     kind, outcome, total_ms)
+            waited_ms = ((ran[0] if ran else time.monotonic()) - started) * 1e3
+            log.info("client %s request %s %s: %s in %.0f ms (queued %.0f ms, %d slice%s)", self.client,
+                     request_id if request_id is not None else "-", kind, outcome, total_ms, waited_ms, len(ran),
+                     "" if len(ran) == 1 else "s")
