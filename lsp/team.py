@@ -138,12 +138,12 @@ class Team:
                 clients.append({"name": name, "connections": connected.get(name, 0), "requests": dict(counts.outcomes),
                                 "completionP50Ms": _round(percentile(latencies, 0.5)),
                                 "completionP95Ms": _round(percentile(latencies, 0.95))})
-        engine = self.host.current
+        engine, running = self.host.current, self.worker.running
         return {
             "model": self.host.description, "modelError": self.host.error, "loading": self.host.loading,
             "uptimeS": round(time.time() - self.started, 1),
             "clients": clients, "connections": sum(connected.values()),
-            "queue": self.worker.depth(), "running": self.worker.running.label if self.worker.running else None,
+            "queue": self.worker.depth(), "running": running.label if running is not None else None,
             "skippedJobs": self.worker.skipped,
             "slots": engine.slot_use() if engine is not None else [],
             "promptTokens": engine.prompt_tokens if engine is not None else 0,
