@@ -88,7 +88,7 @@ def serve_tcp(make_session: Callable[[], LanguageServer], host: str, port: int,
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
-        live: set[asyncio.Task] = set()
+        live: set[asyncio.StreamWriter] = set()  # the open sessions' connections
 
         async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             if len(live) >= MAX_CONNECTIONS:
@@ -99,9 +99,7 @@ def serve_tcp(make_session: Callable[[], LanguageServer], host: str, port: int,
                     await writer.drain()
                 writer.close()
                 return
-            task = asyncio.current_task()
-            assert task is not None
-            live.add(task)
+            live.add(writer)
             session = make_session()
             protocol = _protocol(session)
             protocol.set_writer(writer)
@@ -110,7 +108,7 @@ def serve_tcp(make_session: Callable[[], LanguageServer], host: str, port: int,
             except Exception:
                 log.exception("a TCP session failed")
             finally:
-                live.discard(task)
+                live.discard(writer)
                 end = getattr(session, "end_session", None)
                 if end is not None:
                     end()
@@ -122,9 +120,12 @@ def serve_tcp(make_session: Callable[[], LanguageServer], host: str, port: int,
         log.info("serving on %s", ", ".join(str(s.getsockname()) for s in tcp.sockets))
         if on_listening is not None:
             on_listening()
-        async with tcp:
-            await stop.wait()
-            log.info("stopping: a signal came")
+        await stop.wait()
+        log.info("stopping: a signal came; closing %d connections", len(live))
+        tcp.close()
+        for writer in list(live):  # Server.wait_closed waits for every connection (Python 3.12.1 on)
+            writer.close()
+        await tcp.wait_closed()
         return 0
 
     return asyncio.run(main())

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from raw_lsp import RawClient, free_port, start_tcp_server
+from raw_lsp import RawClient, connect, free_port, start_tcp_server
 from wizardcoder_tpu.lsp.main import parse_tcp
 from wizardcoder_tpu.lsp.tokens import TokenFileError, TokenTable
 
@@ -89,6 +89,9 @@ def test_two_clients_with_their_own_documents_and_settings_get_their_own_complet
         assert sum(1 for slot in status["slots"] if slot["tokens"]) == 2  # two documents, two KV-cache slots
         assert a.shutdown_and_exit() is None  # a's connection ends, the server serves on
         assert "result" in inline(b, uri, *end_of(CODE_B)) and process.poll() is None
+        process.terminate()  # with b still connected: SIGTERM ends the server cleanly, and closes b
+        assert process.wait(30) == 0
+        b.wait_closed(10)
     finally:
         a.close()
         b.close()
@@ -216,6 +219,7 @@ def test_status_command_reports_the_server(open_server):
 
 def test_status_command_with_a_token(team_server):
     port, _, _ = team_server
+    connect(port).close()  # the server listens (the status command fails at once when it does not)
     command = [sys.executable, "-m", "wizardcoder_tpu", "status", "--tcp", f"127.0.0.1:{port}"]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=60,
                              env={**os.environ, "WIZARDCODER_TOKEN": ""})
