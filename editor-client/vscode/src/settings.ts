@@ -83,7 +83,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
 export const DEFAULT_SERVER_COMMAND: readonly string[] = Object.freeze(["wizardcoder-tpu", "serve", "--stdio"]);
 
 /** Keys whose change needs a restart of the client (the rest go over didChangeConfiguration). */
-export const RESTART_KEYS: readonly string[] = ["serverCommand", "languages"];
+export const RESTART_KEYS: readonly string[] = ["serverCommand", "serverAddress", "languages"];
 // END GENERATED
 
 /** What the extension needs of a `WorkspaceConfiguration`: `get(key)`. */
@@ -134,6 +134,24 @@ export function readServerCommand(config: ConfigSource): { command: string; args
   const argv = config.get<unknown>("serverCommand");
   const [command, ...args] = isStringArray(argv) && argv.length > 0 && argv[0]!.trim() !== "" ? argv : DEFAULT_SERVER_COMMAND;
   return { command: command!, args };
+}
+
+/** A team server's address from `wizardcoder.serverAddress` (`HOST:PORT`, `[::1]:PORT`), or
+ * undefined when it is empty or malformed (the extension then starts its own server). */
+export function readServerAddress(config: ConfigSource): { host: string; port: number } | undefined {
+  const value = config.get<unknown>("serverAddress");
+  if (typeof value !== "string") {
+    return undefined;
+  }
+  const match = /^\s*(\[[^\]]+\]|[^:\s]+):(\d{1,5})\s*$/.exec(value);
+  if (!match) {
+    return undefined;
+  }
+  const port = Number(match[2]);
+  if (port < 1 || port > 65535) {
+    return undefined;
+  }
+  return { host: match[1]!.replace(/^\[|\]$/g, ""), port };
 }
 
 /** A document selector entry, structurally what vscode-languageclient accepts. */

@@ -3,6 +3,7 @@ import { test } from "node:test";
 import {
   DEFAULT_SETTINGS,
   documentSelector,
+  readServerAddress,
   readServerCommand,
   readServerSettings,
   type ConfigSource,
@@ -66,4 +67,12 @@ test("the document selector covers every file, or only the listed languages", ()
     { scheme: "file", language: "python" },
     { scheme: "untitled", language: "python" },
   ]);
+});
+
+test("a team server's address is HOST:PORT, else the extension starts its own server", () => {
+  assert.deepEqual(readServerAddress(source({ serverAddress: "10.0.0.5:2087" })), { host: "10.0.0.5", port: 2087 });
+  assert.deepEqual(readServerAddress(source({ serverAddress: " [::1]:2087 " })), { host: "::1", port: 2087 });
+  for (const value of [undefined, "", "10.0.0.5", "host:0", "host:70000", "a b:1", 2087]) {
+    assert.equal(readServerAddress(source({ serverAddress: value })), undefined, String(value));
+  }
 });
