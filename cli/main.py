@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "initializationOptions.token; needed to listen on an address that is not loopback")
     serve.add_argument("--connections-per-client", type=int, metavar="N",
                        help="with --token-file: connections one client name may hold at once (default 4)")
+    serve.add_argument("--requests-per-client", type=int, metavar="N",
+                       help="with --tcp: requests one client name may have waiting; beyond, its oldest is dropped "
+                            "(default 16)")
     serve.add_argument("--cache-slots", type=int, metavar="N",
                        help="cpu: KV caches kept, one earlier prompt each (default 4)")
     serve.add_argument("--log-file", help="log here (default: <cache>/server.log); stdout belongs to the protocol")

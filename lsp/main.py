@@ -29,6 +29,7 @@ from .settings import from_command_line
 from .team import DEFAULT_CONNECTIONS_PER_CLIENT, Team
 from .tokens import TokenFileError, TokenTable
 from .transport import serve_stdio, serve_tcp
+from .worker import MAX_PENDING
 
 DEFAULT_HOST = "127.0.0.1"
 LOG_BYTES = 4 * 1024 * 1024
@@ -44,6 +45,9 @@ def serve(args: argparse.Namespace) -> int:
         if tokens is not None and not getattr(args, "tcp", None):
             raise ValueError("--token-file is for --tcp (over stdio the editor is the only client)")
         host_port = parse_tcp(args.tcp, authenticated=tokens is not None) if getattr(args, "tcp", None) else None
+        for flag in ("connections_per_client", "requests_per_client", "cache_slots"):
+            if (value := getattr(args, flag, None)) is not None and value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, not {value}")
     except (ValueError, TokenFileError) as exc:
         print(f"wizardcoder-tpu serve: {exc}", file=sys.stderr)
         return 2
@@ -52,8 +56,9 @@ def serve(args: argparse.Namespace) -> int:
     log = logging.getLogger(__name__)
     log.info("serving (log: %s) on %s", log_file, "tcp %s:%d" % host_port if host_port else "stdio")
     if host_port is not None:
-        team = Team(settings, tokens, shared=True, connections_per_client=getattr(
-            args, "connections_per_client", None) or DEFAULT_CONNECTIONS_PER_CLIENT)
+        team = Team(settings, tokens, shared=True,
+                    connections_per_client=getattr(args, "connections_per_client", None) or DEFAULT_CONNECTIONS_PER_CLIENT,
+                    pending_per_client=getattr(args, "requests_per_client", None) or MAX_PENDING)
 
         def load() -> None:  # the model loads once the port is open; the first client finds it ready
             team.worker.submit(lambda cancel: team.host.load(settings, log.info), label="loading", client="server",

@@ -31,7 +31,7 @@ from ..inference.engine import CancelToken
 from .model_host import ModelHost
 from .settings import Settings
 from .tokens import TokenTable
-from .worker import Continue, InferenceWorker, OnState
+from .worker import MAX_PENDING, Continue, InferenceWorker, OnState
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -79,14 +79,16 @@ def process_memory() -> dict[str, int]:
 
 class Team:
     def __init__(self, settings: Settings, tokens: TokenTable | None = None,
-                 connections_per_client: int = DEFAULT_CONNECTIONS_PER_CLIENT, shared: bool = False):
-        """``shared``: several sessions (TCP); the model settings are then the server's."""
+                 connections_per_client: int = DEFAULT_CONNECTIONS_PER_CLIENT, shared: bool = False,
+                 pending_per_client: int = MAX_PENDING):
+        """``shared``: several sessions (TCP); the model settings are then the server's.
+        ``pending_per_client``: requests one client (token) may have waiting in the queue."""
         self.settings = settings
         self.tokens = tokens
         self.connections_per_client = connections_per_client
         self.shared = shared
         self.host = ModelHost()
-        self.worker = InferenceWorker()
+        self.worker = InferenceWorker(max_pending=pending_per_client)
         self.started = time.time()
         self._lock = threading.Lock()
         self._sessions: dict[int, str] = {}  # id(session) -> client name
