@@ -32,7 +32,7 @@ def profile(model: str, weights: str, prompt_tokens: int, threads: int) -> dict:
     options.enable_profiling = True
     options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "profile")
     backend._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    backend._binding = backend.bind_buffers()
+    backend._binding = backend.bind_buffers(backend._kv)
     rng = np.random.default_rng(0)
     backend.forward(rng.integers(0, checkpoint.config.vocab_size, prompt_tokens).tolist())
     for _ in range(5):

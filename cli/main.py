@@ -1,4 +1,4 @@
-"""The one console script: ``wizardcoder-tpu serve | complete | fetch | stats`` (and the TPU tools).
+"""The one console script: ``wizardcoder-tpu serve | status | complete | fetch | stats`` (and the TPU tools).
 
 Each subcommand lives in the package that does the work; this file only parses arguments.
 """
@@ -101,6 +101,12 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from wizardcoder_tpu.lsp.status_client import main
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wizardcoder-tpu", description="Code completion from a code model "
                                      "(Qwen2.5-Coder by default, WizardCoder on the TPU) on a BM1684X TPU or the CPU.",
@@ -113,11 +119,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(serve)
     serve.add_argument("--stdio", action="store_true", help="speak LSP over stdin/stdout (the default)")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead (HOST defaults to 127.0.0.1)")
+    serve.add_argument("--token-file", metavar="FILE",
+                       help="with --tcp: clients must present a token (lines 'NAME TOKEN', '#' comments) in "
+                            "initializationOptions.token; needed to listen on an address that is not loopback")
+    serve.add_argument("--connections-per-client", type=int, metavar="N",
+                       help="with --token-file: connections one client name may hold at once (default 4)")
+    serve.add_argument("--requests-per-client", type=int, metavar="N",
+                       help="with --tcp: requests one client name may have waiting; beyond, its oldest is dropped "
+                            "(default 16)")
+    serve.add_argument("--cache-slots", type=int, metavar="N",
+                       help="cpu: KV caches kept, one earlier prompt each (default 4)")
     serve.add_argument("--log-file", help="log here (default: <cache>/server.log); stdout belongs to the protocol")
     serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--fallback-cpu", action="store_true",
                        help="with --backend tpu: serve from the CPU default model when the device cannot be opened")
     serve.set_defaults(func=_serve)
+
+    status = sub.add_parser("status", help="what a TCP server is doing (clients, queue, slots, latency, memory)",
+                            description="Ask a running `serve --tcp` server for its wizardcoder/serverStatus. When the "
+                                        "server has a token file, the token comes from $WIZARDCODER_TOKEN.")
+    status.add_argument("--tcp", metavar="HOST:PORT", required=True, help="the server's address")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.set_defaults(func=_status)
 
     complete = sub.add_parser("complete", help="print a completion of a prompt (a smoke test)",
                               description="Continue PROMPT (or stdin) greedily and print prompt + completion.",

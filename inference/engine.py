@@ -76,6 +76,14 @@ class Backend(abc.ABC):
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
         """Append ``token_ids`` at the end of the cache; return the logits [vocab] of the last."""
 
+    slots: int = 1  # KV caches the backend keeps, one prefix each (``select_slot``)
+
+    def select_slot(self, index: int) -> None:
+        """Make slot ``index`` the cache that ``forward``, ``truncate`` and ``cached_length`` use.
+        A backend with one cache (the TPU's, for now) has slot 0 only."""
+        if index != 0:
+            raise InferenceError(f"the {self.name} backend keeps one KV cache (slot 0), not slot {index}")
+
     def greedy_step(self, token_ids: Sequence[int]) -> int:
         return int(np.argmax(self.forward(token_ids)))
 
@@ -114,15 +122,49 @@ class Generation:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _Slot:
+    """One of the backend's KV caches: the ids whose keys/values it holds, in order."""
+
+    ids: list[int] = field(default_factory=list)
+    last_used: int = 0  # the engine's request count when it last served (0: never)
+
+
+REUSE_FRACTION = 0.25  # a slot serves a prompt that shares at least this much of it; else the LRU slot
+
+
 class Engine:
-    """One backend, one generation at a time (a lock makes concurrent callers wait)."""
+    """One backend, one generation at a time (a lock makes concurrent callers wait).
+
+    The backend's KV caches are slots, each holding one earlier prompt and its completion. A
+    prompt goes to the slot with the longest common prefix when that covers at least
+    ``REUSE_FRACTION`` of it (the same document, typed on), else to the least recently used slot
+    (an empty one first), so that switching between documents or clients and back prefills only
+    what changed (after llama.cpp's server, whose slots pick by prompt similarity)."""
 
     def __init__(self, backend: Backend, tokenizer: Tokenizer, model_name: str = ""):
         self.backend = backend
         self.tokenizer = tokenizer
         self.model_name = model_name
-        self._cached_ids: list[int] = []  # the ids whose keys/values the backend holds, in order
+        self._slots = [_Slot() for _ in range(max(1, backend.slots))]
+        self._active = 0  # the slot the backend has selected
+        self._requests = 0
+        self.reused_tokens = 0  # prompt tokens served from a slot, since load
+        self.prompt_tokens = 0
         self._lock = threading.Lock()
+
+    @property
+    def _cached_ids(self) -> list[int]:
+        """The active slot's ids."""
+        return self._slots[self._active].ids
+
+    @_cached_ids.setter
+    def _cached_ids(self, ids: list[int]) -> None:
+        self._slots[self._active].ids = ids
+
+    def slot_use(self) -> list[dict[str, int]]:
+        """Each slot's cached tokens and when it last served (for the server's status)."""
+        return [{"tokens": len(slot.ids), "lastUsed": slot.last_used} for slot in self._slots]
 
     @property
     def max_context(self) -> int:
@@ -171,23 +213,39 @@ class Engine:
         self.backend.greedy_loop(first, max_steps, run.accept)
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
-        """Keep the cache's common prefix with ``prompt`` (at least one token is always fed, for
-        its logits); returns how many prompt tokens are reused."""
+        """Select the slot for ``prompt`` (see the class) and keep its common prefix with it (at
+        least one token is always fed, for its logits); returns how many prompt tokens are reused."""
+        index, common = self._pick_slot(prompt)
+        if len(self._slots) > 1:
+            self.backend.select_slot(index)
+            self._active = index
+        self._requests += 1
+        self._slots[index].last_used = self._requests
         cached = self._cached_ids[: self.backend.cached_length]
-        common = 0
-        for a, b in zip(cached, prompt):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(prompt) - 1)
+        common = min(common, len(cached), len(prompt) - 1)
         self.backend.truncate(common)
         self._cached_ids = cached[:common]
+        self.reused_tokens += common
+        self.prompt_tokens += len(prompt)
         return common
+
+    def _pick_slot(self, prompt: list[int]) -> tuple[int, int]:
+        """The slot to serve ``prompt`` and its common prefix with it."""
+        commons = [_common_prefix(slot.ids, prompt) for slot in self._slots]
+        best = max(range(len(commons)), key=lambda i: (commons[i], self._slots[i].last_used))
+        if len(self._slots) == 1 or commons[best] >= REUSE_FRACTION * len(prompt):
+            return best, commons[best]
+        lru = min(range(len(self._slots)), key=lambda i: self._slots[i].last_used)
+        return lru, commons[lru]
 
     def reset(self) -> None:
         with self._lock:
-            self._cached_ids = []
-            self.backend.truncate(0)
+            for index in reversed(range(len(self._slots))):
+                if len(self._slots) > 1:
+                    self.backend.select_slot(index)
+                self._slots[index] = _Slot()
+                self.backend.truncate(0)
+            self._active = 0
 
     def close(self) -> None:
         self.backend.close()
@@ -268,6 +326,15 @@ class _Run:
         if not isinstance(go_on, bool):  # a streaming callback of old that returns None would end every run
             raise TypeError(f"on_text must return whether to go on (a bool), not {go_on!r}")
         return go_on
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    common = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        common += 1
+    return common
 
 
 def _stop_string_cut(text: str, stop_strings: Sequence[str]) -> int | None:

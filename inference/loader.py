@@ -29,9 +29,10 @@ def resolve_model(model: str | None) -> Path:
 
 
 def load_engine(model: str | None = None, backend: str = "cpu", threads: int | None = None,
-                weights: str = "auto", remote: RemoteConfig | None = None) -> TextEngine:
-    """``threads`` and ``weights`` apply to the CPU backend (a bmodel's precision is fixed when it
-    is compiled); ``remote`` (the endpoint, protocol, access) to the remote one."""
+                weights: str = "auto", slots: int = 1, remote: RemoteConfig | None = None) -> TextEngine:
+    """``threads``, ``weights`` and ``slots`` (KV caches kept, one prefix each) apply to the CPU
+    backend (a bmodel's precision is fixed when it is compiled; the TPU keeps one KV cache);
+    ``remote`` (the endpoint, protocol, access) to the remote one."""
     path = resolve_model(model)
     if backend == "remote":
         if remote is None:
@@ -42,7 +43,7 @@ def load_engine(model: str | None = None, backend: str = "cpu", threads: int | N
         from .weights import open_checkpoint
 
         checkpoint = open_checkpoint(path)
-        backend_ = CPUBackend(checkpoint, threads=threads, weights=weights)
+        backend_ = CPUBackend(checkpoint, threads=threads, weights=weights, slots=slots)
         return Engine(backend_, checkpoint.tokenizer(), model_name=path.name)
     if backend == "tpu":
         from .backends.tpu import load_tpu_engine  # the C++ bmrt engine (csrc/)

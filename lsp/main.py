@@ -4,9 +4,10 @@ server on stdio (the default) or TCP on a loopback address.
 stdout belongs to the protocol: the protocol gets the real stdout and ``sys.stdout`` is pointed
 at stderr, so that a stray print cannot corrupt a message.
 
-TCP listens on loopback only: the server has no authentication, so any host that could reach the
-port could read the open documents. ``--tcp 0.0.0.0:PORT`` (any address that is not loopback) is
-refused at start. The log rotates (``LOG_BYTES`` per file, ``LOG_BACKUPS`` old files kept) and
+TCP serves many clients at once, each its own session, all sharing the one loaded model (a team
+server, ``team.py``). It listens on loopback by default; an address that is not loopback
+(``--tcp 0.0.0.0:PORT``) is refused at start unless ``--token-file`` makes every client present a
+token (``tokens.py``): without one, any host that could reach the port could use the model. The log rotates (``LOG_BYTES`` per file, ``LOG_BACKUPS`` old files kept) and
 holds no document text at the default level (``warning``); ``--log-level debug`` may.
 """
 
@@ -27,7 +28,10 @@ from ..inference.paths import cache_dir
 from ..inference.remote import RemoteAccess
 from .server import create_server
 from .settings import from_command_line
+from .team import DEFAULT_CONNECTIONS_PER_CLIENT, Team
+from .tokens import TokenFileError, TokenTable
 from .transport import serve_stdio, serve_tcp
+from .worker import MAX_PENDING
 
 DEFAULT_HOST = "127.0.0.1"
 LOG_BYTES = 4 * 1024 * 1024
@@ -35,21 +39,38 @@ LOG_BACKUPS = 2
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Serve one session; returns only for a bad command line (the session's end ends the process)."""
+    """Serve until the session ends (stdio) or a signal comes (TCP); returns only for a bad
+    command line."""
+    token_file = getattr(args, "token_file", None)
     try:
-        host_port = parse_tcp(args.tcp) if getattr(args, "tcp", None) else None
+        tokens = TokenTable.read(token_file) if token_file else None
+        if tokens is not None and not getattr(args, "tcp", None):
+            raise ValueError("--token-file is for --tcp (over stdio the editor is the only client)")
+        host_port = parse_tcp(args.tcp, authenticated=tokens is not None) if getattr(args, "tcp", None) else None
+        for flag in ("connections_per_client", "requests_per_client", "cache_slots"):
+            if (value := getattr(args, flag, None)) is not None and value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, not {value}")
         access = remote_access(args)
-    except (ValueError, RemoteError) as exc:
+    except (ValueError, TokenFileError, RemoteError) as exc:
         print(f"wizardcoder-tpu serve: {exc}", file=sys.stderr)
         return 2
     log_file = setup_logging(getattr(args, "log_file", None), getattr(args, "log_level", "warning"))
-    server = create_server(from_command_line(args), access)
-    logging.getLogger(__name__).info("serving (log: %s) on %s", log_file, "tcp %s:%d" % host_port if host_port else "stdio")
+    settings = from_command_line(args)
+    log = logging.getLogger(__name__)
+    log.info("serving (log: %s) on %s", log_file, "tcp %s:%d" % host_port if host_port else "stdio")
     if host_port is not None:
-        end_process(serve_tcp(server, *host_port))
+        team = Team(settings, tokens, shared=True,
+                    connections_per_client=getattr(args, "connections_per_client", None) or DEFAULT_CONNECTIONS_PER_CLIENT,
+                    pending_per_client=getattr(args, "requests_per_client", None) or MAX_PENDING, access=access)
+
+        def load() -> None:  # the model loads once the port is open; the first client finds it ready
+            team.worker.submit(lambda cancel: team.host.load(settings, log.info), label="loading", client="server",
+                               kind="load")
+
+        end_process(serve_tcp(lambda: create_server(settings, team), *host_port, load))
     protocol_out = sys.stdout.buffer
     sys.stdout = sys.stderr
-    end_process(serve_stdio(server, sys.stdin.buffer, protocol_out))
+    end_process(serve_stdio(create_server(settings, access=access), sys.stdin.buffer, protocol_out))
 
 
 def end_process(code: int) -> NoReturn:
@@ -81,8 +102,9 @@ def remote_access(args: argparse.Namespace) -> RemoteAccess:
     return RemoteAccess(key, endpoint if key is not None else None, bool(getattr(args, "allow_http", False)))
 
 
-def parse_tcp(value: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` or ``PORT``; the host defaults to the loopback address."""
+def parse_tcp(value: str, authenticated: bool = False) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``PORT``; the host defaults to the loopback address. A host that
+    is not loopback only when clients must present a token (``authenticated``)."""
     host, _, port = value.rpartition(":")
     try:
         number = int(port)
@@ -91,11 +113,12 @@ def parse_tcp(value: str) -> tuple[str, int]:
     if not 0 < number < 65536:
         raise ValueError(f"--tcp port {number} is out of range")
     host = host.strip("[]") or DEFAULT_HOST
-    if not is_loopback(host):
-        raise ValueError(f"--tcp {value}: refusing to listen on {host}, which is not a loopback address. "
-                         "The server has no authentication: any host that can reach the port could read "
-                         "the documents you have open. Listen on 127.0.0.1 (the default) and reach it "
-                         "from elsewhere through an SSH tunnel")
+    if not authenticated and not is_loopback(host):
+        raise ValueError(f"--tcp {value}: refusing to listen on {host}, which is not a loopback address, without "
+                         "authentication: any host that can reach the port could use the model and read what is "
+                         "sent to it. Give --token-file FILE (lines 'NAME TOKEN'; every client then presents its "
+                         "token in initializationOptions.token), or listen on 127.0.0.1 (the default) and reach it "
+                         "through an SSH tunnel")
     return host, number
 
 

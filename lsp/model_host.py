@@ -57,6 +57,18 @@ class ModelHost:
         self.description = ""
         self.error = ""
         self.failure = ""  # why the last request's backend failed ('' when it ran well)
+        self.loaded_key: tuple | None = None  # the Settings.model_key of the last load, done or failed
+
+    @property
+    def current(self) -> TextEngine | None:
+        """The engine that serves, or None (for status reports; requests use ``engine``)."""
+        with self._lock:
+            return self._engine
+
+    def serves(self, settings: Settings) -> bool:
+        """Whether the last finished load was for what ``settings`` ask (nothing to reload)."""
+        with self._lock:
+            return not self.loading and self.loaded_key == settings.model_key
 
     @property
     def engine(self) -> TextEngine:
@@ -70,8 +82,11 @@ class ModelHost:
 
     def load(self, settings: Settings, on_message: Callable[[str], None]) -> LoadReport:
         """Load what ``settings`` ask for (in the worker thread); falls back to the CPU default
-        when allowed. The previous engine is closed first: the memory is needed for the next."""
+        when allowed. The previous engine is closed first: the memory is needed for the next. A
+        load for what was loaded last does nothing (a team server's next client asks again)."""
         with self._lock:
+            if not self.loading and self.loaded_key == settings.model_key:
+                return LoadReport(self.description, self.error, False)
             old, self._engine = self._engine, None
             fallback, self._fallback = self._fallback, None
             self.loading, self.error, self.failure, self._remote_retry_at = True, "", "", 0.0
@@ -99,6 +114,7 @@ class ModelHost:
         with self._lock:
             self._engine, self.loading = engine, False
             self.description, self.error = loaded, error
+            self.loaded_key = settings.model_key
         return LoadReport(loaded, error, fell_back)
 
     def run(self, settings: Settings, work: Callable[[TextEngine], T]) -> T:
@@ -139,7 +155,7 @@ class ModelHost:
                               settings.remote_timeout_ms / 1000, self.access)
         try:
             return load_engine(model, backend, threads=settings.threads or None, weights=settings.weights,
-                               remote=remote if backend == "remote" else None)
+                               slots=settings.cache_slots, remote=remote if backend == "remote" else None)
         except ModelLoadError:
             raise
         except InferenceError as exc:

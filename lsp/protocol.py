@@ -154,6 +154,10 @@ class WizardProtocol(LanguageServerProtocol):
             log.warning("refused request %r %s: %s", msg_id, _name(method), refusal.message)
             self._send_error(msg_id, refusal)
             return
+        if method == types.INITIALIZE and (refused := self._admit(data)) is not None:
+            self._send_error(msg_id, JsonRpcInvalidRequest(message=refused))
+            self.exit_code = 1  # the transport closes the connection after the answer
+            return
         try:
             message = self._structure(method, data, JsonRPCRequestMessage)
         except _Invalid as invalid:
@@ -165,6 +169,16 @@ class WizardProtocol(LanguageServerProtocol):
             self.initialized = True
         log.debug("request %r %s", msg_id, _name(method))
         contextvars.copy_context().run(self._handle_request, msg_id, method, message.params)
+
+    def _admit(self, data: dict[str, Any]) -> str | None:
+        """The server's word on this client (``WizardServer.admit``: its token), before anything
+        of its ``initialize`` is structured or logged: None to go on, else why not."""
+        admit = getattr(self._server, "admit", None)
+        if admit is None:
+            return None
+        params = data.get("params")
+        options = params.get("initializationOptions") if isinstance(params, dict) else None
+        return admit(options)
 
     def _receive_notification(self, method: str, data: dict[str, Any]) -> None:
         if method == types.EXIT:

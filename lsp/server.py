@@ -2,9 +2,10 @@
 
 Handlers here are thin: each converts its errors once (``boundary``), hands the completion path
 (``completion.py``) and the explain command (``explain.py``) the parts they need as arguments,
-and maps their results to LSP types. pygls owns the documents (incremental sync); this class owns
-the settings, the model host, the one inference worker, the result cache and the per-document
-request state (``requests.py``).
+and maps their results to LSP types. A ``WizardServer`` is one client's session: pygls owns its
+documents (incremental sync); this class owns its settings, result cache and per-document request
+state (``requests.py``); the model host and the inference worker belong to its ``Team``
+(``team.py``), which every session of a TCP server shares.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from lsprotocol import types
@@ -37,24 +39,29 @@ from .progress import Progress
 from .protocol import WizardProtocol
 from .requests import DocumentRequests
 from .settings import Settings, merge
-from .status import STATS, Stats, Status
+from .status import SERVER_STATUS, STATS, Stats, Status
+from .team import ClientJobs, Refused, Team
 from .trigger import excluded, is_deletion
-from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
 
 
+MODEL_SETTINGS = ("model", "backend", "fallback_to_cpu", "weights", "threads", "cache_slots", "endpoint",
+                  "remote_protocol", "remote_model", "remote_timeout_ms")  # a team's, not a client's
+
+
 class WizardServer(LanguageServer):
-    def __init__(self, settings: Settings, access: RemoteAccess = RemoteAccess()):
+    def __init__(self, settings: Settings, team: Team | None = None):
         super().__init__("wizardcoder-tpu", __version__, protocol_cls=WizardProtocol,
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.settings = settings
-        self.host = ModelHost(access)
+        self.team = team or Team(settings)
+        self.host: ModelHost = self.team.host
         self.cache = CompletionCache()
         self.context = ContextStore()  # other files' code for the prompt, fed by the document notifications
         self.stats = Stats()
         self.status = Status(self)
-        self.worker = InferenceWorker(on_state=self._worker_state)
+        self.worker = ClientJobs(self.team, on_state=self._worker_state)
         self.requests = DocumentRequests()
         self.prefetcher = Prefetcher()
         self.acceptance = AcceptanceLog(None)  # replaced by the session's file once the loop runs
@@ -87,12 +94,36 @@ class WizardServer(LanguageServer):
         elif self.host.error:
             self.status.set("error", self.host.error)
 
+    # The session -------------------------------------------------------------------------------
+    def admit(self, options: Any) -> str | None:
+        """From the protocol, before ``initialize`` runs: None when this client may start a session
+        (the token, if the server asks for one, is taken out of ``options``), else why not."""
+        token = options.pop("token", None) if isinstance(options, dict) else None
+        try:
+            self.worker.client = self.team.admit(self, token)
+        except Refused as refused:
+            log.warning("refused a client: %s", refused)
+            return str(refused)
+        log.info("session of client %s started", self.worker.client)
+        return None
+
+    def end_session(self) -> None:
+        """The client has gone: its requests are stale, its place is free."""
+        self.requests.cancel_all()
+        self.team.leave(self)
+        if self.worker.client:
+            log.info("session of client %s ended", self.worker.client)
+
     # The model ---------------------------------------------------------------------------------
     async def load_model(self) -> None:
-        """Load what the settings ask for, in the worker; progress and status while it runs."""
+        """Load what the settings ask for, in the worker; progress and status while it runs. A
+        model already loaded for these settings (a team server's, for its next client) is kept."""
         settings = self.settings
         self._model_key = settings.model_key
         self.cache.forget()
+        if self.host.serves(settings):
+            self.show_model_state()
+            return
         progress = await Progress.begin(self, "Loading model", "load")
         self.host.loading = True
         self.status.set("loading", f"loading {settings.model} on {settings.backend}")
@@ -103,7 +134,8 @@ class WizardServer(LanguageServer):
             loop.call_soon_threadsafe(self._loading_message, progress, text)
 
         try:
-            report = await self.worker.run(lambda cancel: self.host.load(settings, message), CancelToken(), "loading")
+            report = await self.worker.run(lambda cancel: self.host.load(settings, message), CancelToken(), "loading",
+                                           kind="load")
         finally:
             progress.end()
         if report is not None and report.error:
@@ -117,6 +149,13 @@ class WizardServer(LanguageServer):
     def apply_settings(self, raw: Any) -> None:
         before = self.settings
         self.settings, problems = merge(before, raw)
+        if self.team.shared:  # the model is the team's: one client's choice would stall the others
+            pinned = {name: getattr(self.team.settings, name) for name in MODEL_SETTINGS}
+            asked = [name for name, value in pinned.items() if getattr(self.settings, name) != value]
+            if asked:
+                problems.append(f"this server serves {self.team.settings.model} on {self.team.settings.backend} "
+                                f"to every client: {', '.join(asked)} are set where it starts; ignored")
+                self.settings = replace(self.settings, **pinned)
         for problem in problems:
             self.status.log(types.MessageType.Warning, problem)
         if self.settings != before:
@@ -167,10 +206,11 @@ def boundary(ls: WizardServer, method: str) -> Iterator[None]:
         raise response from exc
 
 
-def create_server(settings: Settings, access: RemoteAccess = RemoteAccess()) -> WizardServer:
-    """``access`` (the remote backend's API key, ``--allow-http``) comes from the command line only:
-    no client setting reaches it."""
-    server = WizardServer(settings, access)
+def create_server(settings: Settings, team: Team | None = None, access: RemoteAccess = RemoteAccess()) -> WizardServer:
+    """One session; ``team``: what it shares with the other sessions of a TCP server (a team of
+    its own when None, as over stdio). ``access`` (the remote backend's API key, ``--allow-http``)
+    comes from the command line only: no client setting reaches it."""
+    server = WizardServer(settings, team or Team(settings, access=access))
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: WizardServer, params: types.InitializeParams) -> None:
@@ -295,12 +335,17 @@ def create_server(settings: Settings, access: RemoteAccess = RemoteAccess()) -> 
                                  status={"state": ls.status.state, "message": ls.status.message},
                                  positionEncoding=encoding_name(ls.workspace.position_encoding))
 
+    @server.feature(SERVER_STATUS)
+    def server_status(ls: WizardServer, params: Any) -> dict[str, Any]:
+        return ls.team.status()
+
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: WizardServer, params: Any) -> None:
         ls.prefetcher.cancel()
         ls.acceptance.flush()
         ls.requests.cancel_all()
-        ls.worker.close()
+        if not ls.team.shared:
+            ls.team.close()
 
     return server
 

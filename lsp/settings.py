@@ -33,6 +33,7 @@ DISABLED_FILES = (".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.crt"
                   "*.keystore", "*.kdbx", "*.gpg", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*",
                   "*.ppk", ".netrc", ".pgpass", ".npmrc", ".pypirc", ".git-credentials", "credentials",
                   "credentials.json", "*.tfvars", "*.tfstate")
+CLIENT_KEYS = ("token",)  # sent beside the settings (a team server's token, team.py), never one of them
 
 
 def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), minimum: int | None = None,
@@ -76,6 +77,9 @@ class Settings:
                            "closely as a fast kernel allows, `int8`/`int4` requantize, `f32` is the reference.",
                            choices=WEIGHTS)
     threads: int = setting(0, "CPU backend threads; 0 is one per physical core.", minimum=0, maximum=256)
+    cache_slots: int = setting(4, "KV caches the CPU backend keeps, one earlier prompt each: switching between "
+                               "documents (or a team server's clients) and back prefills only what changed. The TPU "
+                               "backend keeps one.", minimum=1, maximum=64)
     max_new_tokens: int = setting(64, "Tokens per completion at most.", minimum=1, maximum=4096)
     debounce_ms: int = setting(150, "Milliseconds the server waits after the last change of a document before "
                                "running the model.", minimum=0, maximum=10_000)
@@ -117,8 +121,8 @@ class Settings:
     @property
     def model_key(self) -> tuple[Any, ...]:
         """What a reload depends on."""
-        return (self.model, self.backend, self.fallback_to_cpu, self.weights, self.threads, self.endpoint,
-                self.remote_protocol, self.remote_model, self.remote_timeout_ms)
+        return (self.model, self.backend, self.fallback_to_cpu, self.weights, self.threads, self.cache_slots,
+                self.endpoint, self.remote_protocol, self.remote_model, self.remote_timeout_ms)
 
 
 # The JSON type of each Python type a setting may have, as the clients and the docs name it.
@@ -205,6 +209,8 @@ def merge(settings: Settings, raw: Any) -> tuple[Settings, list[str]]:
     changes: dict[str, Any] = {}
     problems = []
     for key, value in raw.items():
+        if key in CLIENT_KEYS:
+            continue
         row = rows.get(key)
         if row is None:
             problems.append(f"unknown setting {key!r} ignored (known: {', '.join(rows)})")
@@ -222,5 +228,5 @@ def from_command_line(args: Any) -> Settings:
              "fallback_to_cpu": True if getattr(args, "fallback_cpu", False) else None,
              "weights": getattr(args, "weights", None), "threads": getattr(args, "threads", None),
              "endpoint": getattr(args, "endpoint", None), "remote_protocol": getattr(args, "remote_protocol", None),
-             "remote_model": getattr(args, "remote_model", None)}
+             "remote_model": getattr(args, "remote_model", None), "cache_slots": getattr(args, "cache_slots", None)}
     return replace(Settings(), **{name: value for name, value in given.items() if value})

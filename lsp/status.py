@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 STATUS = "wizardcoder/status"
 STATS = "wizardcoder/stats"
+SERVER_STATUS = "wizardcoder/serverStatus"  # the whole server's, for the person who runs it (team.py)
 STATES = ("loading", "idle", "busy", "error")
 
 

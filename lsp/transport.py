@@ -6,20 +6,23 @@ They replace pygls' ``start_io``/``start_tcp``, whose reader crashes or goes dea
 pygls swallows). stdin is read by a daemon thread, so that ``exit`` ends the process at once even
 when the client keeps the pipe open.
 
-TCP serves one client per server: a client that connects while another is being served gets a
-JSON-RPC error saying so and is disconnected (pygls handed every connection the same protocol
-object, so a second client could ask for the first one's documents and received its replies).
-When the client leaves, the server ends, as it did with pygls. Serving several clients at once,
-each with its own session, is a job for the team-serving work (issue 13).
+TCP serves a team: every connection is a session of its own (``make_session`` builds its
+``WizardServer``: documents, settings, request state, cache), all of them sharing one model and one
+worker (``team.py``). A connection's ``exit``, its refusal (no valid token) or its end closes that
+connection only; the server serves until SIGTERM or SIGINT. At most ``MAX_CONNECTIONS`` at once:
+one more gets a JSON-RPC error saying so and is disconnected.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import signal
 import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 from pygls.io_ import StdoutWriter
@@ -29,8 +32,8 @@ from .framing import READ_CHUNK, FrameReader
 from .protocol import WizardProtocol
 
 log = logging.getLogger(__name__)
-BUSY_MESSAGE = ("wizardcoder: this server already serves another client and serves one client only; "
-                "start a server of your own")
+MAX_CONNECTIONS = 64
+FULL_MESSAGE = f"wizardcoder: this server already serves {MAX_CONNECTIONS} connections, the most it serves at once"
 
 
 async def _serve(protocol: WizardProtocol, reader: FrameReader) -> int:
@@ -74,41 +77,56 @@ def serve_stdio(server: LanguageServer, stdin: BinaryIO, stdout: BinaryIO) -> in
     return asyncio.run(main())
 
 
-def serve_tcp(server: LanguageServer, host: str, port: int) -> int:
-    """Listen on ``host:port`` (the caller checks that it is a loopback address) for one client."""
-    protocol = _protocol(server)
+def serve_tcp(make_session: Callable[[], LanguageServer], host: str, port: int,
+              on_listening: Callable[[], None] | None = None) -> int:
+    """Listen on ``host:port`` (the caller has checked that it may) until SIGTERM or SIGINT; 0 then.
+    ``on_listening`` runs once the port is open (the caller starts loading the model)."""
 
     async def main() -> int:
-        finished: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        busy = False
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        live: set[asyncio.StreamWriter] = set()  # the open sessions' connections
 
         async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal busy
-            if busy:
-                log.warning("refused a second TCP client while one is being served")
+            if len(live) >= MAX_CONNECTIONS:
+                log.warning("refused a TCP connection: %d are open, the most this server serves", len(live))
                 writer.write(_frame({"jsonrpc": "2.0", "id": None,
-                                     "error": {"code": -32600, "message": BUSY_MESSAGE}}))
-                try:
+                                     "error": {"code": -32600, "message": FULL_MESSAGE}}))
+                with contextlib.suppress(OSError):
                     await writer.drain()
-                finally:
-                    writer.close()
+                writer.close()
                 return
-            busy = True
+            live.add(writer)
+            session = make_session()
+            protocol = _protocol(session)
             protocol.set_writer(writer)
             try:
-                code = await _serve(protocol, FrameReader(reader.read))
+                await _serve(protocol, FrameReader(reader.read))
             except Exception:
-                log.exception("the TCP session failed")
-                code = 1
+                log.exception("a TCP session failed")
             finally:
+                live.discard(writer)
+                end = getattr(session, "end_session", None)
+                if end is not None:
+                    end()
+                with contextlib.suppress(OSError, RuntimeError):
+                    await writer.drain()
                 writer.close()
-            if not finished.done():
-                finished.set_result(code)
 
         tcp = await asyncio.start_server(on_connection, host, port)
         log.info("serving on %s", ", ".join(str(s.getsockname()) for s in tcp.sockets))
-        async with tcp:
-            return await finished
+        if on_listening is not None:
+            on_listening()
+        await stop.wait()
+        log.info("stopping: a signal came; closing %d connections", len(live))
+        tcp.close()
+        for writer in list(live):  # Server.wait_closed waits for every connection (Python 3.12.1 on)
+            writer.close()
+        await tcp.wait_closed()
+        return 0
 
     return asyncio.run(main())
 

@@ -51,6 +51,7 @@ class RawClient:
         self._lock = threading.Condition()
         self._next_id = 0
         self._closed = False
+        self.over_tcp = False  # a TCP session: the server outlives it and closes only the connection
         self._reader = threading.Thread(target=self._read_loop, name="raw-lsp-reader", daemon=True)
         self._reader.start()
 
@@ -85,7 +86,9 @@ class RawClient:
                 pass
             sock.close()
 
-        return cls(sock.sendall, sock.recv, close, process)
+        client = cls(sock.sendall, sock.recv, close, process)
+        client.over_tcp = True
+        return client
 
     # Sending -----------------------------------------------------------------------------------
     def send_bytes(self, data: bytes) -> None:
@@ -148,17 +151,22 @@ class RawClient:
     def initialize(self, options: dict[str, Any] | None = None, *, encodings: list[str] | None = None,
                    progress: bool = True, wait_for_model: bool = True) -> dict[str, Any]:
         """initialize + initialized, then (by default) wait until the model has loaded or failed."""
-        result = self.call("initialize", {
-            "processId": None, "rootUri": None, "initializationOptions": options or {},
-            "capabilities": {"general": {"positionEncodings": encodings or ["utf-16"]},
-                             "window": {"workDoneProgress": progress},
-                             "textDocument": {"inlineCompletion": {}, "synchronization": {}}}},
-            timeout=STARTUP_TIMEOUT_S)
+        result = self.call_initialize(options, encodings=encodings, progress=progress)
         assert "result" in result, result
         self.notify("initialized", {})
         if wait_for_model:
             self.wait_for_status(("idle", "error"))
         return result["result"]
+
+    def call_initialize(self, options: dict[str, Any] | None = None, *, encodings: list[str] | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+        """The initialize request alone; its whole response (a result or an error)."""
+        return self.call("initialize", {
+            "processId": None, "rootUri": None, "initializationOptions": options or {},
+            "capabilities": {"general": {"positionEncodings": encodings or ["utf-16"]},
+                             "window": {"workDoneProgress": progress},
+                             "textDocument": {"inlineCompletion": {}, "synchronization": {}}}},
+            timeout=STARTUP_TIMEOUT_S)
 
     def wait_for_status(self, states: tuple[str, ...], timeout: float = LOAD_TIMEOUT_S, start: int = 0) -> dict:
         return self.wait_for(lambda m: m.get("method") == "wizardcoder/status" and m["params"]["state"] in states,
@@ -181,12 +189,32 @@ class RawClient:
         return self.wait_exit(timeout)
 
     def wait_exit(self, timeout: float = 30.0) -> int | None:
+        """The server's exit code over stdio; over TCP, None once the server has closed the
+        connection (a TCP server serves on)."""
+        if self.over_tcp:
+            self.wait_closed(timeout)
+            return None
         if self.process is None:
             return None
         try:
             return self.process.wait(timeout)
         finally:
             self.close()
+
+    def wait_closed(self, timeout: float = 30.0) -> None:
+        """Until the server has closed the connection (AssertionError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"the server did not close the connection within {timeout} s")
+                self._lock.wait(min(remaining, 0.5))
+
+    @property
+    def closed(self) -> bool:
+        with self._lock:
+            return self._closed
 
     def close(self) -> None:
         self._close()

@@ -79,6 +79,48 @@ def test_same_prompt_twice_feeds_one_token(tiny_engine):
     assert tiny_engine.backend.tokens_fed - fed == 1 + len(again.token_ids) - 1
 
 
+@pytest.fixture(scope="module")
+def slotted_engine(tiny_checkpoint) -> Engine:
+    """Three KV-cache slots, one prompt each."""
+    return Engine(CPUBackend(tiny_checkpoint, slots=3), IdsTokenizer())
+
+
+def prompt_fed(engine: Engine, prompt: list[int], new_tokens: int = 4) -> tuple[int, list[int]]:
+    """Generate; the prompt tokens that went through the model (decode steps subtracted), and the ids."""
+    fed = engine.backend.tokens_fed
+    result = engine.generate(prompt, GenerationParams(max_new_tokens=new_tokens))
+    decode_steps = max(len(result.token_ids) - 1, 0)
+    return engine.backend.tokens_fed - fed - decode_steps, result.token_ids
+
+
+def test_switching_documents_and_back_prefills_only_what_changed(slotted_engine, cold_backend):
+    doc_a = [1] + list(range(10, 160))  # two documents that share only their first token (a prompt header)
+    doc_b = [1] + list(range(200, 350))
+    slotted_engine.reset()
+    assert prompt_fed(slotted_engine, doc_a)[0] == len(doc_a)
+    assert prompt_fed(slotted_engine, doc_b)[0] == len(doc_b)  # a slot of its own: doc_a's stays
+    typed_a = doc_a + [7, 8, 9]  # back to doc_a, three tokens typed
+    fed, ids = prompt_fed(slotted_engine, typed_a)
+    assert fed == 3 and ids == backend_greedy(cold_backend, typed_a, 4)
+    edited_b = doc_b[:100] + [5, 6] + doc_b[100:]  # doc_b edited in the middle
+    fed, ids = prompt_fed(slotted_engine, edited_b)
+    assert fed == len(edited_b) - 100 and ids == backend_greedy(cold_backend, edited_b, 4)
+    assert prompt_fed(slotted_engine, typed_a)[0] == 1  # and doc_a once more: only the token for its logits
+    assert [slot["tokens"] for slot in slotted_engine.slot_use()].count(0) == 1
+
+
+def test_the_least_recently_used_slot_is_reused_first(slotted_engine):
+    docs = [[1] + list(range(100 * k, 100 * k + 80)) for k in range(1, 5)]  # four documents, three slots
+    slotted_engine.reset()
+    for doc in docs[:3]:
+        prompt_fed(slotted_engine, doc)
+    prompt_fed(slotted_engine, docs[0])  # the first is used again: the second is now the oldest
+    assert prompt_fed(slotted_engine, docs[3])[0] == len(docs[3]) - 1  # takes the second's slot (and its header)
+    assert prompt_fed(slotted_engine, docs[0])[0] == 1
+    assert prompt_fed(slotted_engine, docs[2])[0] == 1
+    assert prompt_fed(slotted_engine, docs[1])[0] == len(docs[1]) - 1  # evicted: prefilled again
+
+
 def test_cancel_from_another_thread_stops_within_one_step(tiny_engine):
     cancel = CancelToken()
     seen: list[int] = []

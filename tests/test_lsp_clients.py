@@ -167,8 +167,7 @@ async def test_tcp_address_defaults_to_loopback():
 
 
 async def connect(port: int, server: subprocess.Popen, timeout: float) -> LanguageClient:
-    """A client connected to the server once it listens (the first connection is the client's:
-    the server ends when its one connection closes, so it cannot be probed)."""
+    """A client connected to the server once it listens."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -213,7 +212,10 @@ async def test_serve_tcp_on_loopback_with_utf16_default(client: LanguageClient):
         assert list(listed.items) == [] and (await stats(tcp_client))["engineCalls"] == calls
 
         await asyncio.wait_for(tcp_client.shutdown_session(), 60)
-        assert await asyncio.to_thread(server.wait, 60) == 0  # exits after shutdown + exit
+        await asyncio.sleep(0.5)
+        assert server.poll() is None  # the session ended, the server serves on (issue 13)
+        server.terminate()
+        assert await asyncio.to_thread(server.wait, 60) == 0  # and stops cleanly on SIGTERM
     finally:
         if tcp_client is not None:
             await tcp_client.stop()

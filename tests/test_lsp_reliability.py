@@ -435,30 +435,34 @@ def test_the_log_rotates(tmp_path):
 
 # TCP -------------------------------------------------------------------------------------------
 def test_a_second_tcp_client_never_sees_the_first_ones_documents(tmp_path):
+    """Each TCP connection is a session of its own (issue 13): a second client sees none of the
+    first one's documents or replies, initialized or not."""
     port = free_port()
     process = start_tcp_server(tmp_path / "server.log", port)
-    first = RawClient.tcp(port, process)
+    first = RawClient.tcp(port)
+    explain = {"command": "wizardcoder.explainSelection", "arguments": [
+        "file:///tmp/private.py", {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 5}}]}
     try:
         first.initialize(wait_for_model=False)
         first.open("file:///tmp/private.py", SECRET)
-        intruder = RawClient.tcp(port)  # never initializes, asks to explain the first client's document
+        intruder = RawClient.tcp(port)
         try:
-            intruder.request("workspace/executeCommand", {"command": "wizardcoder.explainSelection", "arguments": [
-                "file:///tmp/private.py", {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 5}}]})
-        except OSError:  # the server may have closed the connection already
-            pass
-        refusal = intruder.wait_for(lambda m: "error" in m, 10, "the refusal")
-        assert "one client" in refusal["error"]["message"]
-        time.sleep(0.5)  # nothing else arrives: the connection is closed
-        assert SECRET not in json.dumps(intruder.messages) and len(intruder.messages) == 1
-        intruder.close()
-        assert "file:///tmp/private.py" in first.digests()  # the first client is still served, and alone
-        assert first.shutdown_and_exit() == 0
+            before = intruder.call("workspace/executeCommand", explain)  # never initialized
+            assert before["error"]["code"] == -32002, before
+            intruder.initialize(wait_for_model=False)
+            assert intruder.digests() == {}
+            after = intruder.call("workspace/executeCommand", explain, timeout=60)
+            assert "error" in after and "not open" in after["error"]["message"], after
+            time.sleep(0.5)
+            assert SECRET not in json.dumps(intruder.messages)
+        finally:
+            intruder.close()
+        assert "file:///tmp/private.py" in first.digests()  # the first client is still served
+        assert first.shutdown_and_exit() is None and process.poll() is None  # its connection ends, not the server
     finally:
         first.close()
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
+        process.terminate()
+        assert process.wait(30) == 0  # SIGTERM ends a TCP server cleanly
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "[::]", "192.168.1.10", "example.com"])

@@ -64,7 +64,8 @@ def test_the_known_drift_is_gone():
     assert properties["wizardcoder.explainMaxNewTokens"]["default"] == Settings().explain_max_new_tokens
     assert properties["wizardcoder.promptTokens"]["minimum"] == SETTINGS["promptTokens"].minimum == 64
     assert merge(Settings(), {"promptTokens": 16})[1], "the server refuses a prompt budget of 16"
-    assert list(properties) == ["wizardcoder.serverCommand", *(f"wizardcoder.{key}" for key in SETTINGS)]
+    assert list(properties) == ["wizardcoder.serverCommand", "wizardcoder.serverAddress",
+                                *(f"wizardcoder.{key}" for key in SETTINGS)]
 
 
 # A change in one place only is caught ---------------------------------------------------------

@@ -7,6 +7,10 @@ the cache directory, so a restart of the server skips dequantizing and graph bui
 layer's keys and values live in one preallocated buffer ``[1, kv_heads, context, head_dim]``
 bound as both the attention's past input and its present output (IOBinding), so a call appends
 its rows in place; the cache's length is a number here, and ``truncate`` only lowers it.
+
+``slots`` such caches may be kept (``select_slot`` picks the one that calls use), each a set of
+buffers and a binding of its own, allocated when first selected: the engine keeps one prompt's
+prefix in each, so that a switch between documents or clients does not prefill again.
 """
 
 from __future__ import annotations
@@ -67,10 +71,11 @@ class CPUBackend(Backend):
     name = "cpu"
 
     def __init__(self, checkpoint: Checkpoint, threads: int | None = None, weights: str = "auto",
-                 context: int | None = None):
+                 context: int | None = None, slots: int = 1):
         """``threads``: onnxruntime's intra-op threads (default: one per physical core);
         ``weights``: see ``GraphOptions``; ``context``: positions the KV buffers hold (default:
-        the model's trained context; memory is committed only as it fills)."""
+        the model's trained context; memory is committed only as it fills); ``slots``: KV caches
+        kept (see ``select_slot``)."""
         super().__init__()
         self.config: ModelConfig = checkpoint.config
         try:
@@ -93,22 +98,43 @@ class CPUBackend(Backend):
         except Exception as exc:
             raise ModelLoadError(f"{path}: onnxruntime cannot load the decoder graph ({exc}); delete it to rebuild") from exc
         self._learned_positions = "position_ids" in {i.name for i in self._session.get_inputs()}
-        shape = [1, self.config.num_kv_heads, self.max_context, self.config.head_dim]
-        # One buffer per layer and kind, allocated by onnxruntime and never copied.
-        self._kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cpu", 0)
-                    for _ in range(2 * self.config.num_layers)]
-        self._binding = self.bind_buffers()
+        if slots < 1:
+            raise ModelLoadError(f"a backend needs at least one KV-cache slot, not {slots}")
+        self.slots = slots
+        self._slot_caches: list[tuple[list[ort.OrtValue], ort.IOBinding] | None] = [None] * slots
+        self._lengths = [0] * slots
+        self._slot = 0
+        self._kv, self._binding = self._slot_cache(0)
         self._length = 0
 
-    def bind_buffers(self) -> ort.IOBinding:
+    def _slot_cache(self, index: int) -> tuple[list[ort.OrtValue], ort.IOBinding]:
+        """Slot ``index``'s buffers and binding, allocated on first use."""
+        cache = self._slot_caches[index]
+        if cache is None:
+            shape = [1, self.config.num_kv_heads, self.max_context, self.config.head_dim]
+            # One buffer per layer and kind, allocated by onnxruntime and never copied.
+            kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cpu", 0)
+                  for _ in range(2 * self.config.num_layers)]
+            cache = self._slot_caches[index] = (kv, self.bind_buffers(kv))
+        return cache
+
+    def select_slot(self, index: int) -> None:
+        if not 0 <= index < self.slots:
+            raise BackendError(f"slot {index} does not exist (this backend keeps {self.slots})")
+        self._lengths[self._slot] = self._length
+        self._slot = index
+        self._kv, self._binding = self._slot_cache(index)
+        self._length = self._lengths[index]
+
+    def bind_buffers(self, kv: list[ort.OrtValue]) -> ort.IOBinding:
         """A binding of the session with each layer's buffer as both its past and its present."""
         binding = self._session.io_binding()
         for i in range(self.config.num_layers):
             past_k, past_v, present_k, present_v = kv_names(i)
-            binding.bind_ortvalue_input(past_k, self._kv[2 * i])
-            binding.bind_ortvalue_input(past_v, self._kv[2 * i + 1])
-            binding.bind_ortvalue_output(present_k, self._kv[2 * i])
-            binding.bind_ortvalue_output(present_v, self._kv[2 * i + 1])
+            binding.bind_ortvalue_input(past_k, kv[2 * i])
+            binding.bind_ortvalue_input(past_v, kv[2 * i + 1])
+            binding.bind_ortvalue_output(present_k, kv[2 * i])
+            binding.bind_ortvalue_output(present_v, kv[2 * i + 1])
         binding.bind_output("logits")
         return binding
 

@@ -2,6 +2,7 @@
 // Inline completion is vscode-languageclient's own feature (registered by default since 10.x);
 // this file reads settings, shows `wizardcoder/status` in the status bar, and runs
 // "Explain Selection" with its streamed markdown. All behaviour lives in the server.
+import * as net from "node:net";
 import * as vscode from "vscode";
 import {
   ExecuteCommandRequest,
@@ -10,9 +11,10 @@ import {
   WorkDoneProgress,
   type LanguageClientOptions,
   type ServerOptions,
+  type StreamInfo,
 } from "vscode-languageclient/node";
 import { escapeHtml, explanationHtml, progressText, resultMarkdown, type ExplainPhase } from "./explainView";
-import { documentSelector, readServerCommand, readServerSettings, RESTART_KEYS } from "./settings";
+import { documentSelector, readServerAddress, readServerCommand, readServerSettings, RESTART_KEYS } from "./settings";
 import { parseStatus, statusView, stoppedView, type StatusView } from "./status";
 
 const SECTION = "wizardcoder";
@@ -30,14 +32,25 @@ function showStatus(view: StatusView): void {
   statusItem.show();
 }
 
+/** A connection to a running team server (`wizardcoder.serverAddress`). */
+function connectTo(host: string, port: number): Promise<StreamInfo> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port });
+    socket.once("connect", () => resolve({ reader: socket, writer: socket }));
+    socket.once("error", reject);
+  });
+}
+
 function createClient(): LanguageClient {
   const config = vscode.workspace.getConfiguration(SECTION);
   const settings = readServerSettings(config);
   const { command, args } = readServerCommand(config);
-  const serverOptions: ServerOptions = { command, args };
+  const address = readServerAddress(config);
+  const serverOptions: ServerOptions = address ? () => connectTo(address.host, address.port) : { command, args };
+  const token = process.env.WIZARDCODER_TOKEN;
   const clientOptions: LanguageClientOptions = {
     documentSelector: documentSelector(settings.languages),
-    initializationOptions: settings,
+    initializationOptions: address && token ? { ...settings, token } : settings,
     outputChannel: output,
     middleware: {
       // The statistics (docs/protocol.md): a suggestion VS Code got to show is reported once by its id.

@@ -33,6 +33,8 @@ export interface ServerSettings {
   weights: "auto" | "int8" | "int4" | "f32";
   /** CPU backend threads; 0 is one per physical core. */
   threads: number;
+  /** KV caches the CPU backend keeps, one earlier prompt each: switching between documents (or a team server's clients) and back prefills only what changed. The TPU backend keeps one. */
+  cacheSlots: number;
   /** Tokens per completion at most. */
   maxNewTokens: number;
   /** Milliseconds the server waits after the last change of a document before running the model. */
@@ -76,6 +78,7 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "remoteTimeoutMs", kind: "integer", minimum: 100, maximum: 600000 },
   { key: "weights", kind: "string", choices: ["auto", "int8", "int4", "f32"] },
   { key: "threads", kind: "integer", minimum: 0, maximum: 256 },
+  { key: "cacheSlots", kind: "integer", minimum: 1, maximum: 64 },
   { key: "maxNewTokens", kind: "integer", minimum: 1, maximum: 4096 },
   { key: "debounceMs", kind: "integer", minimum: 0, maximum: 10000 },
   { key: "promptTokens", kind: "integer", minimum: 64, maximum: 32768 },
@@ -103,6 +106,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   remoteTimeoutMs: 15000,
   weights: "auto",
   threads: 0,
+  cacheSlots: 4,
   maxNewTokens: 64,
   debounceMs: 150,
   promptTokens: 1024,
@@ -123,7 +127,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
 export const DEFAULT_SERVER_COMMAND: readonly string[] = Object.freeze(["wizardcoder-tpu", "serve", "--stdio"]);
 
 /** Keys whose change needs a restart of the client (the rest go over didChangeConfiguration). */
-export const RESTART_KEYS: readonly string[] = ["serverCommand", "languages"];
+export const RESTART_KEYS: readonly string[] = ["serverCommand", "serverAddress", "languages"];
 // END GENERATED
 
 /** What the extension needs of a `WorkspaceConfiguration`: `get(key)`. */
@@ -174,6 +178,24 @@ export function readServerCommand(config: ConfigSource): { command: string; args
   const argv = config.get<unknown>("serverCommand");
   const [command, ...args] = isStringArray(argv) && argv.length > 0 && argv[0]!.trim() !== "" ? argv : DEFAULT_SERVER_COMMAND;
   return { command: command!, args };
+}
+
+/** A team server's address from `wizardcoder.serverAddress` (`HOST:PORT`, `[::1]:PORT`), or
+ * undefined when it is empty or malformed (the extension then starts its own server). */
+export function readServerAddress(config: ConfigSource): { host: string; port: number } | undefined {
+  const value = config.get<unknown>("serverAddress");
+  if (typeof value !== "string") {
+    return undefined;
+  }
+  const match = /^\s*(\[[^\]]+\]|[^:\s]+):(\d{1,5})\s*$/.exec(value);
+  if (!match) {
+    return undefined;
+  }
+  const port = Number(match[2]);
+  if (port < 1 || port > 65535) {
+    return undefined;
+  }
+  return { host: match[1]!.replace(/^\[|\]$/g, ""), port };
 }
 
 /** A document selector entry, structurally what vscode-languageclient accepts. */

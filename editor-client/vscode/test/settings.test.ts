@@ -3,6 +3,7 @@ import { test } from "node:test";
 import {
   DEFAULT_SETTINGS,
   documentSelector,
+  readServerAddress,
   readServerCommand,
   readServerSettings,
   type ConfigSource,
@@ -16,7 +17,7 @@ test("an empty configuration gives the protocol's defaults", () => {
   assert.deepEqual(readServerSettings(source({})), DEFAULT_SETTINGS);
   assert.deepEqual(DEFAULT_SETTINGS, {
     model: "default", backend: "cpu", fallbackToCpu: true, endpoint: "http://127.0.0.1:8080", remoteProtocol: "openai",
-    remoteModel: "auto", remoteTimeoutMs: 15000, weights: "auto", threads: 0, maxNewTokens: 64, debounceMs: 150,
+    remoteModel: "auto", remoteTimeoutMs: 15000, weights: "auto", threads: 0, cacheSlots: 4, maxNewTokens: 64, debounceMs: 150,
     promptTokens: 1024, contextTokens: 512, mode: "auto", languages: [], explainMaxNewTokens: 256,
     trigger: "automatic", maxLineSuffix: 8, disabledLanguages: [],
     disabledFiles: [".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.crt", "*.p12", "*.pfx", "*.jks",
@@ -29,7 +30,7 @@ test("an empty configuration gives the protocol's defaults", () => {
 test("valid values pass through with the protocol's key names", () => {
   const settings = readServerSettings(source({
     model: " /models/wizardcoder.gguf ", backend: "tpu", fallbackToCpu: false, endpoint: "https://gpu.example.com",
-    remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, maxNewTokens: 32,
+    remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
     explainMaxNewTokens: 512, trigger: "manual", maxLineSuffix: 0, disabledLanguages: ["markdown"],
     disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false,
@@ -37,7 +38,7 @@ test("valid values pass through with the protocol's key names", () => {
   }));
   assert.deepEqual(settings, {
     model: "/models/wizardcoder.gguf", backend: "tpu", fallbackToCpu: false, endpoint: "https://gpu.example.com",
-    remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, maxNewTokens: 32,
+    remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
     explainMaxNewTokens: 512, trigger: "manual", maxLineSuffix: 0, disabledLanguages: ["markdown"],
     disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false,
@@ -77,4 +78,12 @@ test("the document selector covers every file, or only the listed languages", ()
     { scheme: "file", language: "python" },
     { scheme: "untitled", language: "python" },
   ]);
+});
+
+test("a team server's address is HOST:PORT, else the extension starts its own server", () => {
+  assert.deepEqual(readServerAddress(source({ serverAddress: "10.0.0.5:2087" })), { host: "10.0.0.5", port: 2087 });
+  assert.deepEqual(readServerAddress(source({ serverAddress: " [::1]:2087 " })), { host: "::1", port: 2087 });
+  for (const value of [undefined, "", "10.0.0.5", "host:0", "host:70000", "a b:1", 2087]) {
+    assert.equal(readServerAddress(source({ serverAddress: value })), undefined, String(value));
+  }
 });

@@ -1,7 +1,8 @@
 --- The one table of defaults, merged with the user's options in setup().
 ---
 --- Keys:
----   cmd           argv of the language server (docs/protocol.md, "Start").
+---   cmd           argv of the language server (docs/protocol.md, "Start"), or a team server's
+---                 address as `vim.lsp.rpc.connect('10.0.0.5', 2087)` (README, "A team server").
 ---   settings      sent as initializationOptions and as `settings.wizardcoder` on
 ---                 workspace/didChangeConfiguration; the server owns their meaning. Each is
 ---                 explained in `server_settings` below, which scripts/gen_settings.py writes
@@ -54,6 +55,10 @@ local server_settings = {
   weights = 'auto',
   -- CPU backend threads; 0 is one per physical core. An integer from 0 to 256.
   threads = 0,
+  -- KV caches the CPU backend keeps, one earlier prompt each: switching between documents (or a
+  -- team server's clients) and back prefills only what changed. The TPU backend keeps one. An
+  -- integer from 1 to 64.
+  cacheSlots = 4,
   -- Tokens per completion at most. An integer from 1 to 4096.
   maxNewTokens = 64,
   -- Milliseconds the server waits after the last change of a document before running the model. An
@@ -157,7 +162,7 @@ function M.merge(opts)
   if opts and opts.root_markers then
     merged.root_markers = vim.deepcopy(opts.root_markers)
   end
-  vim.validate('cmd', merged.cmd, 'table')
+  vim.validate('cmd', merged.cmd, { 'table', 'function' })
   vim.validate('settings.backend', merged.settings.backend, function(v)
     return vim.tbl_contains(setting_choices.backend, v)
   end, 'one of ' .. table.concat(setting_choices.backend, ', '))

@@ -29,9 +29,11 @@ function M.check()
   else
     vim.health.ok('Neovim ' .. tostring(vim.version()) .. ' has vim.lsp.inline_completion')
   end
-  local exe = options.cmd[1]
-  local path = vim.fn.exepath(exe)
-  if path == '' then
+  local exe = type(options.cmd) == 'table' and options.cmd[1] or nil
+  local path = exe and vim.fn.exepath(exe) or ''
+  if not exe then
+    vim.health.ok('`cmd` connects to a running server (vim.lsp.rpc.connect)')
+  elseif path == '' then
     vim.health.error(('`%s` is not on $PATH'):format(exe),
       { 'pip install wizardcoder-tpu (or activate its virtual environment)', 'or set `cmd` in setup()' })
   else
