@@ -28,6 +28,7 @@ from . import trigger
 from .cache import CompletionCache
 from .documents import Cursor
 from .settings import Settings
+from .team import ClientJobs
 from .worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Prefetcher:
         return self._running.target if self._running is not None else None
 
     def start(self, cursor: Cursor, result: Processed, *, settings: Settings, cache: CompletionCache,
-              worker: InferenceWorker, run: Callable[[Cursor, Kind, CancelToken], Processed | None]) -> Target | None:
+              worker: InferenceWorker | ClientJobs, run: Callable[[Cursor, Kind, CancelToken], Processed | None]) -> Target | None:
         """Queue the prefetch after ``result`` (served at ``cursor``); the target, or None when
         there is nothing to do there (prefetch off, an automatic request would not run the model
         there, or the cache holds it already). ``run(cursor, kind, token)`` is the model run, in

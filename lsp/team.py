@@ -24,6 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -180,6 +181,11 @@ class ClientJobs:
     @property
     def skipped(self) -> int:
         return self._team.worker.skipped
+
+    def submit(self, fn: Callable[[CancelToken], T], cancel: CancelToken, label: str = "") -> Future[T]:
+        """Queue work nobody waits on (the prefetch of the next suggestion), behind every request."""
+        return self._team.worker.submit(fn, cancel, label, client=self.client, kind="prefetch",
+                                        on_state=self._on_state)
 
     async def run(self, fn: Callable[[CancelToken], T], cancel: CancelToken, label: str = "",
                   kind: str = "completion", request_id: object = None) -> T | None:

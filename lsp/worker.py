@@ -3,7 +3,8 @@ and the fair queue in front of it that every client of a team server shares.
 
 Which job runs next:
 1. by kind: loading a model, then inline completions, then explanations (a keystroke never waits
-   behind an explanation for more than one slice of it: see ``Continue``);
+   behind an explanation for more than one slice of it: see ``Continue``), then the prefetch of
+   the next suggestion (work nobody has asked for yet: it never delays a request);
 2. among the clients with a job of that kind, round-robin: the client served least recently goes
    first, so one busy client cannot starve the others;
 3. within one client, the newest job first (the one for what the user is looking at now; an older
@@ -33,7 +34,7 @@ from ..inference.engine import CancelToken
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-KINDS = ("load", "completion", "explain")  # in the order they are served
+KINDS = ("load", "completion", "explain", "prefetch")  # in the order they are served
 MAX_PENDING = 16  # jobs one client may have waiting; beyond, its oldest is skipped
 OnState = Callable[[str, str], None]
 
