@@ -7,6 +7,8 @@ the cache directory, so a restart of the server skips dequantizing and graph bui
 layer's keys and values live in one preallocated buffer ``[1, kv_heads, context, head_dim]``
 bound as both the attention's past input and its present output (IOBinding), so a call appends
 its rows in place; the cache's length is a number here, and ``truncate`` only lowers it.
+``verify`` runs a draft's rows in one call with the logits of every row (the graph's
+``logit_rows`` input), the rest of the calls with the last row's only.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..model.cpu_graph import GraphOptions, build_cpu_graph, kv_names
 from ..paths import cache_dir
 from ..weights import Checkpoint
 
-GRAPH_VERSION = "6"  # bump when build_cpu_graph or the way it is saved changes
+GRAPH_VERSION = "7"  # bump when build_cpu_graph or the way it is saved changes
 
 
 def decoder_path(checkpoint: Checkpoint, options: GraphOptions = GraphOptions()) -> Path:
@@ -98,6 +100,7 @@ class CPUBackend(Backend):
         self._kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cpu", 0)
                     for _ in range(2 * self.config.num_layers)]
         self._binding = self.bind_buffers()
+        self._logit_rows = 1  # rows of logits the bound output holds
         self._length = 0
 
     def bind_buffers(self) -> ort.IOBinding:
@@ -121,6 +124,14 @@ class CPUBackend(Backend):
         self._length = min(self._length, max(length, 0))
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
+        return self._run(token_ids, 1)[0]
+
+    def verify(self, token_ids: Sequence[int]) -> list[int]:
+        """One call over all the rows, each row's argmax."""
+        return [int(t) for t in np.argmax(self._run(token_ids, len(token_ids)), axis=-1)]
+
+    def _run(self, token_ids: Sequence[int], logit_rows: int) -> np.ndarray:
+        """Append ``token_ids``; the logits [logit_rows, vocab] of the last ``logit_rows``."""
         n = len(token_ids)
         if n == 0:
             raise BackendError("forward needs at least one token")
@@ -133,10 +144,14 @@ class CPUBackend(Backend):
             binding.bind_cpu_input("position_ids", np.arange(self._length, total, dtype=np.int64)[None])
         binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        binding.bind_cpu_input("logit_rows", np.array([logit_rows], np.int64))
+        if logit_rows != self._logit_rows:  # onnxruntime keeps the last call's output buffer, and its shape
+            binding.bind_output("logits")
+            self._logit_rows = logit_rows
         try:
             self._session.run_with_iobinding(binding)
         except Exception as exc:
             raise BackendError(f"onnxruntime failed: {exc}") from exc
         self._length = total
         self.tokens_fed += n
-        return binding.get_outputs()[-1].numpy()[0].copy()  # onnxruntime reuses the logits buffer
+        return binding.get_outputs()[-1].numpy().copy()  # onnxruntime reuses the logits buffer
