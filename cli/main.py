@@ -26,6 +26,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="cpu: how weights are stored: auto keeps the file's precision (GGUF blocks as they are), "
                         "int8/int4 requantize where needed, f32 is the float reference (default: auto)")
     p.add_argument("--threads", type=int, default=0, help="cpu: threads; 0 = one per physical core (default)")
+    p.add_argument("--speculate", type=_speculate, metavar="K",
+                   help="prompt-lookup speculation: draft up to K tokens per model call (the same tokens, sooner); "
+                        "0 turns it off (default: 8)")
+
+
+def _speculate(value: str) -> int:
+    from wizardcoder_tpu.lsp.settings import SETTINGS
+
+    row = SETTINGS["speculate"]
+    try:
+        return row.check(int(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from {row.minimum} to {row.maximum}") from None
 
 
 def _complete(args: argparse.Namespace) -> int:
@@ -40,7 +53,8 @@ def _complete(args: argparse.Namespace) -> int:
     try:
         engine = load_engine(args.model, args.backend, threads=args.threads or None, weights=args.weights)
         ids = engine.tokenizer.encode(prompt)
-        params = GenerationParams(max_new_tokens=args.max_tokens, stop_strings=("\n",) if args.single_line else ())
+        params = GenerationParams(max_new_tokens=args.max_tokens, stop_strings=("\n",) if args.single_line else (),
+                                  **({} if args.speculate is None else {"speculate": args.speculate}))
         result = engine.generate(ids, params)
     except InferenceError as exc:
         print(f"wizardcoder-tpu: {exc}", file=sys.stderr)
@@ -48,7 +62,8 @@ def _complete(args: argparse.Namespace) -> int:
     sys.stdout.write(result.text if args.completion_only else prompt + result.text)
     sys.stdout.write("\n")
     print(f"[{len(result.token_ids)} tokens, stop: {result.stop_reason}, prefill {result.prefill_ms:.0f} ms, "
-          f"decode {result.decode_ms:.0f} ms]", file=sys.stderr)
+          f"decode {result.decode_ms:.0f} ms, drafts {result.accepted_draft_tokens}/{result.drafted_tokens} "
+          "accepted]", file=sys.stderr)
     return 0
 
 

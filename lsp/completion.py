@@ -139,7 +139,8 @@ def run_model(engine: Engine, cursor: Cursor, kind: Kind, settings: Settings, ca
     if not prompt.ids:
         return ModelRun(None, prompt, None, prompt_ms)
     around = Surroundings.of(cursor.prefix, cursor.suffix)
-    params = GenerationParams(max_new_tokens=settings.max_new_tokens, stop_strings=prompt.stop_strings)
+    params = GenerationParams(max_new_tokens=settings.max_new_tokens, stop_strings=prompt.stop_strings,
+                              speculate=settings.speculate)
 
     def go_on(text: str) -> bool:  # with postprocess off (bench/quality.py's bare row) the model runs on
         return not settings.postprocess or not should_stop(text, around, kind)

@@ -54,6 +54,9 @@ class Settings:
                            choices=WEIGHTS)
     threads: int = setting(0, "CPU backend threads; 0 is one per physical core.", minimum=0, maximum=256)
     max_new_tokens: int = setting(64, "Tokens per completion at most.", minimum=1, maximum=4096)
+    speculate: int = setting(8, "Prompt-lookup speculation: tokens guessed by copying what followed the same words "
+                             "earlier in the prompt, checked by the model in one call (the completion is the same, "
+                             "only sooner); 0 turns it off.", minimum=0, maximum=64)
     debounce_ms: int = setting(150, "Milliseconds the server waits after the last change of a document before "
                                "running the model.", minimum=0, maximum=10_000)
     prompt_tokens: int = setting(1024, "Prompt budget in tokens (three quarters prefix, one quarter suffix).",
@@ -177,4 +180,6 @@ def from_command_line(args: Any) -> Settings:
     given = {"model": getattr(args, "model", None), "backend": getattr(args, "backend", None),
              "fallback_to_cpu": True if getattr(args, "fallback_cpu", False) else None,
              "weights": getattr(args, "weights", None), "threads": getattr(args, "threads", None)}
-    return replace(Settings(), **{name: value for name, value in given.items() if value})
+    settings = replace(Settings(), **{name: value for name, value in given.items() if value})
+    speculate = getattr(args, "speculate", None)  # 0 is a value here: speculation off
+    return settings if speculate is None else replace(settings, speculate=speculate)

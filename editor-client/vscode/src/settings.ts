@@ -27,6 +27,8 @@ export interface ServerSettings {
   threads: number;
   /** Tokens per completion at most. */
   maxNewTokens: number;
+  /** Prompt-lookup speculation: tokens guessed by copying what followed the same words earlier in the prompt, checked by the model in one call (the completion is the same, only sooner); 0 turns it off. */
+  speculate: number;
   /** Milliseconds the server waits after the last change of a document before running the model. */
   debounceMs: number;
   /** Prompt budget in tokens (three quarters prefix, one quarter suffix). */
@@ -51,6 +53,7 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "weights", kind: "string", choices: ["auto", "int8", "int4", "f32"] },
   { key: "threads", kind: "integer", minimum: 0, maximum: 256 },
   { key: "maxNewTokens", kind: "integer", minimum: 1, maximum: 4096 },
+  { key: "speculate", kind: "integer", minimum: 0, maximum: 64 },
   { key: "debounceMs", kind: "integer", minimum: 0, maximum: 10000 },
   { key: "promptTokens", kind: "integer", minimum: 64, maximum: 32768 },
   { key: "contextTokens", kind: "integer", minimum: 0, maximum: 32768 },
@@ -67,6 +70,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   weights: "auto",
   threads: 0,
   maxNewTokens: 64,
+  speculate: 8,
   debounceMs: 150,
   promptTokens: 1024,
   contextTokens: 512,

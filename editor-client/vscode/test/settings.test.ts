@@ -15,8 +15,8 @@ function source(values: Record<string, unknown>): ConfigSource {
 test("an empty configuration gives the protocol's defaults", () => {
   assert.deepEqual(readServerSettings(source({})), DEFAULT_SETTINGS);
   assert.deepEqual(DEFAULT_SETTINGS, {
-    model: "default", backend: "cpu", fallbackToCpu: true, weights: "auto", threads: 0, maxNewTokens: 64, debounceMs: 150,
-    promptTokens: 1024, contextTokens: 512, mode: "auto", languages: [], explainMaxNewTokens: 256,
+    model: "default", backend: "cpu", fallbackToCpu: true, weights: "auto", threads: 0, maxNewTokens: 64, speculate: 8,
+    debounceMs: 150, promptTokens: 1024, contextTokens: 512, mode: "auto", languages: [], explainMaxNewTokens: 256,
     postprocess: true,
   });
 });
@@ -24,12 +24,12 @@ test("an empty configuration gives the protocol's defaults", () => {
 test("valid values pass through with the protocol's key names", () => {
   const settings = readServerSettings(source({
     model: " /models/wizardcoder.gguf ", backend: "tpu", fallbackToCpu: false, weights: "int4", threads: 2, maxNewTokens: 32,
-    debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
+    speculate: 0, debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
     explainMaxNewTokens: 512, postprocess: false, serverCommand: ["x"],
   }));
   assert.deepEqual(settings, {
     model: "/models/wizardcoder.gguf", backend: "tpu", fallbackToCpu: false, weights: "int4", threads: 2, maxNewTokens: 32,
-    debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
+    speculate: 0, debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
     explainMaxNewTokens: 512, postprocess: false,
   });
   assert.equal("serverCommand" in settings, false, "client-only keys are not sent to the server");
@@ -37,7 +37,7 @@ test("valid values pass through with the protocol's key names", () => {
 
 test("malformed values fall back to the defaults", () => {
   const settings = readServerSettings(source({
-    model: "", backend: "gpu", fallbackToCpu: "yes", maxNewTokens: 0, debounceMs: -5,
+    model: "", backend: "gpu", fallbackToCpu: "yes", maxNewTokens: 0, speculate: 65, debounceMs: -5,
     promptTokens: 12.5, contextTokens: -1, mode: "chat", languages: "python", explainMaxNewTokens: "256",
   }));
   assert.deepEqual(settings, DEFAULT_SETTINGS);

@@ -36,6 +36,10 @@ local server_settings = {
   threads = 0,
   -- Tokens per completion at most. An integer from 1 to 4096.
   maxNewTokens = 64,
+  -- Prompt-lookup speculation: tokens guessed by copying what followed the same words earlier in
+  -- the prompt, checked by the model in one call (the completion is the same, only sooner); 0 turns
+  -- it off. An integer from 0 to 64.
+  speculate = 8,
   -- Milliseconds the server waits after the last change of a document before running the model. An
   -- integer from 0 to 10000.
   debounceMs = 150,
