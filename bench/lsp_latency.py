@@ -64,23 +64,26 @@ class Typing:
 
 
 def typing_session(path: Path, start: str, chars: int, seed: int = 0, gap_s: float = 0.2) -> Typing:
-    """``chars`` characters of ``path`` from the first line that begins with ``start``, each
-    key after a gap drawn around ``gap_s`` (sd a third of it, at least 60 ms), 0.6–1.5 s more
-    after a line break, and a 1–3 s pause before one key in 25."""
+    """About ``chars`` characters of ``path`` from ``start`` to the end of a line (so that the
+    line being typed has nothing after the cursor, as when writing new code), each key after a
+    gap drawn around ``gap_s`` (sd a third of it, at least 60 ms), 1.5–4 s more after a line
+    break (reading the suggestion, thinking of the next line), and a 1–3 s pause before one key
+    in 25."""
     text = path.read_text(encoding="utf-8")
     begin = text.index(start)
-    region = text[begin:begin + chars]
+    end = text.find("\n", begin + chars)
+    region = text[begin:end if end >= 0 else len(text)]
     rng = random.Random(seed)
     at, keys = 0.0, []
     for i, ch in enumerate(region):
         if i:
             at += max(0.06, rng.gauss(gap_s, gap_s / 3))
             if region[i - 1] == "\n":
-                at += rng.uniform(0.6, 1.5)
+                at += rng.uniform(1.5, 4.0)
             elif rng.random() < 0.04:
                 at += rng.uniform(1.0, 3.0)
         keys.append((at, ch))
-    return Typing(path, text[:begin], text[begin + chars:], keys)
+    return Typing(path, text[:begin], text[begin + len(region):], keys)
 
 
 @dataclass

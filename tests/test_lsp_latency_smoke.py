@@ -23,12 +23,12 @@ def test_typing_session_types_the_cut_region_back_at_a_human_pace():
     typing = bench.typing_session(path, bench.DEFAULT_START, 200, seed=1)
     typed = "".join(ch for _, ch in typing.keys)
     assert typing.before + typed + typing.after == path.read_text(encoding="utf-8")
-    assert typed.startswith(bench.DEFAULT_START) and len(typed) == 200
+    assert typed.startswith(bench.DEFAULT_START) and len(typed) >= 200 and typing.after.startswith("\n")
     times = [at for at, _ in typing.keys]
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert min(gaps) >= 0.06 and 0.15 < sorted(gaps)[len(gaps) // 2] < 0.3  # about 5 keys a second
     after_break = [gap for gap, (_, ch) in zip(gaps, typing.keys) if ch == "\n"]
-    assert after_break and min(after_break) > 0.6  # a pause at each line's end
+    assert after_break and min(after_break) > 1.5  # a pause at each line's end
     assert bench.typing_session(path, bench.DEFAULT_START, 200, seed=1).keys == typing.keys
 
 
@@ -60,5 +60,5 @@ def test_smoke_run_types_into_the_real_server(tmp_path):
     row = next(line for line in report.read_text().splitlines() if line.startswith("| smollm2-135m | 8 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     keys, items, cancelled, empty = map(int, cells[2:6])
-    assert keys == 30 and items + cancelled + empty <= keys and items > 0
+    assert keys >= 30 and items + cancelled + empty <= keys and items > 0
     assert "Errors" not in report.read_text()
