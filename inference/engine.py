@@ -187,8 +187,10 @@ class Engine:
         it equals the next drafted token, then once more (the model's own token after the last
         match), and the cache is cut back to what was accepted. The tokens are those of plain
         greedy decoding; only the number of model calls changes. With no draft the step is the
-        one-row ``greedy_step``."""
-        limit = run.params.speculate
+        one-row ``greedy_step``. The draft's length adapts: halved after a draft of which nothing
+        was accepted, doubled (up to K) after one accepted whole, since a rejected row costs a
+        K-row call more than the one-row step it replaced (``bench/results/engine-speculation.md``)."""
+        most = limit = run.params.speculate
         if limit <= 0:
             self.backend.greedy_loop(first, max_steps, run.accept)
             return
@@ -200,6 +202,7 @@ class Engine:
             base = self.backend.cached_length
             predicted = self.backend.verify([pending, *draft]) if draft else [self.backend.greedy_step([pending])]
             run.drafted += len(draft)
+            accepted_before = run.accepted_drafts
             for i, token in enumerate(predicted):
                 produced += 1
                 if not run.accept(token):  # stopped: the cache keeps what was fed before this token
@@ -212,6 +215,9 @@ class Engine:
                 lookup.extend(predicted[: i + 1])
                 pending = token
                 break
+            if draft:
+                kept = run.accepted_drafts - accepted_before
+                limit = max(1, limit // 2) if kept == 0 else min(most, limit * 2) if kept == len(draft) else limit
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Keep the cache's common prefix with ``prompt`` (at least one token is always fed, for

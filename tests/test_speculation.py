@@ -81,7 +81,7 @@ def test_speculation_gives_plain_greedy_tokens(tiny):
         assert plain.token_ids == expected and plain.drafted_tokens == 0
     # A random model copies almost nothing: the drafts are checked and nearly all rejected
     # (the real model's accepted drafts are the tests below).
-    assert drafted > 20 * NEW_TOKENS, f"{kind}: the repeating prompts gave too few drafts ({drafted})"
+    assert drafted > 5 * NEW_TOKENS, f"{kind}: the repeating prompts gave too few drafts ({drafted})"
     assert all_rejected > 0, f"{kind}: no prompt had all its drafts rejected"
 
 
