@@ -19,7 +19,15 @@ Engines (each with its best settings for this machine):
   the same GGUF and on the Q4_0 copy (llama.cpp has no fast x86 kernel for Q4_1: the copy keeps
   the comparison from being decided by a missing kernel);
 - transformers (torch fp32, ``generate``: logits for the last position only) on the GGUF's
-  dequantized weights.
+  dequantized weights;
+- ours through the engine (``Engine.generate``) at ``auto`` with prompt-lookup speculation on
+  (``--speculate``, 8) and off, the same greedy tokens: each call feeds a draft copied from
+  earlier in the context and keeps what greedy decoding produces.
+
+Prompts: the standard library's code at each size (what a model seldom copies), and, for the
+speculation rows, completions of this repository's own files cut where the text goes on in the
+shape of what came before (``REPO_CUTS``: a method beside its siblings, a table of settings),
+where copying happens as it does when a user types.
 
 Peak resident memory is measured per engine in a child process (load, one 500-token prompt,
 ``--decode`` tokens), since a process's peak never comes down.
@@ -66,6 +74,23 @@ def code_prompt(tokenizer, tokens: int) -> list[int]:
     return ids
 
 
+# This repository's files, cut just after the text given (the prompt ends there): what follows
+# repeats the shape of the lines before it.
+REPO_CUTS = (("lsp/requests.py", "    def changed(self, uri: str) -> None:\n"),
+             ("lsp/settings.py", "    debounce_ms: int = setting("),
+             ("inference/model/cpu_graph.py", "def _skip_norm("))
+
+
+def repo_prompts(tokenizer, tokens: int) -> dict[str, list[int]]:
+    """The last ``tokens`` tokens before each cut of ``REPO_CUTS``, by a label naming the file."""
+    prompts = {}
+    for name, cut in REPO_CUTS:
+        text = (ROOT / name).read_text()
+        ids = tokenizer.encode(text[: text.index(cut) + len(cut)])[-tokens:]
+        prompts[f"{len(ids)} {name}"] = ids
+    return prompts
+
+
 # --- engines ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -79,6 +104,7 @@ class Engine:
     step: Callable[[int], int]
     generate: Callable[[list[int], int], tuple[float, float, list[int]]] | None = None  # (ms, tokens/s, tokens)
     close: Callable[[], None] = lambda: None
+    drafts: list[tuple[int, int]] | None = None  # speculation's (drafted, accepted) per round
 
 
 def ours(path: Path, weights: str, threads: int) -> Engine:
@@ -93,6 +119,34 @@ def ours(path: Path, weights: str, threads: int) -> Engine:
 
     return Engine(f"ours {weights}", path.name, first, lambda t: int(np.argmax(backend.forward([t]))),
                   close=backend.close)
+
+
+def ours_speculating(path: Path, threads: int, speculate: int) -> Engine:
+    """The engine's own loop (prefix cache emptied first) with ``speculate`` drafted tokens per
+    call; no stop token ends it, so that every row generates the same number of tokens."""
+    from wizardcoder_tpu.inference.backends.cpu import CPUBackend
+    from wizardcoder_tpu.inference.engine import Engine as InferenceEngine
+    from wizardcoder_tpu.inference.engine import GenerationParams
+    from wizardcoder_tpu.inference.weights import open_checkpoint
+
+    checkpoint = open_checkpoint(path)
+
+    class NoStops:
+        stop_ids = frozenset()
+        decode = checkpoint.tokenizer().decode
+
+    engine = InferenceEngine(CPUBackend(checkpoint, threads=threads, weights="auto"), NoStops())
+    drafts: list[tuple[int, int]] = []  # (drafted, accepted) of each round
+
+    def generate(prompt: list[int], new: int) -> tuple[float, float, list[int]]:
+        engine.reset()
+        result = engine.generate(prompt, GenerationParams(max_new_tokens=new + 1, speculate=speculate))
+        drafts.append((result.drafted_tokens, result.accepted_draft_tokens))
+        return result.prefill_ms, (len(result.token_ids) - 1) / (result.decode_ms / 1e3), result.token_ids
+
+    unused = lambda *a: 0  # noqa: E731
+    name = f"ours auto, speculate {speculate}" if speculate else "ours auto, engine loop"
+    return Engine(name, path.name, unused, unused, generate=generate, close=engine.close, drafts=drafts)
 
 
 def llama_cpp(path: Path, threads: int, context: int) -> Engine:
@@ -170,19 +224,26 @@ def run_round(engine: Engine, prompt: list[int], new: int) -> tuple[float, float
 
 @dataclass
 class Results:
-    rows: dict[tuple[int, str, str, int], list[tuple[float, float]]] = field(default_factory=dict)
-    tokens: dict[tuple[int, str, str, int], list[int]] = field(default_factory=dict)  # the first round's
+    rows: dict[tuple[int, str, str, str], list[tuple[float, float]]] = field(default_factory=dict)
+    tokens: dict[tuple[int, str, str, str], list[int]] = field(default_factory=dict)  # the first round's
+    drafts: dict[tuple[int, str, str, str], list[tuple[int, int]]] = field(default_factory=dict)
     rounds: dict[int, int] = field(default_factory=dict)  # threads -> rounds completed
 
-    def add(self, threads: int, engine: Engine, prompt: int, result: tuple[float, float, list[int]]) -> None:
+    def add(self, threads: int, engine: Engine, prompt: str, result: tuple[float, float, list[int]]) -> None:
         key = (threads, engine.name, engine.file, prompt)
         self.rows.setdefault(key, []).append(result[:2])
         self.tokens.setdefault(key, result[2])
+        if engine.drafts:
+            self.drafts.setdefault(key, []).append(engine.drafts[-1])
 
 
-def engine_specs(shipped: Path, q4_0: Path | None, include_transformers: bool) -> list[tuple[str, Path, str]]:
-    """(kind, file, weights) in the order they run within a round."""
+def engine_specs(shipped: Path, q4_0: Path | None, include_transformers: bool,
+                 speculate: int = 0) -> list[tuple[str, Path, str]]:
+    """(kind, file, weights) in the order they run within a round; the speculating engines'
+    "weights" is their number of drafted tokens."""
     specs = [("ours", shipped, w) for w in ("f32", "int8", "int4", "auto")]
+    if speculate:
+        specs += [("ours-engine", shipped, str(speculate)), ("ours-engine", shipped, "0")]
     specs.append(("llama.cpp", shipped, ""))
     if q4_0 is not None:
         specs += [("ours", q4_0, "auto"), ("llama.cpp", q4_0, "")]
@@ -194,6 +255,8 @@ def engine_specs(shipped: Path, q4_0: Path | None, include_transformers: bool) -
 def load(kind: str, path: Path, weights: str, threads: int, context: int) -> Engine:
     if kind == "ours":
         return ours(path, weights, threads)
+    if kind == "ours-engine":
+        return ours_speculating(path, threads, int(weights))
     if kind == "llama.cpp":
         return llama_cpp(path, threads, context)
     return transformers_engine(path, threads)
@@ -211,24 +274,30 @@ def available(kind: str) -> bool:
 
 def benchmark(shipped: Path, q4_0: Path | None, threads: Sequence[int], repeats: int, decode: int,
               prompt_tokens: Sequence[int], include_transformers: bool,
-              on_round: Callable[[Results], None] = lambda r: None) -> Results:
+              on_round: Callable[[Results], None] = lambda r: None, speculate: int = 0,
+              only_speculation: bool = False) -> Results:
     """All rounds; ``on_round`` sees the results so far after each (a long run on a loaded
     machine leaves a report even when it is stopped)."""
     from wizardcoder_tpu.inference.weights import open_checkpoint
 
     tokenizer = open_checkpoint(shipped).tokenizer()
-    prompts = {n: code_prompt(tokenizer, n) for n in prompt_tokens}
+    prompts = {str(len(ids)): ids for ids in (code_prompt(tokenizer, n) for n in prompt_tokens)}
+    if speculate:
+        prompts.update(repo_prompts(tokenizer, min(prompt_tokens[len(prompt_tokens) // 2], 500)))
     context = max(len(p) for p in prompts.values()) + decode + 8
     results = Results()
-    specs = [s for s in engine_specs(shipped, q4_0, include_transformers) if available(s[0])]
+    specs = [s for s in engine_specs(shipped, q4_0, include_transformers, speculate) if available(s[0])
+             and (not only_speculation or s[0] == "ours-engine" or s[:2] == ("llama.cpp", shipped))]
     for t in threads:
         engines = [load(kind, path, weights, t, context) for kind, path, weights in specs]
         for engine in engines:  # warm-up: first calls allocate
-            run_round(engine, prompts[min(prompts)], 2)
+            run_round(engine, min(prompts.values(), key=len), 2)
+            if engine.drafts:
+                engine.drafts.clear()
         for r in range(repeats):
-            for n, prompt in prompts.items():
+            for label, prompt in prompts.items():
                 for engine in engines:
-                    results.add(t, engine, len(prompt), run_round(engine, prompt, decode))
+                    results.add(t, engine, label, run_round(engine, prompt, decode))
             results.rounds[t] = r + 1
             on_round(results)
             print(f"threads {t}: round {r + 1}/{repeats} done", file=sys.stderr, flush=True)
@@ -320,10 +389,35 @@ def report(results: Results, load_before: tuple[float, ...], load_after: tuple[f
             lines.append(f"| {name} | {file} | {prompt} | {_stat(first, '.0f')} | {_stat(rate, '.1f')} | "
                          f"{ratios[0]} | {ratios[1]} | {'yes' if same else 'no'} |")
         lines.append("")
+        lines += speculation_table(results, threads)
     if memory:
         lines += ["## Peak resident memory (load, one 500-token prompt, decode)", "", "| engine | MiB |", "|---|---:|"]
         lines += [f"| {name} | {mib:.0f} |" for name, mib in memory.items()] + [""]
     return "\n".join(lines)
+
+
+def speculation_table(results: Results, threads: int) -> list[str]:
+    """Speculation on against off (the engine's loop both), per prompt: the decode speedup, the
+    drafts accepted, and whether the tokens are the same."""
+    on = {k: v for k, v in results.rows.items() if k[0] == threads and ", speculate " in k[1]}
+    if not on:
+        return []
+    lines = ["Speculation (prompt lookup) against the engine's plain loop on the same prompts: decode speedup "
+             "(median tokens/s ÷ median tokens/s), drafted tokens accepted (all rounds), tokens identical.", "",
+             "| engine | prompt | decode tokens/s | plain loop tokens/s | speedup | drafts accepted | same tokens |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    for (t, name, file, prompt), rows in on.items():
+        plain_key = (t, "ours auto, engine loop", file, prompt)
+        plain = results.rows.get(plain_key)
+        rate = statistics.median(r[1] for r in rows)
+        base = statistics.median(r[1] for r in plain) if plain else float("nan")
+        drafted = sum(d for d, _ in results.drafts.get((t, name, file, prompt), []))
+        accepted = sum(a for _, a in results.drafts.get((t, name, file, prompt), []))
+        share = f"{accepted}/{drafted} ({accepted / drafted:.0%})" if drafted else "0/0"
+        same = results.tokens[(t, name, file, prompt)] == results.tokens.get(plain_key)
+        lines.append(f"| {name} | {prompt} | {rate:.1f} | {base:.1f} | {rate / base:.2f}× | {share} | "
+                     f"{'yes' if same else 'no'} |")
+    return lines + [""]
 
 
 def q4_0_copy(shipped: Path) -> Path:
@@ -347,6 +441,10 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, nargs="+", default=list(PROMPT_TOKENS))
     parser.add_argument("--no-q4-0", action="store_true", help="skip the Q4_0 copy")
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--speculate", type=int, default=8,
+                        help="rows of the engine with this many drafted tokens and without (0: no such rows)")
+    parser.add_argument("--only-speculation", action="store_true",
+                        help="only the engine rows (speculation on and off) and llama.cpp")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS per engine (child processes)")
     parser.add_argument("--memory-only", action="store_true", help="print only the peak RSS table")
     parser.add_argument("--smoke", action="store_true", help="1 round, 1 thread, a 100-token prompt, 4 tokens")
@@ -373,7 +471,7 @@ def main() -> int:
 
     results = Results() if args.memory_only else benchmark(
         shipped, copy, args.threads, args.repeats, args.decode, args.prompts, not args.no_transformers,
-        on_round=write)
+        on_round=write, speculate=args.speculate, only_speculation=args.only_speculation)
     memory = {}
     if args.memory or args.memory_only:
         for kind, path, weights in engine_specs(shipped, copy, include_transformers=False):

@@ -41,6 +41,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", metavar="PATH", help="remote: read the API key from this file")
     p.add_argument("--allow-http", action="store_true",
                    help="remote: allow http:// to a host that is not loopback (the code crosses the network in clear)")
+    p.add_argument("--speculate", type=_speculate, metavar="K",
+                   help="prompt-lookup speculation: draft up to K tokens per model call (the same tokens, sooner); "
+                        "0 turns it off (default: the speculate setting's)")
+
+
+def _speculate(value: str) -> int:
+    from wizardcoder_tpu.lsp.settings import SETTINGS
+
+    row = SETTINGS["speculate"]
+    try:
+        return row.check(int(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from {row.minimum} to {row.maximum}") from None
 
 
 def _complete(args: argparse.Namespace) -> int:
@@ -65,7 +78,8 @@ def _complete(args: argparse.Namespace) -> int:
         engine = load_engine(args.model, args.backend, threads=args.threads or None, weights=args.weights,
                              remote=remote)
         ids = engine.tokenizer.encode(prompt)
-        params = GenerationParams(max_new_tokens=args.max_tokens, stop_strings=("\n",) if args.single_line else ())
+        params = GenerationParams(max_new_tokens=args.max_tokens, stop_strings=("\n",) if args.single_line else (),
+                                  **({} if args.speculate is None else {"speculate": args.speculate}))
         result = engine.generate(ids, params)
     except (InferenceError, ValueError) as exc:
         print(f"wizardcoder-tpu: {exc}", file=sys.stderr)
@@ -73,7 +87,8 @@ def _complete(args: argparse.Namespace) -> int:
     sys.stdout.write(result.text if args.completion_only else prompt + result.text)
     sys.stdout.write("\n")
     print(f"[{len(result.token_ids)} tokens, stop: {result.stop_reason}, prefill {result.prefill_ms:.0f} ms, "
-          f"decode {result.decode_ms:.0f} ms]", file=sys.stderr)
+          f"decode {result.decode_ms:.0f} ms, drafts {result.accepted_draft_tokens}/{result.drafted_tokens} "
+          "accepted]", file=sys.stderr)
     return 0
 
 

@@ -20,8 +20,10 @@ A backend implements ``Backend``: ``forward`` appends tokens to its cache and re
 position's logits; ``truncate`` forgets the cache past a length. ``greedy_step`` and
 ``greedy_loop`` have Python defaults that a device backend overrides (the TPU keeps the argmax
 and the loop on the device side, and stops there on EOS). The loop only produces tokens; every
-decision about them is ``_Run.accept``, so that another producer (a draft-and-verify step in
-``Engine._decode``) can feed the same rules.
+decision about them is ``_Run.accept``, so that another producer can feed the same rules: the
+draft-and-verify step of ``Engine._decode`` (prompt-lookup speculation, ``inference/draft.py``),
+which checks up to K guessed tokens with one ``verify`` call and keeps what greedy decoding
+would have produced.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .draft import PromptLookup
 from .errors import ContextOverflowError, InferenceError
 from .tokenizer import Tokenizer
 
@@ -87,6 +90,13 @@ class Backend(abc.ABC):
     def greedy_step(self, token_ids: Sequence[int]) -> int:
         return int(np.argmax(self.forward(token_ids)))
 
+    def verify(self, token_ids: Sequence[int]) -> list[int]:
+        """Append all of ``token_ids`` at the end of the cache; return the argmax after each one
+        (``[i]`` is the greedy token that follows ``token_ids[:i + 1]``): a draft checked against
+        the model. This default runs one call per token, correct on every backend and faster on
+        none; a backend overrides it with one call over all the rows (the CPU backend does)."""
+        return [self.greedy_step([token]) for token in token_ids]
+
     def greedy_loop(self, first_token: int, max_steps: int, on_token: Callable[[int], bool]) -> None:
         """Feed ``first_token``, then each argmax, up to ``max_steps`` model calls; ``on_token``
         receives each new token and returns False to stop."""
@@ -108,6 +118,7 @@ class GenerationParams:
     max_new_tokens: int = 64
     stop_strings: tuple[str, ...] = ()  # text that ends it (not included in the result)
     deadline: float | None = None  # time.monotonic() after which generation stops
+    speculate: int = 0  # tokens drafted by prompt lookup per verify call at most (8 is usual); 0: off
 
 
 @dataclass
@@ -120,6 +131,8 @@ class Generation:
     prefill_ms: float
     decode_ms: float
     timings: dict[str, float] = field(default_factory=dict)
+    drafted_tokens: int = 0  # tokens guessed by prompt lookup and run through the model to check
+    accepted_draft_tokens: int = 0  # of those, the ones greedy decoding produced and the run kept
 
 
 @dataclass
@@ -196,7 +209,7 @@ class Engine:
             first = self.backend.greedy_step(prompt[reused:])
             prefill_done = time.perf_counter()
             if run.accept(first):
-                self._decode(first, budget - 1, run)
+                self._decode(prompt, first, budget - 1, run)
             self._cached_ids = prompt + run.tokens[:run.fed]
         except BaseException:
             self._cached_ids = []  # the cache may hold a half-fed call: trust none of it
@@ -204,13 +217,50 @@ class Engine:
             raise
         finished = time.perf_counter()
         return Generation(run.tokens, run.text, run.reason, len(prompt), reused,
-                          (prefill_done - started) * 1e3, (finished - prefill_done) * 1e3)
+                          (prefill_done - started) * 1e3, (finished - prefill_done) * 1e3,
+                          drafted_tokens=run.drafted, accepted_draft_tokens=run.accepted_drafts)
 
-    def _decode(self, first: int, max_steps: int, run: _Run) -> None:
-        """The tokens after ``first``, each given to ``run.accept`` until it says stop: the one
-        place a different producer (drafted tokens verified in one call) would go; it must leave
-        the backend holding the prompt and ``run.tokens[:run.fed]``."""
-        self.backend.greedy_loop(first, max_steps, run.accept)
+    def _decode(self, prompt: list[int], first: int, max_steps: int, run: _Run) -> None:
+        """The tokens after ``first`` (at most ``max_steps``), each given to ``run.accept`` in
+        order until it says stop; leaves the backend holding the prompt and
+        ``run.tokens[:run.fed]``.
+
+        With ``speculate`` K > 0: each call feeds the last accepted token and a prompt-lookup
+        draft of up to K tokens (``verify``); the model's argmax after each row is accepted while
+        it equals the next drafted token, then once more (the model's own token after the last
+        match), and the cache is cut back to what was accepted. The tokens are those of plain
+        greedy decoding; only the number of model calls changes. With no draft the step is the
+        one-row ``greedy_step``. The draft's length adapts: halved after a draft of which nothing
+        was accepted, doubled (up to K) after one accepted whole, since a rejected row costs a
+        K-row call more than the one-row step it replaced (``bench/results/engine-speculation.md``)."""
+        most = limit = run.params.speculate
+        if limit <= 0:
+            self.backend.greedy_loop(first, max_steps, run.accept)
+            return
+        lookup = PromptLookup(prompt)
+        lookup.extend([first])
+        pending, produced = first, 0  # pending: accepted, not yet fed (run.tokens[-1])
+        while produced < max_steps:
+            draft = lookup.draft(min(limit, max_steps - produced - 1))
+            base = self.backend.cached_length
+            predicted = self.backend.verify([pending, *draft]) if draft else [self.backend.greedy_step([pending])]
+            run.drafted += len(draft)
+            accepted_before = run.accepted_drafts
+            for i, token in enumerate(predicted):
+                produced += 1
+                if not run.accept(token):  # stopped: the cache keeps what was fed before this token
+                    self.backend.truncate(base + 1 + i)
+                    return
+                if i < len(draft) and token == draft[i]:
+                    run.accepted_drafts += 1  # its keys/values are already in the cache
+                    continue
+                self.backend.truncate(base + 1 + i)  # forget the rejected rest of the draft
+                lookup.extend(predicted[: i + 1])
+                pending = token
+                break
+            if draft:
+                kept = run.accepted_drafts - accepted_before
+                limit = max(1, limit // 2) if kept == 0 else min(most, limit * 2) if kept == len(draft) else limit
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Select the slot for ``prompt`` (see the class) and keep its common prefix with it (at
@@ -285,6 +335,8 @@ class _Run:
         self.budget = budget
         self.tokens: list[int] = []
         self.fed = 0  # tokens[:fed] went on to the next model call: their keys/values are cached
+        self.drafted = 0  # speculation's counts (Generation.drafted_tokens, accepted_draft_tokens)
+        self.accepted_drafts = 0
         self.text = ""
         self.reason = "max_tokens"
 

@@ -171,7 +171,8 @@ def run_model(engine: TextEngine, cursor: Cursor, kind: Kind, settings: Settings
     if not prompt.ids:
         return ModelRun(None, prompt, None, prompt_ms)
     around = Surroundings.of(cursor.prefix, cursor.suffix)
-    params = GenerationParams(max_new_tokens=settings.max_new_tokens, stop_strings=prompt.stop_strings)
+    params = GenerationParams(max_new_tokens=settings.max_new_tokens, stop_strings=prompt.stop_strings,
+                              speculate=settings.speculate)
     time_limit = time.perf_counter() + settings.max_time_ms / 1000 if settings.max_time_ms else None
     out_of_time = False
 

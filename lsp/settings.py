@@ -81,6 +81,11 @@ class Settings:
                                "documents (or a team server's clients) and back prefills only what changed. The TPU "
                                "backend keeps one.", minimum=1, maximum=64)
     max_new_tokens: int = setting(64, "Tokens per completion at most.", minimum=1, maximum=4096)
+    speculate: int = setting(0, "Prompt-lookup speculation: up to this many tokens guessed by copying what followed "
+                             "the same words earlier in the prompt, checked by the model in one call (the completion "
+                             "is the same, only sooner where code repeats; 8 is the usual value). 0, the default, "
+                             "turns it off: on the CPU a multi-row call costs more than the drafts it accepts on "
+                             "code that does not repeat (bench/results/engine-speculation.md).", minimum=0, maximum=64)
     debounce_ms: int = setting(150, "Milliseconds the server waits after the last change of a document before "
                                "running the model.", minimum=0, maximum=10_000)
     prompt_tokens: int = setting(1024, "Prompt budget in tokens (three quarters prefix, one quarter suffix).",
@@ -229,4 +234,6 @@ def from_command_line(args: Any) -> Settings:
              "weights": getattr(args, "weights", None), "threads": getattr(args, "threads", None),
              "endpoint": getattr(args, "endpoint", None), "remote_protocol": getattr(args, "remote_protocol", None),
              "remote_model": getattr(args, "remote_model", None), "cache_slots": getattr(args, "cache_slots", None)}
-    return replace(Settings(), **{name: value for name, value in given.items() if value})
+    settings = replace(Settings(), **{name: value for name, value in given.items() if value})
+    speculate = getattr(args, "speculate", None)  # 0 is a value here: speculation off
+    return settings if speculate is None else replace(settings, speculate=speculate)

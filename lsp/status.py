@@ -70,7 +70,8 @@ class Stats:
                 "requestId": request_id, "kind": kind, "mode": mode, "tokens": len(generation.token_ids),
                 "stopReason": stop_reason, "promptTokens": generation.prompt_tokens,
                 "reusedTokens": generation.reused_tokens, "prefillMs": round(generation.prefill_ms, 1),
-                "decodeMs": round(generation.decode_ms, 1)})
+                "decodeMs": round(generation.decode_ms, 1), "draftedTokens": generation.drafted_tokens,
+                "acceptedDraftTokens": generation.accepted_draft_tokens})
 
     def snapshot(self, **extra: Any) -> dict[str, Any]:
         with self._lock:

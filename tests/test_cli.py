@@ -50,3 +50,12 @@ def test_every_subcommand_has_help(command):
 def test_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "wizardcoder_tpu", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "serve" in done.stdout
+
+
+def test_complete_with_and_without_speculation_prints_the_same(smollm2_model):
+    prompt = "def add(a, b):\n    return a + b\n\n\ndef add3(a, b, c):\n    return"
+    runs = [run("complete", "--model", "smollm2-135m", "--max-tokens", "24", *flag, prompt)
+            for flag in ((), ("--speculate", "0"))]
+    assert all(done.returncode == 0 for done in runs), runs[0].stderr + runs[1].stderr
+    assert runs[0].stdout == runs[1].stdout
+    assert "drafts 0/0 accepted" in runs[1].stderr and "drafts 0/0" not in runs[0].stderr

@@ -45,7 +45,7 @@ def test_prefix_reuse_gives_cold_tokens_and_feeds_only_new(tiny_engine, cold_bac
     backend = tiny_engine.backend
     first = list(range(1, 200))
     extended = first + [7, 8, 9, 10, 11]  # the user typed five more tokens
-    params = GenerationParams(max_new_tokens=16)
+    params = GenerationParams(max_new_tokens=16, speculate=0)  # decode feeds one token a step: countable
 
     tiny_engine.reset()
     tiny_engine.generate(first, params)
@@ -73,7 +73,7 @@ def test_same_prompt_twice_feeds_one_token(tiny_engine):
     tiny_engine.reset()
     first = tiny_engine.generate(prompt, GenerationParams(max_new_tokens=8))
     fed = tiny_engine.backend.tokens_fed
-    again = tiny_engine.generate(prompt, GenerationParams(max_new_tokens=8))
+    again = tiny_engine.generate(prompt, GenerationParams(max_new_tokens=8, speculate=0))  # one token a step
     assert again.token_ids == first.token_ids
     assert again.reused_tokens == len(prompt) - 1
     assert tiny_engine.backend.tokens_fed - fed == 1 + len(again.token_ids) - 1

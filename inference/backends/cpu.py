@@ -11,6 +11,9 @@ its rows in place; the cache's length is a number here, and ``truncate`` only lo
 ``slots`` such caches may be kept (``select_slot`` picks the one that calls use), each a set of
 buffers and a binding of its own, allocated when first selected: the engine keeps one prompt's
 prefix in each, so that a switch between documents or clients does not prefill again.
+
+``verify`` runs a draft's rows in one call with the logits of every row (the graph's
+``logit_rows`` input), the rest of the calls with the last row's only.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ..model.cpu_graph import GraphOptions, build_cpu_graph, kv_names
 from ..paths import cache_dir
 from ..weights import Checkpoint
 
-GRAPH_VERSION = "6"  # bump when build_cpu_graph or the way it is saved changes
+GRAPH_VERSION = "7"  # bump when build_cpu_graph or the way it is saved changes
 
 
 def decoder_path(checkpoint: Checkpoint, options: GraphOptions = GraphOptions()) -> Path:
@@ -103,6 +106,7 @@ class CPUBackend(Backend):
         self.slots = slots
         self._slot_caches: list[tuple[list[ort.OrtValue], ort.IOBinding] | None] = [None] * slots
         self._lengths = [0] * slots
+        self._logit_rows = [1] * slots  # rows of logits each slot's bound output holds
         self._slot = 0
         self._kv, self._binding = self._slot_cache(0)
         self._length = 0
@@ -147,6 +151,14 @@ class CPUBackend(Backend):
         self._length = min(self._length, max(length, 0))
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
+        return self._run(token_ids, 1)[0]
+
+    def verify(self, token_ids: Sequence[int]) -> list[int]:
+        """One call over all the rows, each row's argmax."""
+        return [int(t) for t in np.argmax(self._run(token_ids, len(token_ids)), axis=-1)]
+
+    def _run(self, token_ids: Sequence[int], logit_rows: int) -> np.ndarray:
+        """Append ``token_ids``; the logits [logit_rows, vocab] of the last ``logit_rows``."""
         n = len(token_ids)
         if n == 0:
             raise BackendError("forward needs at least one token")
@@ -159,10 +171,14 @@ class CPUBackend(Backend):
             binding.bind_cpu_input("position_ids", np.arange(self._length, total, dtype=np.int64)[None])
         binding.bind_cpu_input("seqlens_k", np.array([total - 1], np.int32))
         binding.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        binding.bind_cpu_input("logit_rows", np.array([logit_rows], np.int64))
+        if logit_rows != self._logit_rows[self._slot]:  # onnxruntime keeps the last call's output buffer and shape
+            binding.bind_output("logits")
+            self._logit_rows[self._slot] = logit_rows
         try:
             self._session.run_with_iobinding(binding)
         except Exception as exc:
             raise BackendError(f"onnxruntime failed: {exc}") from exc
         self._length = total
         self.tokens_fed += n
-        return binding.get_outputs()[-1].numpy()[0].copy()  # onnxruntime reuses the logits buffer
+        return binding.get_outputs()[-1].numpy().copy()  # onnxruntime reuses the logits buffer

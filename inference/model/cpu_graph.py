@@ -195,8 +195,10 @@ def build_cpu_graph(w: Weights, options: GraphOptions = GraphOptions()) -> onnx.
     Inputs: ``input_ids`` [1, T] int64; ``position_ids`` [1, T] int64 (learned-position models
     only); ``seqlens_k`` [1] int32 = past + T − 1; ``total_sequence_length`` [] int32 = past + T;
     ``past_key_i`` / ``past_value_i`` [1, kv_heads, C, head_dim], bound to the same buffers as
-    the outputs ``present_key_i`` / ``present_value_i``. Output ``logits`` [1, vocab] of the last
-    position.
+    the outputs ``present_key_i`` / ``present_value_i``; ``logit_rows`` [1] int64, R: how many
+    of the last positions get logits (1 for a prompt or a decode step, T to verify a draft).
+    Output ``logits`` [R, vocab] of the last R positions: the final norm and the output layer
+    run on those rows only, so R = 1 costs what a fixed last-row slice did.
     """
     c = w.config
     c.validate()
@@ -207,6 +209,7 @@ def build_cpu_graph(w: Weights, options: GraphOptions = GraphOptions()) -> onnx.
     pos = None if rotary else g.input("position_ids", np.int64, [1, "T"])
     seqlens = g.input("seqlens_k", np.int32, [1])
     total = g.input("total_sequence_length", np.int32, [])
+    rows = g.input("logit_rows", np.int64, [1])
     kv_shape = [1, c.num_kv_heads, "C", c.head_dim]
 
     x = _embed(g, c, w, wv, options, ids, pos)
@@ -233,11 +236,12 @@ def build_cpu_graph(w: Weights, options: GraphOptions = GraphOptions()) -> onnx.
         out = _linear(g, wv, attn, p + ".attn.out.weight", p + ".attn.out.bias")
         h, x = _skip_norm(g, c, wv, x, out, p + ".mlp_norm")
         m = architecture(c).mlp(g, c, wv, h, p + ".mlp")
-        if i == c.num_layers - 1:  # only the last position goes on
-            x, m = (g.op("Slice", v, g.const([-1]), g.const([np.iinfo(np.int64).max]), g.const([1])) for v in (x, m))
+        if i == c.num_layers - 1:  # only the last ``logit_rows`` positions go on
+            from_row = g.op("Neg", rows)
+            x, m = (g.op("Slice", v, from_row, g.const([np.iinfo(np.int64).max]), g.const([1])) for v in (x, m))
         h, x = _skip_norm(g, c, wv, x, m, f"layers.{i + 1}.attn_norm" if i + 1 < c.num_layers else "final_norm")
 
-    g.output(_head(g, c, w, wv, options, g.reshape(h, [1, c.hidden_size])), "logits", np.float32, [1, c.vocab_size])
+    g.output(_head(g, c, w, wv, options, g.reshape(h, [-1, c.hidden_size])), "logits", np.float32, ["R", c.vocab_size])
     return g.build(doc=f"{c.arch} CPU decoder, {c.num_layers} layers, weights {options.weights}")
 
 

@@ -37,6 +37,8 @@ export interface ServerSettings {
   cacheSlots: number;
   /** Tokens per completion at most. */
   maxNewTokens: number;
+  /** Prompt-lookup speculation: up to this many tokens guessed by copying what followed the same words earlier in the prompt, checked by the model in one call (the completion is the same, only sooner where code repeats; 8 is the usual value). 0, the default, turns it off: on the CPU a multi-row call costs more than the drafts it accepts on code that does not repeat (bench/results/engine-speculation.md). */
+  speculate: number;
   /** Milliseconds the server waits after the last change of a document before running the model. */
   debounceMs: number;
   /** Prompt budget in tokens (three quarters prefix, one quarter suffix). */
@@ -80,6 +82,7 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "threads", kind: "integer", minimum: 0, maximum: 256 },
   { key: "cacheSlots", kind: "integer", minimum: 1, maximum: 64 },
   { key: "maxNewTokens", kind: "integer", minimum: 1, maximum: 4096 },
+  { key: "speculate", kind: "integer", minimum: 0, maximum: 64 },
   { key: "debounceMs", kind: "integer", minimum: 0, maximum: 10000 },
   { key: "promptTokens", kind: "integer", minimum: 64, maximum: 32768 },
   { key: "contextTokens", kind: "integer", minimum: 0, maximum: 32768 },
@@ -108,6 +111,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   threads: 0,
   cacheSlots: 4,
   maxNewTokens: 64,
+  speculate: 0,
   debounceMs: 150,
   promptTokens: 1024,
   contextTokens: 512,

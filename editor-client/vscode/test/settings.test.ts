@@ -17,7 +17,7 @@ test("an empty configuration gives the protocol's defaults", () => {
   assert.deepEqual(readServerSettings(source({})), DEFAULT_SETTINGS);
   assert.deepEqual(DEFAULT_SETTINGS, {
     model: "default", backend: "cpu", fallbackToCpu: true, endpoint: "http://127.0.0.1:8080", remoteProtocol: "openai",
-    remoteModel: "auto", remoteTimeoutMs: 15000, weights: "auto", threads: 0, cacheSlots: 4, maxNewTokens: 64, debounceMs: 150,
+    remoteModel: "auto", remoteTimeoutMs: 15000, weights: "auto", threads: 0, cacheSlots: 4, maxNewTokens: 64, speculate: 0, debounceMs: 150,
     promptTokens: 1024, contextTokens: 512, mode: "auto", languages: [], explainMaxNewTokens: 256,
     trigger: "automatic", maxLineSuffix: 8, disabledLanguages: [],
     disabledFiles: [".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.crt", "*.p12", "*.pfx", "*.jks",
@@ -30,7 +30,7 @@ test("an empty configuration gives the protocol's defaults", () => {
 test("valid values pass through with the protocol's key names", () => {
   const settings = readServerSettings(source({
     model: " /models/wizardcoder.gguf ", backend: "tpu", fallbackToCpu: false, endpoint: "https://gpu.example.com",
-    remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32,
+    remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32, speculate: 6,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
     explainMaxNewTokens: 512, trigger: "manual", maxLineSuffix: 0, disabledLanguages: ["markdown"],
     disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false,
@@ -38,7 +38,7 @@ test("valid values pass through with the protocol's key names", () => {
   }));
   assert.deepEqual(settings, {
     model: "/models/wizardcoder.gguf", backend: "tpu", fallbackToCpu: false, endpoint: "https://gpu.example.com",
-    remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32,
+    remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32, speculate: 6,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
     explainMaxNewTokens: 512, trigger: "manual", maxLineSuffix: 0, disabledLanguages: ["markdown"],
     disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false,
@@ -49,7 +49,7 @@ test("valid values pass through with the protocol's key names", () => {
 test("malformed values fall back to the defaults", () => {
   const settings = readServerSettings(source({
     model: "", backend: "gpu", fallbackToCpu: "yes", endpoint: "", remoteProtocol: "grpc", remoteTimeoutMs: 50,
-    maxNewTokens: 0, debounceMs: -5,
+    maxNewTokens: 0, speculate: 65, debounceMs: -5,
     promptTokens: 12.5, contextTokens: -1, mode: "chat", languages: "python", explainMaxNewTokens: "256",
   }));
   assert.deepEqual(settings, DEFAULT_SETTINGS);

@@ -61,6 +61,12 @@ local server_settings = {
   cacheSlots = 4,
   -- Tokens per completion at most. An integer from 1 to 4096.
   maxNewTokens = 64,
+  -- Prompt-lookup speculation: up to this many tokens guessed by copying what followed the same
+  -- words earlier in the prompt, checked by the model in one call (the completion is the same, only
+  -- sooner where code repeats; 8 is the usual value). 0, the default, turns it off: on the CPU a
+  -- multi-row call costs more than the drafts it accepts on code that does not repeat
+  -- (bench/results/engine-speculation.md). An integer from 0 to 64.
+  speculate = 0,
   -- Milliseconds the server waits after the last change of a document before running the model. An
   -- integer from 0 to 10000.
   debounceMs = 150,
