@@ -55,7 +55,7 @@ def test_module_entry_point():
 def test_complete_with_and_without_speculation_prints_the_same(smollm2_model):
     prompt = "def add(a, b):\n    return a + b\n\n\ndef add3(a, b, c):\n    return"
     runs = [run("complete", "--model", "smollm2-135m", "--max-tokens", "24", *flag, prompt)
-            for flag in ((), ("--speculate", "0"))]
+            for flag in (("--speculate", "8"), ())]  # on, and the default (off)
     assert all(done.returncode == 0 for done in runs), runs[0].stderr + runs[1].stderr
     assert runs[0].stdout == runs[1].stdout
     assert "drafts 0/0 accepted" in runs[1].stderr and "drafts 0/0" not in runs[0].stderr
