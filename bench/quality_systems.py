@@ -3,7 +3,8 @@
 - ``LspSystem``: the real server, ``wizardcoder-tpu serve --stdio``, asked over LSP as an editor
   asks it: ``initialize`` with the settings of the row, ``didOpen`` of the document with the
   hole (and, for the cross-file rows, of other files of the same folder first), one
-  ``textDocument/inlineCompletion`` at the cursor, ``didClose``. The default, bare FIM, naive and
+  ``textDocument/inlineCompletion`` at the cursor, a ``didChange`` to the text the author wrote
+  (the hole filled, as the user leaves the place), ``didClose``. The default, bare FIM, naive and
   SmolLM2 rows are this adapter with different settings.
 - ``LlamaVimSystem``: the same GGUF on llama.cpp (``llama-cpp-python``, benchmark-only) with the
   rules of llama.vim and llama-server's ``/infill`` (see its docstring).
@@ -144,6 +145,12 @@ class LspSystem:
         except Exception as exc:  # a server error is a result of the row, not the end of the run
             error = f"{type(exc).__name__}: {exc}"
         latency = (time.perf_counter() - started) * 1e3
+        # The author finishes the hole before leaving the file, as in an editing session: the
+        # server's ring then keeps this place as written, not cut (a cut left there taught the
+        # model, in later holes' prompts, to stop lines short: issue 11, item 7).
+        self._client.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+            content_changes=[types.TextDocumentContentChangeWholeDocument(text=hole.prefix + hole.truth + hole.suffix)]))
         for opened_uri in [uri, *opened]:
             self._client.text_document_did_close(types.DidCloseTextDocumentParams(
                 text_document=types.TextDocumentIdentifier(uri=opened_uri)))

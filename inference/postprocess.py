@@ -7,8 +7,8 @@ The decisions, in the order the completion path takes them:
    ``single``-line (stop at the newline); the cursor inside a word → no completion.
 2. ``postprocess``: in multi-line mode stop at a line that dedents below the cursor's block, at a
    line that repeats the next line of the file, and before a closing bracket that the text after
-   the cursor already holds; in both modes stop where the completion starts repeating the text
-   after the cursor; replace (rather than double) the auto-closed characters after the cursor;
+   the cursor already holds; in both modes drop a head that writes again the text before the
+   cursor on its line, and stop where the completion starts repeating the text after the cursor; replace (rather than double) the auto-closed characters after the cursor;
    drop empty and whitespace-only results.
 3. ``should_stop``: the same scope rules on a partial completion, so that generation can end as
    soon as the result is decided.
@@ -31,7 +31,8 @@ CLOSERS = {")": "(", "]": "[", "}": "{"}
 QUOTES = "\"'`"
 AUTO_CLOSED = frozenset(")]}\"'`")  # what editors insert after the cursor when an opener is typed
 BLOCK_OPENERS = (":", "{", "(", "[")  # a line ending so opens a block: the body is indented deeper
-MIN_OVERLAP = 2  # a partial overlap with the text after the cursor shorter than this is chance
+MIN_OVERLAP = 2  # a partial overlap with the text around the cursor shorter than this is chance
+WORD_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def _is_word_char(ch: str) -> bool:
 # 2. Post-processing -----------------------------------------------------------------------------
 def postprocess(raw: str, around: Surroundings, kind: Kind) -> Processed | None:
     """The text to show for the model's ``raw`` continuation, or None when nothing is worth it."""
-    text = raw.replace("\r\n", "\n")
+    text = _cut_restart(raw.replace("\r\n", "\n"), around.line_prefix)
     if kind == SINGLE:
         text = text[:_line_end(text)]
     else:
@@ -150,6 +151,21 @@ def _indent(line: str) -> int:
 
 def _width(whitespace: str) -> int:
     return len(whitespace.expandtabs(4))
+
+
+def _cut_restart(text: str, line_prefix: str) -> str:
+    """Drop the head of the completion that writes again what the cursor's line already holds
+    before the cursor: the model starting over from a token or a word before the cursor
+    (``#inclu`` → ``#include <vector>``, ``or n`` → ``not (``), as Qwen2.5-Coder does mid-word,
+    most of all with other files' code in the prompt (bench/quality.py, issue 11 item 7). The
+    longest such overlap counts when it is at least ``MIN_OVERLAP`` characters or the whole word
+    the cursor ends (a shorter one is as likely a doubled letter: ``cal`` → ``l()``)."""
+    code = line_prefix.lstrip(" \t")
+    word = len(code) - len(code.rstrip(WORD_CHARS))
+    for size in range(len(code), 0, -1):
+        if (size >= MIN_OVERLAP or size == word) and text.startswith(code[-size:]):
+            return text[size:]
+    return text
 
 
 def _cut_line_overlap(text: str, rest: str) -> str:

@@ -148,6 +148,23 @@ def test_multi_line_stops_before_a_closer_the_file_already_has():
     assert complete(prefix, suffix, "alpha,\n    beta)\nprint(result)\n")[1] == Processed("alpha,\n    beta", 0)
 
 
+@pytest.mark.parametrize("prefix, raw, expected", [
+    # what Qwen2.5-Coder-0.5B wrote on bench/quality.py's line holes with other files' code in
+    # the prompt: it started the word, or the line, over
+    ("#inclu", "#include <vector>\n", "de <vector>"),
+    ("    if not isinstance(value, int) or n", "not (\n", "ot ("),
+    ("    x = print(", "print(1)", "1)"),
+    # a one-letter overlap that is not the whole word is as likely a doubled letter: kept
+    ("x = cal", "l()", "l()"),
+    ("namespace wc", "ct {", "ct {"),
+    # nothing to repeat, or no overlap
+    ("    ", "x = 1", "x = 1"),
+    ("x = ", "compute()", "compute()"),
+])
+def test_a_head_that_writes_the_line_before_the_cursor_again_is_dropped(prefix, raw, expected):
+    assert complete(prefix, "\n\nfoo()\n", raw)[1] == Processed(expected, 0)
+
+
 @pytest.mark.parametrize("raw", ["", "\n", "   \n\t\n  ", "\n\n\n"])
 def test_empty_and_whitespace_only_results_are_dropped(raw):
     assert complete("def f():\n    return ", "\n", raw)[1] is None
@@ -191,6 +208,7 @@ CASES = [  # (prefix, suffix, raw) from the tests above, for the consistency che
     ("result = compute(\n    ", "\n)\n", "alpha,\n    beta)\nprint(result)\n"),
     ("function total(items) {\n  let sum = 0;\n  for (const item of items) {", "\n",
      "\n    sum += item.price;\n  }\n  return sum;\n}\n"),
+    ("#inclu", "\n#include <string>\n", "#include <vector>\n#include <string>\n"),
 ]
 
 
