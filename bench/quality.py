@@ -11,9 +11,11 @@ repeats of the text after the cursor, empty answers, latency). The rows (``--sys
 
 - ``default``: the server as shipped (``--model``, ``--server-arg``): our prompts and
   post-processing;
-- ``nocontext``: the same without code from other places (``contextTokens: 0``);
-- ``context``: the same as ``default``, with up to ``--context-files`` other files of the hole's
-  folder opened first (what cross-file context adds);
+- ``nocontext``: the same without code from other places (``contextTokens: 0``, the default since
+  the run of 2026-12-02 measured it better: then the same as ``default``);
+- ``withcontext``: the same with code from other places (``contextTokens: 512``);
+- ``context``: ``withcontext`` with up to ``--context-files`` other files of the hole's folder
+  opened first (what cross-file context adds);
 - ``bare``: the same model with the plain prompt of ``mode: auto`` (FIM where the vocabulary has
   it; ``contextTokens: 0``) and post-processing off (``postprocess: false``), plus any
   ``--bare-option``: the ``nocontext`` row's prompt, the model's raw answer;
@@ -65,7 +67,8 @@ from quality_systems import LspSystem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "quality.md"
-SYSTEMS = ("default", "nocontext", "context", "bare", "llama.cpp", "small", "naive")
+SYSTEMS = ("default", "nocontext", "withcontext", "context", "bare", "llama.cpp", "small", "naive")
+CONTEXT_TOKENS = 512  # the budget the context rows give code from other places
 FULL = {"holes": 20, "languages": LANGUAGES, "kinds": KINDS, "systems": ("default", "bare", "naive"), "options": {}}
 SMOKE = {"holes": 1, "languages": ("python", "cpp"), "kinds": KINDS, "systems": ("default",),
          "options": {"maxNewTokens": 16, "promptTokens": 256}}  # checks the path end to end, not the quality
@@ -159,8 +162,11 @@ def build_systems(args: argparse.Namespace, log_dir: Path) -> list[Any]:
     makers: dict[str, Callable[[], Any]] = {
         "default": lambda: server("default", "the server as shipped: our prompts and post-processing", {}),
         "nocontext": lambda: server("nocontext", "the same without code from other places", {"contextTokens": 0}),
-        "context": lambda: server("context", f"the same, with up to {args.context_files} other files of the folder open",
-                                  {}, context_count=args.context_files),
+        "withcontext": lambda: server("withcontext", f"the same with code from other places ({CONTEXT_TOKENS} tokens)",
+                                      {"contextTokens": CONTEXT_TOKENS}),
+        "context": lambda: server("context", f"the same with code from other places, and up to {args.context_files} "
+                                  "other files of the folder open", {"contextTokens": CONTEXT_TOKENS},
+                                  context_count=args.context_files),
         "bare": lambda: server("bare", "the same model, plain prompt (mode auto), post-processing off",
                                {"mode": "auto", "postprocess": False, "contextTokens": 0, **args.bare_options}),
         "llama.cpp": lambda: LlamaVimSystem("llama.cpp", "the same GGUF on llama.cpp with llama.vim's rules",
