@@ -26,6 +26,12 @@ from wizardcoder_tpu.inference.weights import open_checkpoint
 
 PROMPT_LEN, FORCED, WINDOWS = 24, 16, 2  # 32 positions: ~5 nets each on the simulator
 MIN_AGREEMENT = 0.95
+# Positions where the CPU's top two logits are closer than this are near-ties (the suite's F16
+# convention, test_bmrt_engine.NEAR_TIE): any rounding may pick the other, and a 0.9998-similar
+# logit vector did at 3 of 32 positions of the tiny Qwen2 (CPU gaps 0.002-0.09). They are counted
+# and reported, and agreement is required on the rest, which must be most positions.
+NEAR_TIE = 0.1
+MIN_DECISIVE = 0.8
 MIN_COSINE = {"int8": 0.99, "int4": 0.95}
 assert PROMPT_LEN + FORCED <= SEQ_LEN
 
@@ -80,17 +86,23 @@ def test_quantized_bmodel_agrees_with_the_cpu_backend(kind, quantize, capsys):
     reference = [forced_logits(cpu.forward, cpu.truncate, w) for w in windows]
     got = device_logits(bmodel, windows)
 
-    agree = total = 0
+    agree = total = decisive = decisive_agree = 0
     finals, every = [], []
     for ref_window, dev_window in zip(reference, got):
         dev_window = [np.asarray(x, np.float32) for x in dev_window]
         assert len(dev_window) == len(ref_window) == FORCED
-        agree += sum(int(np.argmax(r) == np.argmax(d)) for r, d in zip(ref_window, dev_window))
-        total += FORCED
+        for r, d in zip(ref_window, dev_window):
+            same = int(np.argmax(r) == np.argmax(d))
+            top2 = np.sort(r)[-2:]
+            agree, total = agree + same, total + 1
+            if top2[1] - top2[0] >= NEAR_TIE:
+                decisive, decisive_agree = decisive + 1, decisive_agree + same
         every += [cosine(r, d) for r, d in zip(ref_window, dev_window)]
         finals.append(cosine(ref_window[-1], dev_window[-1]))
     with capsys.disabled():
-        print(f"\n{kind} {quantize}: top-1 agreement {agree}/{total} = {agree / total:.3f}; final logits' cosine "
+        print(f"\n{kind} {quantize}: top-1 agreement {agree}/{total} = {agree / total:.3f} of all positions, "
+              f"{decisive_agree}/{decisive} where the CPU's top-2 gap is >= {NEAR_TIE}; final logits' cosine "
               f"{', '.join(f'{c:.4f}' for c in finals)}; lowest at any position {min(every):.4f}")
-    assert agree / total >= MIN_AGREEMENT
+    assert decisive >= MIN_DECISIVE * total, "too many near-ties: the check would say little"
+    assert decisive_agree / decisive >= MIN_AGREEMENT
     assert min(finals) >= MIN_COSINE[quantize]
