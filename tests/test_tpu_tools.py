@@ -99,9 +99,10 @@ def test_export_cli_writes_static_pieces_and_resumes(tiny_model_factory, tmp_pat
     assert "is current; nothing to do" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", TINY)
+@pytest.mark.parametrize("kind", (*TINY, "qwen2"))
 def test_pieces_on_onnxruntime_generate_like_the_cpu_backend(kind):
-    """The pieces compose into the same model as the CPU graph, through prefill, chunks and decode."""
+    """The pieces compose into the same model as the CPU graph, through prefill, chunks and decode
+    (Qwen2: the q/k/v biases, drawn non-zero in conftest, ride inside every block)."""
     export_dir = tiny_export(kind)
     manifest = Manifest.load(export_dir)
     prompt, expected = _decisive_greedy(kind)
