@@ -75,7 +75,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # about 25 min cold (two tiny models trained, four bmodels compiled); 2-9 min warm
 @pytest.mark.parametrize("quantize", ["int8", "int4"])
 @pytest.mark.parametrize("kind", ["gpt_bigcode_mq", "qwen2"])
 def test_quantized_bmodel_agrees_with_the_cpu_backend(kind, quantize, capsys):
