@@ -189,10 +189,7 @@ class Engine:
         token that completes a character and returns whether to go on: False ends the generation
         as ``done`` (the caller has what it needs), which is not a cancellation; ``cancel`` is the
         other way to stop early (the result is unwanted: ``cancelled``)."""
-        if not prompt_ids:
-            raise InferenceError("empty prompt")
-        if len(prompt_ids) >= self.max_context:
-            raise ContextOverflowError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {self.max_context}")
+        check_prompt(prompt_ids, self.max_context)
         with self._lock:
             return self._generate(list(prompt_ids), params, cancel or CancelToken(), on_text)
 
@@ -320,6 +317,24 @@ class TextEngine(Protocol):
     def close(self) -> None: ...
 
 
+def check_prompt(prompt_ids: Sequence[int], max_context: int) -> None:
+    """InferenceError for a prompt no engine can continue: empty, or no room left after it."""
+    if not prompt_ids:
+        raise InferenceError("empty prompt")
+    if len(prompt_ids) >= max_context:
+        raise ContextOverflowError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {max_context}")
+
+
+def interruption(params: GenerationParams, cancel: CancelToken) -> str | None:
+    """Why a generation must stop now from outside (``cancelled``, ``deadline``), or None: the one
+    rule for every engine, token by token here and piece by piece in ``remote``."""
+    if cancel.cancelled:
+        return "cancelled"
+    if params.deadline is not None and time.monotonic() > params.deadline:
+        return "deadline"
+    return None
+
+
 class _Run:
     """One generation's state and the engine's stop rules, applied to each new token in order:
     EOS, stop strings, the caller's ``on_text`` (done), the budget (max_tokens or context), then
@@ -341,11 +356,7 @@ class _Run:
         self.reason = "max_tokens"
 
     def interrupted(self) -> str | None:
-        if self.cancel.cancelled:
-            return "cancelled"
-        if self.params.deadline is not None and time.monotonic() > self.params.deadline:
-            return "deadline"
-        return None
+        return interruption(self.params, self.cancel)
 
     def accept(self, token: int) -> bool:
         """Record one new token; False ends the generation (``reason`` says why)."""

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .engine import CancelToken, Generation, GenerationParams, OnText, _stop_string_cut
-from .errors import ContextOverflowError, InferenceError, RemoteError
+from .engine import CancelToken, Generation, GenerationParams, OnText, _stop_string_cut, check_prompt, interruption
+from .errors import RemoteError
 from .http_stream import ApiKey, Endpoint, get_json, post_events
 from .tokenizer import Tokenizer
 
@@ -210,11 +210,7 @@ class _TextRun:
         self.reason = "max_tokens"
 
     def interrupted(self) -> str | None:
-        if self.cancel.cancelled:
-            return "cancelled"
-        if self.params.deadline is not None and time.monotonic() > self.params.deadline:
-            return "deadline"
-        return None
+        return interruption(self.params, self.cancel)
 
     def accept(self, piece: str) -> bool:
         """Add one piece; False ends the generation (``reason`` says why)."""
@@ -259,10 +255,7 @@ class RemoteEngine:
                  cancel: CancelToken | None = None, on_text: OnText | None = None) -> Generation:
         """Greedy continuation of ``prompt_ids`` by the server, streamed through ``on_text`` (as
         ``Engine.generate``: False from it ends the generation as ``done`` and closes the stream)."""
-        if not prompt_ids:
-            raise InferenceError("empty prompt")
-        if len(prompt_ids) >= self.max_context:
-            raise ContextOverflowError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {self.max_context}")
+        check_prompt(prompt_ids, self.max_context)
         with self._lock:
             return self._generate(list(prompt_ids), params, cancel or CancelToken(), on_text)
 

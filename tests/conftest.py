@@ -87,6 +87,19 @@ def smollm2_model() -> Path:
     return model_path("smollm2-135m")
 
 
+@pytest.fixture(scope="module")
+def smollm2_host(smollm2_model):
+    """A ``ModelHost`` with SmolLM2 loaded, as the server holds it (one per test module)."""
+    from wizardcoder_tpu.lsp.model_host import ModelHost
+    from wizardcoder_tpu.lsp.settings import Settings
+
+    host = ModelHost()
+    report = host.load(Settings(model="smollm2-135m"), lambda message: None)
+    assert not report.error, report.error
+    yield host
+    host.close()
+
+
 @pytest.fixture(scope="session")
 def starcoder_vocab() -> Path:
     if not (STARCODER_VOCAB / "vocab.json").exists():

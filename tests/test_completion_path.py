@@ -20,7 +20,6 @@ from wizardcoder_tpu.inference.postprocess import MULTI, SINGLE
 from wizardcoder_tpu.lsp import completion
 from wizardcoder_tpu.lsp.cache import CompletionCache
 from wizardcoder_tpu.lsp.documents import cursor_at, open_document
-from wizardcoder_tpu.lsp.model_host import ModelHost
 from wizardcoder_tpu.lsp.requests import DocumentRequests, RequestState
 from wizardcoder_tpu.lsp.settings import Settings
 from wizardcoder_tpu.lsp.status import Stats
@@ -34,12 +33,8 @@ CALL = 'def greet(name):\n    print("Hello, ")\n'  # text after the cursor on it
 
 
 @pytest.fixture(scope="module")
-def host(smollm2_model) -> ModelHost:
-    host = ModelHost()
-    report = host.load(Settings(model="smollm2-135m"), lambda message: None)
-    assert not report.error, report.error
-    yield host
-    host.close()
+def host(smollm2_host):
+    return smollm2_host
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from wizardcoder_tpu.inference.postprocess import Processed
 from wizardcoder_tpu.lsp import completion
 from wizardcoder_tpu.lsp.cache import CompletionCache
 from wizardcoder_tpu.lsp.documents import cursor_at, open_document
-from wizardcoder_tpu.lsp.model_host import ModelHost
 from wizardcoder_tpu.lsp.prefetch import Prefetcher, after_accepting
 from wizardcoder_tpu.lsp.requests import DocumentRequests
 from wizardcoder_tpu.lsp.settings import Settings
@@ -31,12 +30,8 @@ AREA = ('import math\n\n\ndef circle_area(radius):\n    """Return the area of a 
 
 
 @pytest.fixture(scope="module")
-def host(smollm2_model) -> ModelHost:
-    host = ModelHost()
-    report = host.load(Settings(model="smollm2-135m"), lambda message: None)
-    assert not report.error, report.error
-    yield host
-    host.close()
+def host(smollm2_host):
+    return smollm2_host
 
 
 @pytest.fixture
