@@ -76,7 +76,7 @@ def code_prompt(tokenizer, tokens: int) -> list[int]:
 
 # This repository's files, cut just after the text given (the prompt ends there): what follows
 # repeats the shape of the lines before it.
-REPO_CUTS = (("lsp/requests.py", "    def changed(self, uri: str) -> None:\n"),
+REPO_CUTS = (("lsp/requests.py", "    def changed(self, uri: str"),
              ("lsp/settings.py", "    debounce_ms: int = setting("),
              ("inference/model/cpu_graph.py", "def _skip_norm("))
 
