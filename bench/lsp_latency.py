@@ -299,9 +299,10 @@ def report(sessions: list[Session], typing: Typing, load_before: tuple[float, ..
     span = typing.keys[-1][0] if typing.keys else 0.0
     lines = [f"# Keystroke to inline completion through the server, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
              "", f"Machine: {machine()}.  ", f"Versions: {versions()}; git {_git_revision()}.  ",
-             f"Load average (1, 5, 15 min) before: {la(load_before)}; after: {la(load_after)}. The machine is shared "
-             "with other work running at the same time (five other sessions building and testing): the latencies "
-             "are those of a loaded machine, and the rows ran one after another, not interleaved.  ",
+             f"Load average (1, 5, 15 min) before: {la(load_before)}; after: {la(load_after)}. "
+             + ("Other work ran on the machine at the same time: the latencies are those of a loaded machine. "
+                if max(load_before[0], load_after[0]) > (os.cpu_count() or 1) else "")
+             + "The rows ran one after another, not interleaved.  ",
              f"Typed: {len(typing.keys)} characters of `{typing.path.relative_to(ROOT)}` from "
              f"`{typing.keys[0][1] if typing.keys else ''}…` ({span:.0f} s of typing at about "
              f"{len(typing.keys) / span if span else 0:.1f} keys/s with pauses), each key a `didChange` and an "
