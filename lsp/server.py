@@ -245,8 +245,8 @@ def create_server(settings: Settings, team: Team | None = None, access: RemoteAc
         if ls.excluded(params.text_document.uri):
             return
         if (document := ls.workspace.text_documents.get(params.text_document.uri)) is not None:
-            edit = getattr(params.content_changes[-1], "range", None) if params.content_changes else None
-            ls.context.changed(params.text_document.uri, document.source, edit.start.line if edit else None)
+            ls.context.changed(params.text_document.uri, document.source,
+                               last_range.start.line if last_range is not None else None)
 
     @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
     def did_save(ls: WizardServer, params: types.DidSaveTextDocumentParams) -> None:

@@ -32,11 +32,6 @@ AREA = ('import math\n\n\ndef circle_area(radius):\n    """Return the area of a 
 CALL = 'def greet(name):\n    print("Hello, ")\n'  # text after the cursor on its line: single-line
 
 
-@pytest.fixture(scope="module")
-def host(smollm2_host):
-    return smollm2_host
-
-
 @pytest.fixture
 def workspace() -> Workspace:
     workspace = Workspace(None)
@@ -49,12 +44,12 @@ def cursor(workspace: Workspace, uri: str, line: int, character: int):
     return cursor_at(open_document(workspace, uri), types.Position(line, character), workspace.position_codec)
 
 
-def test_complete_runs_from_its_arguments_and_serves_typed_ahead_from_the_cache(host, workspace):
+def test_complete_runs_from_its_arguments_and_serves_typed_ahead_from_the_cache(smollm2_host, workspace):
     worker, cache, requests, stats = InferenceWorker(), CompletionCache(), DocumentRequests(), Stats()
     warnings: list[str] = []
 
     async def complete(character: int):
-        return await completion.complete(workspace, URI, types.Position(5, character), settings=SETTINGS, host=host,
+        return await completion.complete(workspace, URI, types.Position(5, character), settings=SETTINGS, host=smollm2_host,
                                          cache=cache, requests=requests, worker=worker, context=ContextStore(),
                                          stats=stats, warn=lambda key, message: warnings.append(message), request_id="r")
 
@@ -72,8 +67,8 @@ def test_complete_runs_from_its_arguments_and_serves_typed_ahead_from_the_cache(
         worker.close()
 
 
-def test_post_processing_ends_a_run_as_done_and_cancelling_is_another_event(host, workspace):
-    engine = host.engine
+def test_post_processing_ends_a_run_as_done_and_cancelling_is_another_event(smollm2_host, workspace):
+    engine = smollm2_host.engine
     cancel = CancelToken()
     single = completion.run_model(engine, cursor(workspace, "file:///tmp/greet.py", 1, 18), SINGLE, SETTINGS, cancel)
     assert single.generation.stop_reason == "done" and not cancel.cancelled  # the line break decided it

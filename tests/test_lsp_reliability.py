@@ -257,6 +257,12 @@ def test_a_client_that_never_answers_progress_create_still_gets_the_model(tmp_pa
         client.close()
 
 
+def explain_whole(uri: str) -> dict:
+    """``executeCommand`` params that explain the two-line function the explain tests open."""
+    return {"command": "wizardcoder.explainSelection",
+            "arguments": [uri, {"start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 16}}]}
+
+
 def test_an_answer_to_progress_create_after_the_explain_was_cancelled_is_dropped_quietly(tmp_path):
     """The fuzz found it: ``$/cancelRequest`` of an explain while the server awaits the client's
     answer to ``window/workDoneProgress/create`` cancels that await; the answer then arrived at a
@@ -269,9 +275,7 @@ def test_an_answer_to_progress_create_after_the_explain_was_cancelled_is_dropped
         uri = "file:///tmp/cancel_explain.py"
         client.open(uri, "def add(a, b):\n    return a + b\n")
         mark = len(client.messages)
-        explain = client.request("workspace/executeCommand", {"command": "wizardcoder.explainSelection",
-                                 "arguments": [uri, {"start": {"line": 0, "character": 0},
-                                                     "end": {"line": 1, "character": 16}}]})
+        explain = client.request("workspace/executeCommand", explain_whole(uri))
         create = client.wait_for(lambda m: m.get("method") == "window/workDoneProgress/create", 30,
                                  "progress create", mark)
         client.notify("$/cancelRequest", {"id": explain})
@@ -281,9 +285,7 @@ def test_an_answer_to_progress_create_after_the_explain_was_cancelled_is_dropped
         assert_alive(client)
         assert "Traceback" not in log_file.read_text(encoding="utf-8")
         client.answer_server_requests = True  # and the next explain is served as usual
-        again = client.call("workspace/executeCommand", {"command": "wizardcoder.explainSelection",
-                            "arguments": [uri, {"start": {"line": 0, "character": 0},
-                                                "end": {"line": 1, "character": 16}}]}, timeout=120)
+        again = client.call("workspace/executeCommand", explain_whole(uri), timeout=120)
         assert "result" in again and again["result"]["markdown"], again
     finally:
         client.close()
@@ -299,9 +301,7 @@ def test_the_editors_cancel_button_on_the_explain_progress_stops_the_model_and_k
         uri = "file:///tmp/cancel_button.py"
         client.open(uri, "def add(a, b):\n    return a + b\n")
         mark = len(client.messages)
-        explain = client.request("workspace/executeCommand", {"command": "wizardcoder.explainSelection",
-                                 "arguments": [uri, {"start": {"line": 0, "character": 0},
-                                                     "end": {"line": 1, "character": 16}}]})
+        explain = client.request("workspace/executeCommand", explain_whole(uri))
         report = client.wait_for(lambda m: m.get("method") == "$/progress" and m["params"]["value"].get("kind") ==
                                  "report" and m["params"]["value"].get("message"), 120, "an explain report", mark)
         client.notify("window/workDoneProgress/cancel", {"token": report["params"]["token"]})

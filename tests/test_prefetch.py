@@ -29,11 +29,6 @@ AREA = ('import math\n\n\ndef circle_area(radius):\n    """Return the area of a 
         '\n\ndef main():\n    print(circle_area(2.0))\n')
 
 
-@pytest.fixture(scope="module")
-def host(smollm2_host):
-    return smollm2_host
-
-
 @pytest.fixture
 def workspace() -> Workspace:
     workspace = Workspace(None)
@@ -53,13 +48,13 @@ def test_the_place_after_accepting_drops_the_replaced_characters(workspace):
     assert replaced.suffix == at.suffix[1:]
 
 
-def test_accepting_a_suggestion_is_served_from_the_prefetch_without_a_model_run(host, workspace):
+def test_accepting_a_suggestion_is_served_from_the_prefetch_without_a_model_run(smollm2_host, workspace):
     worker, cache, requests, stats, prefetcher = InferenceWorker(), CompletionCache(), DocumentRequests(), Stats(), \
         Prefetcher()
 
     async def complete(line: int, character: int):
         return await completion.complete(workspace, URI, types.Position(line, character), settings=SETTINGS,
-                                         host=host, cache=cache, requests=requests, worker=worker,
+                                         host=smollm2_host, cache=cache, requests=requests, worker=worker,
                                          context=ContextStore(), stats=stats, warn=lambda key, message: None,
                                          request_id="r", automatic=True, prefetcher=prefetcher)
 
@@ -91,7 +86,7 @@ def test_accepting_a_suggestion_is_served_from_the_prefetch_without_a_model_run(
         worker.close()
 
 
-def _slow_prefetch(host, workspace, seen_cancelled: list[bool], started: threading.Event):
+def _slow_prefetch(smollm2_host, workspace, seen_cancelled: list[bool], started: threading.Event):
     """A prefetch whose model run goes on for 200 tokens unless cancelled; it records, at each new
     text, whether the token was already cancelled."""
 
@@ -101,14 +96,14 @@ def _slow_prefetch(host, workspace, seen_cancelled: list[bool], started: threadi
             started.set()
             return True
 
-        ids = host.engine.tokenizer.encode(at.prefix)
-        generation = host.engine.generate(ids, GenerationParams(max_new_tokens=200), token, on_text)
+        ids = smollm2_host.engine.tokenizer.encode(at.prefix)
+        generation = smollm2_host.engine.generate(ids, GenerationParams(max_new_tokens=200), token, on_text)
         return generation
 
     return run
 
 
-def test_a_real_request_cancels_the_prefetch_within_one_model_call(host, workspace):
+def test_a_real_request_cancels_the_prefetch_within_one_model_call(smollm2_host, workspace):
     worker, cache, prefetcher = InferenceWorker(), CompletionCache(), Prefetcher()
     seen_cancelled: list[bool] = []
     started = threading.Event()
@@ -116,7 +111,7 @@ def test_a_real_request_cancels_the_prefetch_within_one_model_call(host, workspa
 
     async def session():
         target = prefetcher.start(at, Processed("radius", 0), settings=SETTINGS, cache=cache, worker=worker,
-                                  run=_slow_prefetch(host, workspace, seen_cancelled, started))
+                                  run=_slow_prefetch(smollm2_host, workspace, seen_cancelled, started))
         assert target is not None
         future = prefetcher._running.future
         await asyncio.get_running_loop().run_in_executor(None, started.wait, 60)
@@ -135,7 +130,7 @@ def test_a_real_request_cancels_the_prefetch_within_one_model_call(host, workspa
                                                                                      at.suffix)
 
 
-def test_a_real_request_at_the_prefetched_place_waits_for_it(host, workspace):
+def test_a_real_request_at_the_prefetched_place_waits_for_it(smollm2_host, workspace):
     worker, cache, prefetcher = InferenceWorker(), CompletionCache(), Prefetcher()
     at = cursor(workspace, 5, 11)
     calls = []
@@ -155,7 +150,7 @@ def test_a_real_request_at_the_prefetched_place_waits_for_it(host, workspace):
     assert adopted == Processed(" * 2", 0) and calls == [at.prefix + "radius"] and prefetcher.adopted == 1
 
 
-def test_no_prefetch_where_an_automatic_request_would_not_run_or_when_off(host, workspace):
+def test_no_prefetch_where_an_automatic_request_would_not_run_or_when_off(smollm2_host, workspace):
     worker, cache, prefetcher = InferenceWorker(), CompletionCache(), Prefetcher()
     at = cursor(workspace, 5, 11)
 
