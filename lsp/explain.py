@@ -29,6 +29,7 @@ from ..inference.engine import CancelToken, Generation, GenerationParams, OnText
 from ..inference.prompt import Prompt, build_instruction_prompt, language_name
 from .documents import open_document, text_in_range, unusable_reason
 from .errors import BadRequest
+from .loop_post import post
 from .model_host import ModelHost
 from .progress import Progress
 from .settings import Settings
@@ -95,7 +96,7 @@ async def _explain(instruction: str, settings: Settings, host: ModelHost, worker
         now = time.monotonic()
         if now - last_report >= REPORT_EVERY_S:
             last_report = now
-            loop.call_soon_threadsafe(progress.report, text)
+            post(loop, progress.report, text)
         return True
 
     def finished(prompt: Prompt, generation: Generation) -> str:  # worker thread

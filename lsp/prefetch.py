@@ -27,6 +27,7 @@ from ..inference.postprocess import Kind, Processed, Surroundings, completion_ki
 from . import trigger
 from .cache import CompletionCache
 from .documents import Cursor
+from .loop_post import post
 from .settings import Settings
 from .team import ClientJobs
 from .worker import InferenceWorker
@@ -101,7 +102,7 @@ class Prefetcher:
         self.started += 1
 
         def done(finished: Future) -> None:  # worker thread
-            loop.call_soon_threadsafe(self._finished, running, finished, cache)
+            post(loop, self._finished, running, finished, cache)
 
         loop = asyncio.get_running_loop()
         future.add_done_callback(done)

@@ -30,6 +30,7 @@ from ..inference.remote import RemoteAccess
 from . import completion, explain
 from .cache import CompletionCache
 from .documents import encoding_name
+from .loop_post import post
 from .errors import BadRequest, NotReady, to_response_error
 from .acceptance import ACCEPTED, DISMISSED, PARTIALLY_ACCEPTED, SHOWN, AcceptanceLog
 from .model_host import ModelHost
@@ -73,7 +74,7 @@ class WizardServer(LanguageServer):
     def _worker_state(self, state: str, label: str) -> None:
         """From the worker thread: busy while a job runs, idle (or the load error) after."""
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._show_worker_state, state, label)
+            post(self.loop, self._show_worker_state, state, label)
 
     def _show_worker_state(self, state: str, label: str) -> None:
         if self.host.loading:
@@ -131,7 +132,7 @@ class WizardServer(LanguageServer):
         loop = self.loop
 
         def message(text: str) -> None:  # worker thread
-            loop.call_soon_threadsafe(self._loading_message, progress, text)
+            post(loop, self._loading_message, progress, text)
 
         try:
             report = await self.worker.run(lambda cancel: self.host.load(settings, message), CancelToken(), "loading",

@@ -29,6 +29,7 @@ from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
 from .framing import READ_CHUNK, FrameReader
+from .loop_post import post
 from .protocol import WizardProtocol
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def serve_stdio(server: LanguageServer, stdin: BinaryIO, stdout: BinaryIO) -> in
                     chunk = read(READ_CHUNK)
                 except (OSError, ValueError):
                     chunk = b""
-                loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+                if not post(loop, chunks.put_nowait, chunk):
+                    return
                 if not chunk:
                     return
 

@@ -576,32 +576,56 @@ def type_keys(client: RawClient, documents: dict[str, list[str]], count: int, st
     return ids
 
 
+def restore(client: RawClient, documents: dict[str, list[str]], original: dict[str, list[str]], version: int) -> None:
+    """Put every document back to its ``original`` lines with one whole-range edit, so that the
+    prompts of a long soak stay as long as those of its warm-up: memory then measures leaks, not
+    the KV rows and buffers that longer documents rightly take."""
+    for uri, lines in documents.items():
+        end = {"line": len(lines) - 1, "character": len(lines[-1])}
+        client.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version}, "contentChanges": [
+            {"range": {"start": {"line": 0, "character": 0}, "end": end}, "text": "\n".join(original[uri])}]})
+        documents[uri] = list(original[uri])
+
+
 @pytest.mark.slow
 def test_soak_1000_keystrokes_with_cancels_one_answer_each_and_flat_memory(tmp_path):
     client = RawClient.stdio(tmp_path / "server.log", level="warning")
     try:
         client.initialize({**SETTINGS, "maxNewTokens": 4, "debounceMs": 30})
-        documents = {f"file:///tmp/soak{k}.py": ["# soak", f"def f{k}(x):", "    return "] for k in range(3)}
+        original = {f"file:///tmp/soak{k}.py": ["# soak", f"def f{k}(x):", "    return "] for k in range(3)}
+        documents = {uri: list(lines) for uri, lines in original.items()}
         for uri, lines in documents.items():
             client.open(uri, "\n".join(lines))
-        warm = type_keys(client, documents, 100, 0)
-        for msg_id in warm:
-            client.response(msg_id, timeout=300)
+
+        def in_sync() -> None:
+            digests = client.digests()
+            for uri, lines in documents.items():
+                assert digests[uri]["sha256"] == hashlib.sha256("\n".join(lines).encode()).hexdigest(), uri
+
+        def rounds(first: int, count: int) -> list[int]:  # 50 keys, then the documents as they were
+            ids = []
+            for start in range(first, first + count, 50):
+                ids += type_keys(client, documents, 50, start)
+                for msg_id in ids[-50:]:
+                    client.response(msg_id, timeout=300)
+                in_sync()
+                restore(client, documents, original, 10_000 + start)
+            return ids
+
+        warm = rounds(0, 100)
+        time.sleep(1.0)
         before = rss_kib(client.process.pid)
-        ids = type_keys(client, documents, 900, 100)
-        for msg_id in ids:
-            client.response(msg_id, timeout=300)
+        ids = rounds(100, 900)
         time.sleep(1.0)
         after = rss_kib(client.process.pid)
         answers = [len(client.responses(msg_id)) for msg_id in warm + ids]
         assert answers == [1] * 1000
         kinds = {"result" if "result" in r else r["error"]["code"] for i in ids for r in client.responses(i)}
         assert kinds <= {"result", -32800}, kinds  # answered, or cancelled
-        assert after < before * 1.10, f"RSS grew from {before} KiB to {after} KiB"
-        expected = {uri: "\n".join(lines) for uri, lines in documents.items()}
-        digests = client.digests()
-        for uri, text in expected.items():
-            assert digests[uri]["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+        # Measured 2026-12-02 on this kind of machine: +0.5 % to +1.7 % over 900 keys with the documents
+        # restored; +12 % when they grow (KV rows of longer prompts, not a leak). A leak of 20 KiB a key fails.
+        assert after < before * 1.05, f"RSS grew from {before} KiB to {after} KiB"
+        in_sync()
         print(f"\nsoak: 1000 keystrokes, RSS {before} KiB after warm-up, {after} KiB at the end "
               f"({(after - before) / before:+.1%})")
         assert client.shutdown_and_exit() == 0

@@ -5,10 +5,12 @@ job functions; a gate holds it busy while a test queues what it needs."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import wait
 
 from wizardcoder_tpu.inference.engine import CancelToken
+from wizardcoder_tpu.lsp.loop_post import post
 from wizardcoder_tpu.lsp.worker import Continue, InferenceWorker
 
 
@@ -116,3 +118,15 @@ def test_cancelled_jobs_are_skipped_and_one_client_cannot_queue_without_bound():
         assert worker.skipped == 3
     finally:
         worker.close()
+
+
+def test_a_call_posted_after_the_loop_closed_is_dropped_not_raised():
+    """A model call that ends after the server's loop is gone (the client left mid-request) must
+    not raise inside the worker's callback: CI logged "Event loop is closed" tracebacks from it."""
+    ran: list[int] = []
+    loop = asyncio.new_event_loop()
+    assert post(loop, ran.append, 1)
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    assert not post(loop, ran.append, 2)
+    assert ran == [1]
