@@ -1,4 +1,5 @@
-"""The CPU backend's graph cache under concurrency: servers that start together on one cache.
+"""The CPU backend's graph cache under concurrency (servers that start together on one cache) and
+its size (graphs no one loads any more are removed).
 
 Regression: onnx appends external data to an existing file, and two processes building the same
 graph into one folder interleaved their weights; the graph that won then read the other's bytes
@@ -11,9 +12,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import onnx
+
+from wizardcoder_tpu.inference.backends.cpu import ensure_decoder
+from wizardcoder_tpu.inference.graph_cache import evict, mark_used
+from wizardcoder_tpu.inference.weights import open_checkpoint
 
 BUILD_AND_RUN = """
 import sys
@@ -52,3 +58,45 @@ def test_concurrent_builds_leave_one_whole_graph(tiny_model_factory, tmp_path):
 
     expected = torch_greedy(load_transformers(model), [5, 17, 99, 3], 12)
     assert tokens.pop() == str(expected)
+
+
+def graph_folder(root: Path, name: str, size: int, used_hours_ago: float, now: float) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "decoder.weights").write_bytes(b"\0" * size)
+    mark_used(folder)
+    then = now - used_hours_ago * 3600
+    os.utime(folder / ".used", (then, then))
+    return folder
+
+
+def test_a_build_removes_the_least_recently_used_graphs_beyond_the_budget(tmp_path):
+    """A developer's cache had grown to 19 GB of graphs no one loaded again (old graph versions,
+    weight settings tried once): each build now brings the folder back under its budget."""
+    now = time.time()
+    old = graph_folder(tmp_path, "old", 4000, 24 * 30, now)
+    older = graph_folder(tmp_path, "older", 4000, 24 * 60, now)
+    recent = graph_folder(tmp_path, "recent", 4000, 24 * 3, now)
+    in_use = graph_folder(tmp_path, "in-use", 4000, 1, now)  # another server may have it open
+    new = graph_folder(tmp_path, "new", 4000, 0, now)
+    removed = evict(tmp_path, keep=new, budget_bytes=12_500, now=now)
+    assert removed == [older, old]  # the least recently used first, and no more than needed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in-use", "new", "recent"]
+
+
+def test_graphs_in_use_and_the_new_one_stay_even_over_the_budget(tmp_path):
+    now = time.time()
+    in_use = graph_folder(tmp_path, "in-use", 4000, 2, now)
+    new = graph_folder(tmp_path, "new", 4000, 48, now)  # as old as it may be: it is the one being built
+    assert evict(tmp_path, keep=new, budget_bytes=0, now=now) == []
+    assert in_use.exists() and new.exists()
+
+
+def test_loading_a_cached_graph_marks_it_used(tiny_model_factory, tmp_path, monkeypatch):
+    monkeypatch.setenv("WIZARDCODER_TPU_CACHE", str(tmp_path))
+    checkpoint = open_checkpoint(tiny_model_factory("llama_gqa"))
+    path = ensure_decoder(checkpoint)
+    past = time.time() - 7 * 24 * 3600
+    os.utime(path.parent / ".used", (past, past))
+    assert ensure_decoder(checkpoint) == path
+    assert time.time() - (path.parent / ".used").stat().st_mtime < 60

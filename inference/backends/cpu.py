@@ -34,6 +34,7 @@ import onnxruntime as ort  # noqa: E402  (after quiet_onnxruntime)
 from ..atomic import new_folder
 from ..engine import Backend
 from ..errors import BackendError, ModelLoadError
+from ..graph_cache import budget_from_environment, evict, mark_used
 from ..model.config import ModelConfig
 from ..model.cpu_graph import GraphOptions, build_cpu_graph, kv_names
 from ..paths import cache_dir
@@ -57,6 +58,7 @@ def ensure_decoder(checkpoint: Checkpoint, options: GraphOptions = GraphOptions(
     fluent garbage from a correct model)."""
     path = decoder_path(checkpoint, options)
     if path.exists():
+        mark_used(path.parent)
         return path
     folder = path.parent
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,8 @@ def ensure_decoder(checkpoint: Checkpoint, options: GraphOptions = GraphOptions(
         onnx.save_model(model, str(work / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="decoder.weights", size_threshold=1024)
         del model
+    mark_used(folder)
+    evict(folder.parent, keep=folder, budget_bytes=budget_from_environment())
     return path
 
 
