@@ -53,6 +53,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_TOKENS = (100, 500, 1500)
+WEIGHTS = ("f32", "int8", "int4", "auto")  # f32 first: the other rows' tokens are compared with its
 
 
 # --- prompts ---------------------------------------------------------------------------------------
@@ -238,10 +239,10 @@ class Results:
 
 
 def engine_specs(shipped: Path, q4_0: Path | None, include_transformers: bool,
-                 speculate: int = 0) -> list[tuple[str, Path, str]]:
+                 speculate: int = 0, weights: Sequence[str] = WEIGHTS) -> list[tuple[str, Path, str]]:
     """(kind, file, weights) in the order they run within a round; the speculating engines'
     "weights" is their number of drafted tokens."""
-    specs = [("ours", shipped, w) for w in ("f32", "int8", "int4", "auto")]
+    specs = [("ours", shipped, w) for w in weights]
     if speculate:
         specs += [("ours-engine", shipped, str(speculate)), ("ours-engine", shipped, "0")]
     specs.append(("llama.cpp", shipped, ""))
@@ -275,7 +276,7 @@ def available(kind: str) -> bool:
 def benchmark(shipped: Path, q4_0: Path | None, threads: Sequence[int], repeats: int, decode: int,
               prompt_tokens: Sequence[int], include_transformers: bool,
               on_round: Callable[[Results], None] = lambda r: None, speculate: int = 0,
-              only_speculation: bool = False) -> Results:
+              only_speculation: bool = False, weights: Sequence[str] = WEIGHTS) -> Results:
     """All rounds; ``on_round`` sees the results so far after each (a long run on a loaded
     machine leaves a report even when it is stopped)."""
     from wizardcoder_tpu.inference.weights import open_checkpoint
@@ -286,7 +287,7 @@ def benchmark(shipped: Path, q4_0: Path | None, threads: Sequence[int], repeats:
         prompts.update(repo_prompts(tokenizer, min(prompt_tokens[len(prompt_tokens) // 2], 500)))
     context = max(len(p) for p in prompts.values()) + decode + 8
     results = Results()
-    specs = [s for s in engine_specs(shipped, q4_0, include_transformers, speculate) if available(s[0])
+    specs = [s for s in engine_specs(shipped, q4_0, include_transformers, speculate, weights) if available(s[0])
              and (not only_speculation or s[0] == "ours-engine" or s[:2] == ("llama.cpp", shipped))]
     for t in threads:
         engines = [load(kind, path, weights, t, context) for kind, path, weights in specs]
@@ -441,6 +442,8 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, nargs="+", default=list(PROMPT_TOKENS))
     parser.add_argument("--no-q4-0", action="store_true", help="skip the Q4_0 copy")
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=WEIGHTS,
+                        help="our engine's weight settings to run (all by default)")
     parser.add_argument("--speculate", type=int, default=8,
                         help="rows of the engine with this many drafted tokens and without (0: no such rows)")
     parser.add_argument("--only-speculation", action="store_true",
@@ -471,10 +474,10 @@ def main() -> int:
 
     results = Results() if args.memory_only else benchmark(
         shipped, copy, args.threads, args.repeats, args.decode, args.prompts, not args.no_transformers,
-        on_round=write, speculate=args.speculate, only_speculation=args.only_speculation)
+        on_round=write, speculate=args.speculate, only_speculation=args.only_speculation, weights=args.weights)
     memory = {}
     if args.memory or args.memory_only:
-        for kind, path, weights in engine_specs(shipped, copy, include_transformers=False):
+        for kind, path, weights in engine_specs(shipped, copy, include_transformers=False, weights=args.weights):
             if available(kind) and weights in ("", "auto", "int4"):
                 name = f"{kind} {weights}".strip() + f" ({path.name})"
                 memory[name] = peak_memory(kind, path, weights, args.threads[0], args.decode)

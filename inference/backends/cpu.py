@@ -40,7 +40,7 @@ from ..model.cpu_graph import GraphOptions, build_cpu_graph, kv_names
 from ..paths import cache_dir
 from ..weights import Checkpoint
 
-GRAPH_VERSION = "7"  # bump when build_cpu_graph or the way it is saved changes
+GRAPH_VERSION = "8"  # bump when build_cpu_graph or the way it is saved changes
 
 
 def decoder_path(checkpoint: Checkpoint, options: GraphOptions = GraphOptions()) -> Path:

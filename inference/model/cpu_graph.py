@@ -12,10 +12,10 @@ contrib ops where they exist:
 - ``SkipSimplifiedLayerNormalization`` / ``SkipLayerNormalization``: the residual add and the
   next norm in one kernel; ``SimplifiedLayerNormalization`` for the first;
 - ``MatMulNBits`` for block-quantized linear layers (``inference/weights/quantized.py``): 4-bit
-  blocks with float activations (``accuracy_level`` 0: exact), or, under ``weights: int8``,
-  8-bit blocks with activations quantized to int8 per block (``accuracy_level`` 4, the only way
-  onnxruntime 1.31 runs 8-bit blocks fast; lossy, and a row's result depends on how many rows
-  the call has, so prefix reuse can change a token);
+  blocks with float activations (``accuracy_level`` 0: exact), 8-bit blocks with activations
+  quantized to int8 per block (``accuracy_level`` 4, the only way onnxruntime 1.31 runs 8-bit
+  blocks fast, and what llama.cpp does for every type; lossy, and a row's result depends on how
+  many rows the call has, so prefix reuse or a draft's verification can change a token);
 - ``GatherBlockQuantized`` for a quantized token embedding, sharing the output layer's blocks
   when the two are tied.
 
@@ -56,13 +56,15 @@ class Weights(Protocol):
 class GraphOptions:
     """How weights are stored in the graph (measured on SmolLM2 in ``bench/results/engine.md``).
 
-    - ``auto``: the file's precision as closely as a fast kernel allows: 4-bit GGUF blocks as
-      they are (Q4_1/Q4_K with their offsets), 8-bit blocks (Q8_0, Q5_0, Q6_K) and float as
-      float32 (onnxruntime has no fast float-activation kernel for 8-bit blocks); the
-      embedding as the file's blocks. Exact: the same tokens as transformers on the file.
+    - ``auto``: the file's precision as closely as a fast kernel allows: every GGUF block as it
+      is, 4-bit ones (Q4_0, Q4_1/Q4_K with their offsets) with float activations (exact),
+      wider ones (Q5_0, Q6_K, Q8_0: exact as 8-bit blocks) with int8 activations, since
+      onnxruntime has no fast float-activation kernel for 8-bit blocks (float32 for them made
+      the default Qwen2.5-Coder-0.5B file decode at 0.4x llama.cpp; 8-bit blocks: 1.1x, with
+      98.7 % greedy agreement with ``f32``, bench/results/engine.md); float tensors as float32.
     - ``int4``: every linear layer as plain 4-bit ``MatMulNBits`` blocks (the file's where they
-      map, requantized otherwise with an integer zero point), float activations; the
-      vocabulary matrices as under ``auto`` (a 4-bit output layer costs quality).
+      map, requantized otherwise with an integer zero point), float activations; the output
+      layer as the file's 4-bit blocks or float32 (see ``vocabulary_storage``).
     - ``int8``: every matrix as 8-bit blocks, activations quantized to int8.
     - ``f32``: everything dequantized: the reference.
     """
@@ -73,10 +75,6 @@ class GraphOptions:
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}, not {self.weights!r}")
 
-    @property
-    def accuracy_level(self) -> int:
-        return 4 if self.weights == "int8" else 0
-
 
 def linear_storage(w: Weights, name: str, options: GraphOptions) -> BlockQuantized | None:
     """How the linear layer ``name`` is stored: blocks ``[out, in]``, or None for float32."""
@@ -84,7 +82,7 @@ def linear_storage(w: Weights, name: str, options: GraphOptions) -> BlockQuantiz
         return None
     blocks = w.quantized(name)
     if options.weights == "auto":
-        return blocks if blocks is not None and blocks.bits == 4 else None
+        return blocks
     bits = 8 if options.weights == "int8" else 4
     return _at_width(w, name, blocks, bits, transpose=True, offsets=False)
 
@@ -93,11 +91,16 @@ def vocabulary_storage(w: Weights, name: str, options: GraphOptions) -> BlockQua
     """The token embedding and the output layer, whatever the linear layers' width: the
     embedding as the file's blocks (``GatherBlockQuantized`` has no accuracy question; blocks
     with offsets, which it cannot take, and float under ``int4``/``int8`` are requantized to 8
-    bits), the output layer like an ``auto`` linear layer (8-bit blocks under ``int8``)."""
+    bits). The output layer, the largest matrix of a small model: under ``auto`` the file's
+    blocks when they have no offsets (Q4_0, Q5_0, Q6_K, Q8_0), float32 otherwise; under ``int4``
+    the file's 4-bit blocks without offsets or float32 (a requantized 4-bit output layer costs
+    quality); 8-bit blocks under ``int8``."""
     blocks = w.quantized(name)
     if options.weights == "f32" or (options.weights == "auto" and blocks is None):
         return None
-    if name == "lm_head.weight" and options.weights != "int8":
+    if name == "lm_head.weight" and options.weights == "auto":
+        return blocks if blocks is not None and blocks.offsets is None else None
+    if name == "lm_head.weight" and options.weights == "int4":
         return blocks if blocks is not None and blocks.bits == 4 and blocks.offsets is None else None
     bits = 8 if blocks is None or options.weights == "int8" else blocks.bits
     return _at_width(w, name, blocks, bits, transpose=False, offsets=False)
@@ -114,15 +117,20 @@ def _at_width(w: Weights, name: str, blocks: BlockQuantized | None, bits: int, t
     return quantize(weight.T if transpose else weight, bits)
 
 
+def accuracy_level(bits: int) -> int:
+    """``MatMulNBits``' compute type for blocks of ``bits``: float activations for 4-bit blocks
+    (exact, and fast), int8 activations for 8-bit ones (the only fast kernel for them)."""
+    return 4 if bits == 8 else 0
+
+
 class _Graph(GraphBuilder):
     """A builder whose ``matmul`` with a weight stored as blocks emits ``MatMulNBits``."""
 
-    def __init__(self, name: str, accuracy_level: int):
+    def __init__(self, name: str):
         super().__init__(name)
         self.blocks: dict[str, BlockQuantized] = {}  # weight name -> its blocks
         self._packed: dict[str, tuple[str, str, str]] = {}
         self._block_sums: dict[tuple[str, int, int], str] = {}
-        self._accuracy_level = accuracy_level
 
     def packed_codes(self, name: str) -> str:
         """The initializer of ``name``'s packed codes, ``[N, k_blocks, blob]``, added once (the
@@ -151,7 +159,7 @@ class _Graph(GraphBuilder):
         n, k = q.shape
         weight, scales, zp = self.packed(name)
         y = self.op("MatMulNBits", x, weight, scales, zp, "", bias, domain=CONTRIB, K=k, N=n, bits=q.bits,
-                    block_size=q.block, accuracy_level=self._accuracy_level)
+                    block_size=q.block, accuracy_level=accuracy_level(q.bits))
         if q.offsets is None:
             return y
         # Σ_k x_k·offset_b(k) = Σ_b offset_b·(Σ_{k in b} x_k): block sums of x times offsetsᵀ.
@@ -203,7 +211,7 @@ def build_cpu_graph(w: Weights, options: GraphOptions = GraphOptions()) -> onnx.
     c = w.config
     c.validate()
     rotary = c.arch in ROTARY_RMS_ARCHS
-    g = _Graph(f"{c.arch}_cpu_decoder", options.accuracy_level)
+    g = _Graph(f"{c.arch}_cpu_decoder")
     wv = _Weights(g, w, options)
     ids = g.input("input_ids", np.int64, [1, "T"])
     pos = None if rotary else g.input("position_ids", np.int64, [1, "T"])
