@@ -13,7 +13,6 @@ from .models import DEFAULT_MODEL, MODELS, model_path
 from .remote import RemoteConfig, open_remote
 
 BACKENDS = ("cpu", "tpu", "remote")
-WEIGHTS = ("auto", "int8", "int4", "f32")  # how the CPU graph stores weights (inference/model/cpu_graph.py)
 
 
 def resolve_model(model: str | None) -> Path:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, fields, replace
 from functools import cache
 from typing import Any, get_type_hints
 
-from ..inference.loader import BACKENDS, WEIGHTS
+from ..inference.loader import BACKENDS
+from ..inference.model.graph_options import WEIGHTS
 from ..inference.prompt import MODES
 from ..inference.remote import PROTOCOLS
 

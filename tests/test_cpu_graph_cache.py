@@ -100,3 +100,27 @@ def test_loading_a_cached_graph_marks_it_used(tiny_model_factory, tmp_path, monk
     os.utime(path.parent / ".used", (past, past))
     assert ensure_decoder(checkpoint) == path
     assert time.time() - (path.parent / ".used").stat().st_mtime < 60
+
+
+WARM_START = """
+import sys
+import numpy as np
+from wizardcoder_tpu.inference.backends.cpu import CPUBackend
+from wizardcoder_tpu.inference.weights import open_checkpoint
+backend = CPUBackend(open_checkpoint({model!r}))
+print(int(np.argmax(backend.forward([5, 17, 99]))) >= 0)
+print("onnx" in sys.modules)
+"""
+
+
+def test_a_warm_start_loads_the_built_graph_without_the_graph_builder(tiny_model_factory, tmp_path):
+    """A server that finds its graph built needs onnxruntime only: ``onnx`` (the builder's, a
+    second or more to import) stays out of a warm start."""
+    model = tiny_model_factory("qwen2")
+    env = {**os.environ, "WIZARDCODER_TPU_CACHE": str(tmp_path / "cache")}
+    code = WARM_START.format(model=str(model))
+    cold, warm = (subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+                  for _ in range(2))
+    assert cold.returncode == 0 and warm.returncode == 0, cold.stderr + warm.stderr
+    assert cold.stdout.split() == ["True", "True"]  # the first start built the graph
+    assert warm.stdout.split() == ["True", "False"]

@@ -8,13 +8,10 @@ import sys
 from argparse import Namespace
 
 from wizardcoder_tpu.inference.backends.threads import physical_cores
-from wizardcoder_tpu.inference.loader import WEIGHTS
-from wizardcoder_tpu.inference.model.cpu_graph import WEIGHTS as GRAPH_WEIGHTS
 from wizardcoder_tpu.lsp.settings import Settings, from_command_line, merge
 
 
 def test_weights_and_threads_settings():
-    assert set(WEIGHTS) == set(GRAPH_WEIGHTS)
     settings, problems = merge(Settings(), {"weights": "int4", "threads": 1})
     assert problems == [] and (settings.weights, settings.threads) == ("int4", 1)
     assert settings.model_key != Settings().model_key  # a change reloads the model

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from .threads import physical_cores, quiet_onnxruntime
 
@@ -36,7 +35,7 @@ from ..engine import Backend
 from ..errors import BackendError, ModelLoadError
 from ..graph_cache import budget_from_environment, evict, mark_used
 from ..model.config import ModelConfig
-from ..model.cpu_graph import GraphOptions, build_cpu_graph, kv_names
+from ..model.graph_options import GraphOptions, kv_names
 from ..paths import cache_dir
 from ..weights import Checkpoint
 
@@ -64,6 +63,10 @@ def ensure_decoder(checkpoint: Checkpoint, options: GraphOptions = GraphOptions(
     folder.parent.mkdir(parents=True, exist_ok=True)
     if folder.exists() and not path.exists():
         shutil.rmtree(folder, ignore_errors=True)  # a folder without a graph: an older, interrupted build
+    import onnx  # the graph builder's: a warm start never imports it
+
+    from ..model.cpu_graph import build_cpu_graph
+
     with new_folder(folder) as work:  # readers see a whole graph or none
         model = build_cpu_graph(checkpoint, options)
         onnx.save_model(model, str(work / path.name), save_as_external_data=True, all_tensors_to_one_file=True,

@@ -8,11 +8,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .config import ModelConfig
-from .graph import GraphBuilder
 from .weights_view import WeightView
+
+if TYPE_CHECKING:  # a type only: the graph builder (and onnx) stay out of a warm start
+    from .graph import GraphBuilder
 
 QKV_BIAS = OUT_BIAS = False
 

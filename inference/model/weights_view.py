@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .graph import GraphBuilder
+if TYPE_CHECKING:  # a type only (see llama.py)
+    from .graph import GraphBuilder
 
 
 class WeightView:
