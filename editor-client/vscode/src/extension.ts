@@ -49,7 +49,7 @@ function createClient(): LanguageClient {
   const serverOptions: ServerOptions = address ? () => connectTo(address.host, address.port) : { command, args };
   const token = process.env.WIZARDCODER_TOKEN;
   const clientOptions: LanguageClientOptions = {
-    documentSelector: documentSelector(settings.languages),
+    documentSelector: documentSelector(),
     initializationOptions: address && token ? { ...settings, token } : settings,
     outputChannel: output,
     middleware: {
