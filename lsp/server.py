@@ -80,8 +80,10 @@ class WizardServer(LanguageServer):
         if self.host.loading:
             return  # the status says "loading" until the load reports
         if state == "busy" and label == PREFETCH_LABEL:
-            return  # prefetching is idle time put to use: the user is not waiting
-        if state == "busy":
+            # Prefetching is idle time put to use: the user is not waiting. Idle is shown here too,
+            # as the worker may start the prefetch before it reports the completion's end.
+            self.show_model_state()
+        elif state == "busy":
             self.status.set("busy", label)
         elif not self.host.loading:
             self.show_model_state()
