@@ -29,7 +29,7 @@ from pygls.workspace import Workspace
 
 from ..inference.context import ContextStore
 from ..inference.engine import CancelToken, Generation, GenerationParams, TextEngine
-from ..inference.postprocess import Kind, Processed, Surroundings, completion_kind, postprocess, should_stop
+from ..inference.postprocess import Kind, Processed, completion_kind, postprocess, should_stop
 from ..inference.prompt import Prompt, build_prompt
 from .cache import CompletionCache
 from .documents import Cursor, cursor_at, open_document, unusable_reason
@@ -91,7 +91,7 @@ async def complete(workspace: Workspace, uri: str, position: types.Position, *, 
     if not trigger.shows_cached(settings, asked):
         log.info("request %s: no automatic completion: the last edit deleted text", request_id)
         return None
-    kind = should_complete(settings, cursor)
+    kind = should_complete(cursor)
     if kind is None:
         return None
 
@@ -139,12 +139,13 @@ async def complete(workspace: Workspace, uri: str, position: types.Position, *, 
     return shown(Completion(cursor, result, "model", tag))
 
 
-def should_complete(settings: Settings, cursor: Cursor) -> Kind | None:
-    """Single-line, multi-line, or no completion here (and why not, in the log)."""
-    if not settings.allows(cursor.language_id):
-        log.info("no completion: language %r is not enabled", cursor.language_id)
-        return None
-    return completion_kind(Surroundings.of(cursor.prefix, cursor.suffix))
+def should_complete(cursor: Cursor) -> Kind | None:
+    """Single-line, multi-line, or no completion here (and why not, in the log). Which files and
+    languages are completed at all is ``trigger.excluded``'s one rule, checked before."""
+    kind = completion_kind(cursor.around)
+    if kind is None:
+        log.info("no completion: the cursor is in the middle of a word")
+    return kind
 
 
 async def debounce(debounce_ms: int, last_change: float) -> None:
@@ -170,7 +171,7 @@ def run_model(engine: TextEngine, cursor: Cursor, kind: Kind, settings: Settings
     prompt_ms = (time.perf_counter() - started) * 1e3
     if not prompt.ids:
         return ModelRun(None, prompt, None, prompt_ms)
-    around = Surroundings.of(cursor.prefix, cursor.suffix)
+    around = cursor.around
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, stop_strings=prompt.stop_strings,
                               speculate=settings.speculate)
     time_limit = time.perf_counter() + settings.max_time_ms / 1000 if settings.max_time_ms else None

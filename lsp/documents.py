@@ -24,6 +24,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlparse
 
@@ -34,6 +35,7 @@ from lsprotocol import types
 from pygls.workspace import TextDocument, Workspace
 from pygls.workspace.position_codec import PositionCodec
 
+from ..inference.postprocess import Surroundings
 from .errors import BadRequest
 
 MAX_DOCUMENT_CHARS = 4_000_000  # larger files are generated or minified: no completion there
@@ -162,6 +164,12 @@ class Cursor:
     line_text: str  # the cursor's line without its line break
     character: int  # the cursor's column in code points
     codec: PositionCodec
+
+    @cached_property
+    def around(self) -> Surroundings:
+        """The text around the cursor as post-processing reads it: computed once per cursor, for
+        the kind of completion here and for every token's stream check of the model run."""
+        return Surroundings.of(self.prefix, self.suffix)
 
     def client_position(self, column: int) -> types.Position:
         """The client's position of code-point ``column`` on the cursor's line."""

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 from ..inference.engine import CancelToken
-from ..inference.postprocess import Kind, Processed, Surroundings, completion_kind
+from ..inference.postprocess import Kind, Processed, completion_kind
 from . import trigger
 from .cache import CompletionCache
 from .documents import Cursor
@@ -90,11 +90,11 @@ class Prefetcher:
             return None
         if trigger.model_refusal(settings, trigger.Request(True, target.prefix, target.suffix, False)) is not None:
             return None
-        kind: Kind | None = completion_kind(Surroundings.of(target.prefix, target.suffix))
+        there = replace(cursor, prefix=target.prefix, suffix=target.suffix)  # its own ``around``, computed once
+        kind: Kind | None = completion_kind(there.around)
         if kind is None:
             return None
         self.cancel()
-        there = replace(cursor, prefix=target.prefix, suffix=target.suffix)
         token = CancelToken()
         future = worker.submit(lambda cancel: run(there, kind, cancel), token, LABEL)
         running = _Running(target, token, future)

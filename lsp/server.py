@@ -39,7 +39,7 @@ from .prefetch import Prefetcher
 from .progress import Progress
 from .protocol import WizardProtocol
 from .requests import DocumentRequests
-from .settings import Settings, merge
+from .settings import SETTINGS, Settings, merge
 from .status import SERVER_STATUS, STATS, Stats, Status
 from .team import ClientJobs, Refused, Team
 from .trigger import excluded, is_deletion
@@ -80,8 +80,10 @@ class WizardServer(LanguageServer):
         if self.host.loading:
             return  # the status says "loading" until the load reports
         if state == "busy" and label == PREFETCH_LABEL:
-            return  # prefetching is idle time put to use: the user is not waiting
-        if state == "busy":
+            # Prefetching is idle time put to use: the user is not waiting. Idle is shown here too,
+            # as the worker may start the prefetch before it reports the completion's end.
+            self.show_model_state()
+        elif state == "busy":
             self.status.set("busy", label)
         elif not self.host.loading:
             self.show_model_state()
@@ -160,6 +162,8 @@ class WizardServer(LanguageServer):
         for problem in problems:
             self.status.log(types.MessageType.Warning, problem)
         if self.settings != before:
+            changed = [row.key for row in SETTINGS.values() if getattr(self.settings, row.name) != getattr(before, row.name)]
+            log.info("settings changed: %s", ", ".join(changed))  # keys only: the log holds no values
             self.cache.forget()
         if self._model_key is not None and self.settings.model_key != self._model_key:
             asyncio.ensure_future(self.load_model())
@@ -308,6 +312,7 @@ def create_server(settings: Settings, team: Team | None = None, access: RemoteAc
         arguments = params if isinstance(params, list) else getattr(params, "arguments", None)
         report = _suggestion_report(arguments[0] if arguments else None)
         if report is not None:
+            log.info("suggestion %s accepted (%d characters)", *report)
             ls.acceptance.accepted(*report)
 
     @server.feature(SHOWN)
@@ -318,11 +323,13 @@ def create_server(settings: Settings, team: Team | None = None, access: RemoteAc
     @server.feature(PARTIALLY_ACCEPTED)
     def suggestion_partially_accepted(ls: WizardServer, params: Any) -> None:
         if (report := _suggestion_report(params)) is not None:
+            log.info("suggestion %s partially accepted (%d characters)", *report)
             ls.acceptance.partially_accepted(*report)
 
     @server.feature(DISMISSED)
     def suggestion_dismissed(ls: WizardServer, params: Any) -> None:
         if (report := _suggestion_report(params)) is not None:
+            log.info("suggestion %s dismissed", report[0])
             ls.acceptance.dismissed(report[0])
 
     @server.feature(STATS)

@@ -35,6 +35,9 @@ DISABLED_FILES = (".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.crt"
                   "*.ppk", ".netrc", ".pgpass", ".npmrc", ".pypirc", ".git-credentials", "credentials",
                   "credentials.json", "*.tfvars", "*.tfstate")
 CLIENT_KEYS = ("token",)  # sent beside the settings (a team server's token, team.py), never one of them
+# Keys that were settings once, and what to set instead (reported rather than "unknown setting").
+RETIRED = {"languages": "list the languages not to complete in `disabledLanguages` instead (every other one is "
+                        "completed)"}
 
 
 def setting(default: Any, meaning: str, *, choices: tuple[str, ...] = (), minimum: int | None = None,
@@ -98,8 +101,6 @@ class Settings:
                                   "bench/results/quality.md) and twice as slowly.", minimum=0, maximum=32_768)
     mode: str = setting("auto", "Prompt format; `auto` uses fill-in-the-middle when the model's vocabulary has "
                         "FIM tokens, else `prefix`.", choices=MODES)
-    languages: tuple[str, ...] = setting((), "Language ids to complete in (for example `python`); empty means "
-                                         "all. The clients attach to these only.")
     explain_max_new_tokens: int = setting(256, "Tokens of an explanation at most.", minimum=1, maximum=4096)
     trigger: str = setting("automatic", "`automatic`: a suggestion as you type; `manual`: the model runs only when "
                            "you ask (the client's suggest key or command); typing on into a suggestion still "
@@ -108,7 +109,8 @@ class Settings:
                                    "on its line (llama.vim's rule); asking for one still works.", minimum=0,
                                    maximum=10_000)
     disabled_languages: tuple[str, ...] = setting((), "Language ids never completed (for example `markdown`), "
-                                                  "asked for or not.")
+                                                  "asked for or not, and never used as context for other files; "
+                                                  "every other language is completed.")
     disabled_files: tuple[str, ...] = setting(DISABLED_FILES, "File patterns never completed and never used as "
                                               "context for other files (`fnmatch` on the file's name, or on its "
                                               "path when the pattern has a `/`): secrets and key files by default.")
@@ -122,9 +124,6 @@ class Settings:
                                "cache, for `wizardcoder-tpu stats` (nothing leaves the machine).")
     postprocess: bool = setting(True, "`false` shows the model's raw text, neither stopped early nor cut: for "
                                 "measuring what post-processing adds (`bench/quality.py`), not for everyday use.")
-
-    def allows(self, language_id: str) -> bool:
-        return not self.languages or language_id in self.languages
 
     @property
     def model_key(self) -> tuple[Any, ...]:
@@ -218,6 +217,9 @@ def merge(settings: Settings, raw: Any) -> tuple[Settings, list[str]]:
     problems = []
     for key, value in raw.items():
         if key in CLIENT_KEYS:
+            continue
+        if key in RETIRED:
+            problems.append(f"setting {key!r} is no more: {RETIRED[key]}; ignored")
             continue
         row = rows.get(key)
         if row is None:

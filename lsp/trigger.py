@@ -63,7 +63,9 @@ def shows_cached(settings: Settings, request: Request) -> bool:
 
 
 def excluded(settings: Settings, uri: str, language_id: str) -> str | None:
-    """Why the document at ``uri`` is never completed nor used as context (None: it is not)."""
+    """Why the document at ``uri`` is never completed nor used as context (None: it is not): the
+    one rule of which files and languages are completed, ``disabledLanguages`` and
+    ``disabledFiles`` (every other document is)."""
     if language_id and language_id in settings.disabled_languages:
         return f"language {language_id!r} is in disabledLanguages"
     path = unquote(urlparse(uri).path) if "://" in uri else uri

@@ -251,12 +251,12 @@ async def test_did_change_configuration_sets_max_new_tokens(client: LanguageClie
         configure(client, **SETTINGS)
 
 
-async def test_did_change_configuration_enables_languages(client: LanguageClient):
+async def test_did_change_configuration_disables_languages(client: LanguageClient):
     python_uri, js_uri = "file:///tmp/clients_lang.py", "file:///tmp/clients_lang.js"
     open_document(client, python_uri, AREA)
     open_document(client, js_uri, "function circleArea(radius) {\n  return \n}\n", language="javascript")
     try:
-        configure(client, languages=["javascript", "typescript"])
+        configure(client, **SETTINGS, disabledLanguages=["python", "markdown"])
         calls = (await stats(client))["engineCalls"]
         assert list((await inline(client, python_uri, *AREA_CURSOR)).items) == []  # python is off
         assert list((await completion(client, python_uri, *AREA_CURSOR)).items) == []
@@ -264,10 +264,10 @@ async def test_did_change_configuration_enables_languages(client: LanguageClient
         assert len((await inline(client, js_uri, 1, 9)).items) == 1  # javascript is on
         assert (await stats(client))["engineCalls"] == calls + 1
 
-        configure(client, languages=[])  # empty: every language
+        configure(client, **SETTINGS, disabledLanguages=[])  # empty: every language
         assert len((await inline(client, python_uri, *AREA_CURSOR)).items) == 1
     finally:
-        configure(client, **SETTINGS, languages=[])
+        configure(client, **SETTINGS, disabledLanguages=[])
 
 
 async def test_a_bad_setting_is_reported_and_ignored(client: LanguageClient):

@@ -154,6 +154,26 @@ vim.api.nvim_create_autocmd('VimEnter', {{ once = true, command = 'luafile ' .. 
         log.close()
 
 
+def test_a_list_in_the_options_replaces_the_default_list():
+    """As the README says (Options): a user's `disabledFiles = { '*.lock' }` is the whole list (the
+    server's secret and key files are not added to it), and `{}` empties it."""
+    lua = PLUGIN / "lua"
+    script = (f"package.path = '{lua}/?.lua;{lua}/?/init.lua;' .. package.path\n"
+              "local config = require('wizardcoder_tpu.config')\n"
+              "local merged = config.merge({ settings = { disabledFiles = { '*.lock' }, trigger = 'manual' } })\n"
+              "local emptied = config.merge({ settings = { disabledFiles = {} } })\n"
+              "local default = config.merge({})\n"
+              "io.write(vim.json.encode({ files = merged.settings.disabledFiles, emptied = #emptied.settings"
+              ".disabledFiles, trigger = merged.settings.trigger, defaults = #default.settings.disabledFiles }))")
+    done = subprocess.run([find_nvim(), "--headless", "--clean", "-l", "-"], input=script, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    from wizardcoder_tpu.lsp.settings import DISABLED_FILES
+
+    merged = json.loads(done.stdout)
+    assert merged == {"files": ["*.lock"], "emptied": 0, "trigger": "manual", "defaults": len(DISABLED_FILES)}
+
+
 def test_ghost_text_accept_and_explain(nvim):
     editor, sample = nvim()
     started = time.monotonic()

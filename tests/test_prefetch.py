@@ -169,3 +169,23 @@ def test_no_prefetch_where_an_automatic_request_would_not_run_or_when_off(smollm
     finally:
         worker.close()
     assert prefetcher.started == 0
+
+
+def test_the_status_is_idle_while_a_prefetch_runs_even_with_no_idle_between(smollm2_host, monkeypatch):
+    """The event loop submits the prefetch as soon as the answer is back, so the worker may start
+    it before it reports the completion's end: the status must turn idle (with the latency), not
+    stay busy until the prefetch is over (the Neovim e2e test saw that on a loaded machine)."""
+    from wizardcoder_tpu.lsp.prefetch import LABEL
+    from wizardcoder_tpu.lsp.server import WizardServer
+
+    server = WizardServer(Settings(model="smollm2-135m"))
+    server.host = smollm2_host
+    sent: list[dict] = []
+    monkeypatch.setattr(server.protocol, "notify", lambda method, params=None: sent.append(params))
+    try:
+        server._show_worker_state("busy", "completing sample.py")
+        server.acceptance.last_latency_ms = 123.0  # what served() records for the answer
+        server._show_worker_state("busy", LABEL)  # the prefetch starts: no "idle" came in between
+        assert [(p["state"], p.get("lastLatencyMs")) for p in sent] == [("busy", None), ("idle", 123)], sent
+    finally:
+        server.team.close()

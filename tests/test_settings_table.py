@@ -134,8 +134,14 @@ def test_strings_with_choices_take_only_those(row):
 
 def test_the_defaults_are_the_tables():
     assert {row.name: row.default for row in SETTINGS.values()} == vars(Settings())
-    assert merge(Settings(), {"languages": ["python"], "fallbackToCpu": False})[0].languages == ("python",)
-    assert "expected a list of strings" in merge(Settings(), {"languages": "python"})[1][0]
+    assert merge(Settings(), {"disabledLanguages": ["python"], "fallbackToCpu": False})[0].disabled_languages == ("python",)
+    assert "expected a list of strings" in merge(Settings(), {"disabledLanguages": "python"})[1][0]
+
+
+def test_a_retired_setting_says_what_replaced_it():
+    updated, problems = merge(Settings(), {"languages": ["python"]})
+    assert updated == Settings() and len(problems) == 1
+    assert "'languages' is no more" in problems[0] and "disabledLanguages" in problems[0], problems
 
 
 def test_the_command_line_overrides_only_what_it_gives():

@@ -3,21 +3,28 @@
 // chromium through playwright-core, the packaged .vsix installed into it, the real
 // `wizardcoder-tpu serve --stdio` and the real default model. No mocks.
 //
-//   node e2e/run.mjs [--vsix out/wizardcoder-tpu.vsix] [--out DIR] [--shots DIR]
+//   node e2e/run.mjs [--vsix out/wizardcoder-tpu.vsix] [--out DIR] [--shots DIR] [--server-log FILE]
 //
 // Environment: CODE_SERVER_ENTRY and CHROMIUM (as e2e/setup.sh prints them; setup.sh is run when
 // they are unset), WIZARDCODER_SERVER_COMMAND (a JSON argv; default: the repository's
 // .venv/bin/wizardcoder-tpu serve --stdio).
 //
-// It opens a Python file, types, waits for the inline suggestion (ghost text), accepts it with
-// Tab, saves with Ctrl+S and reads the file from disk (ghost text is rendered inside .view-line,
-// so the DOM cannot tell a suggestion from text); then runs "WizardCoder: Explain Selection" and
-// reads the streamed markdown from the webview. Writes DIR/result.json and exits non-zero when a
-// check fails (DIR then holds failure.png and code-server's log; result.json the status bar's
-// text). Screenshots vscode-ghost-text.png and vscode-explain.png go to --shots (default DIR).
+// One editor session, in order: it opens a Python file, types, waits for the inline suggestion
+// (ghost text); takes one word (VS Code's acceptNextWord), one line (acceptNextLine) and the rest
+// (Tab), saving with Ctrl+S and reading the file from disk after each (ghost text is rendered
+// inside .view-line, so the DOM cannot tell a suggestion from text); waits for the prefetched next
+// suggestion; presses Backspace (nothing may be suggested); turns automatic suggestions off
+// (WizardCoder: Toggle Automatic Suggestions), types (nothing), asks with the extension's key (a
+// suggestion); then runs "WizardCoder: Explain Selection" and reads the streamed markdown from the
+// webview. Writes DIR/result.json and exits non-zero when a check fails (DIR then holds
+// failure.png and code-server's log; result.json the status bar's text). With --server-log (the
+// server's --log-file), it waits on the server's log lines where the editor shows nothing, and
+// result.json's `logAt` holds the log's size in bytes at each step, so the caller can read what
+// the server did in between. Screenshots vscode-ghost-text.png, vscode-partial-accept.png and
+// vscode-explain.png go to --shots (default DIR).
 import { execFileSync, spawn } from "node:child_process";
 import { createServer } from "node:net";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, createWriteStream } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, createWriteStream } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -36,6 +43,7 @@ const TIMEOUT = {
   serverIdle: 240_000, // the extension starts the server, the server loads the model
   ghost: 120_000,
   retrigger: 30_000, // re-ask for a suggestion when none came this long after typing
+  serverLog: 20_000, // a log line of the server's answer to a request the editor sent
   saved: 20_000,
   explanation: 240_000,
 };
@@ -47,8 +55,10 @@ const CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disabl
   "--disable-component-update", "--disable-sync", "--no-first-run"];
 const RETRIGGER_KEY = "alt+]"; // bound to editor.action.inlineSuggest.trigger (no default key here)
 const ACCEPT_LINE_KEY = "alt+l"; // bound to VS Code's editor.action.inlineSuggest.acceptNextLine (no default key)
+const SUGGEST_KEY = "alt+\\"; // the extension's own binding of wizardcoder-tpu.suggest (package.json)
 // The same keys as playwright names them.
-const PRESS = { [RETRIGGER_KEY]: "Alt+BracketRight", [ACCEPT_LINE_KEY]: "Alt+KeyL" };
+const PRESS = { [RETRIGGER_KEY]: "Alt+BracketRight", [ACCEPT_LINE_KEY]: "Alt+KeyL", [SUGGEST_KEY]: "Alt+Backslash" };
+const MANUAL_TYPED = "result = fibonacci(n - 1) + "; // typed with trigger "manual": nothing may come unasked
 
 const { values: options } = parseArgs({
   options: {
@@ -56,6 +66,7 @@ const { values: options } = parseArgs({
     out: { type: "string" },
     shots: { type: "string" },
     keep: { type: "boolean", default: false },
+    "server-log": { type: "string" },
   },
 });
 
@@ -116,6 +127,23 @@ async function waitFor(what, timeoutMs, probe, intervalMs = 250) {
   }
 }
 
+/** The server's log file (--server-log): its size now, and what it gained since a size. */
+const serverLog = {
+  file: () => (options["server-log"] && existsSync(options["server-log"]) ? options["server-log"] : null),
+  size: () => (serverLog.file() ? statSync(serverLog.file()).size : 0), // 0 until the server starts
+  since: (offset) => (serverLog.file() ? readFileSync(serverLog.file()).subarray(offset).toString("utf8") : ""),
+};
+
+/** Wait until the server's log gains a line matching `pattern` after `offset` (the server's
+ * answer to a request that shows nothing in the editor); without --server-log, wait `fallbackMs`. */
+async function serverLogged(what, offset, pattern, fallbackMs = 2_000) {
+  if (!options["server-log"]) {
+    await sleep(fallbackMs);
+    return;
+  }
+  await waitFor(`the server's log to say ${what}`, TIMEOUT.serverLog, () => pattern.test(serverLog.since(offset)));
+}
+
 /** A sandbox for one run: workspace, VS Code profile, extensions and XDG dirs. */
 function makeSandbox(server) {
   const root = mkdtempSync(path.join(tmpdir(), "wizardcoder-vscode-e2e-"));
@@ -142,6 +170,7 @@ function makeSandbox(server) {
     "editor.suggestOnTriggerCharacters": false,
     "editor.inlineSuggest.enabled": true,
     "wizardcoder.maxNewTokens": 10, // the first suggestion ends early: there is more for the prefetch
+    "wizardcoder.explainMaxNewTokens": 48, // enough to see it stream and render (3 slices of 16 tokens)
     "editor.minimap.enabled": false,
     "files.autoSave": "off",
     "chat.commandCenter.enabled": false,
@@ -265,8 +294,9 @@ async function run(outDir) {
   check(readFileSync(vsix).length > 0, `${vsix} exists`);
   const sandbox = makeSandbox(server);
   const timings = {};
-  const mark = (name) => { timings[name] = seconds(); log(name); };
-  const result = { ok: false, vsix, server, timings, sandbox: sandbox.root };
+  const logAt = {};
+  const mark = (name) => { timings[name] = seconds(); logAt[name] = serverLog.size(); log(name); };
+  const result = { ok: false, vsix, server, timings, logAt, sandbox: sandbox.root };
   let codeServer;
   let browser;
   let page;
@@ -338,28 +368,39 @@ async function run(outDir) {
     result.afterWord = await savedNow(SOURCE);
     await sleep(800);
     result.restAfterWord = await ghostText(page);
+    await page.screenshot({ path: path.join(shots, "vscode-partial-accept.png") });
     mark("accepted a word");
     check(result.afterWord.startsWith(SOURCE + TYPED) && result.afterWord.length > (SOURCE + TYPED).length,
       `the word went in: ${JSON.stringify(result.afterWord)}`);
     check(result.restAfterWord !== null, "the rest stays shown after a word");
     await page.keyboard.press(PRESS[ACCEPT_LINE_KEY]);
-    result.afterLine = await savedNow(result.afterWord).catch(() => null); // nothing when the word ended the line
+    result.afterLine = await savedNow(result.afterWord);
     await sleep(800);
     result.restAfterLine = await ghostText(page);
     mark("accepted a line");
-
-    // Tab accepts the rest; Ctrl+S writes the document, which is read back from disk. (When the
-    // rest starts a line with its indentation, VS Code's first Tab indents and the second accepts.)
-    await page.keyboard.press("Tab");
-    await sleep(800);
-    const pending = result.restAfterLine ?? result.restAfterWord;
-    const still = await ghostText(page);
-    if (still && pending && still.first.trim() && still.first.trim() === pending.first.trim()) {
+    // When the line was all that was left, VS Code accepted the item whole (and ran its command);
+    // otherwise Tab accepts the rest. (When the rest starts a line with its indentation, VS Code's
+    // first Tab indents and the second accepts.) The item's command tells the server: its log says so.
+    const accepted = /suggestion \S+ accepted/;
+    const taken = result.afterLine.slice((SOURCE + TYPED).length);
+    result.lineTookRest = [settled.first, ...settled.rest].join("\n").slice(taken.length).trim() === "";
+    // `restAtAccept`: what was shown when the whole accept came, which the item's command reports.
+    if (result.lineTookRest) {
+      result.restAtAccept = result.restAfterWord;
+      await serverLogged("that the suggestion was accepted", logAt["accepted a word"], accepted);
+    } else {
+      result.restAtAccept = result.restAfterLine;
       await page.keyboard.press("Tab");
+      await sleep(800);
+      const pending = result.restAfterLine;
+      const still = await ghostText(page);
+      if (still && pending && still.first.trim() && still.first.trim() === pending.first.trim()) {
+        result.restAtAccept = still;
+        await page.keyboard.press("Tab");
+      }
+      await serverLogged("that the suggestion was accepted", logAt["accepted a line"], accepted);
     }
-    await waitFor("the suggestion to be accepted", 10_000, async () => (await ghostText(page)) === null
-      || (await ghostText(page))?.first !== settled.first);
-    const saved = await savedNow(result.afterLine ?? result.afterWord);
+    const saved = await savedNow(result.afterLine);
     result.saved = saved;
     mark("accepted and saved");
     check(saved.startsWith(SOURCE + TYPED), `the saved file keeps the text and what was typed: ${JSON.stringify(saved)}`);
@@ -367,21 +408,52 @@ async function run(outDir) {
     check(added.trim() !== "", `the accepted suggestion added text: ${JSON.stringify(saved)}`);
     const shownLines = [settled.first, ...settled.rest];
     const addedLines = added.split("\n");
-    // What Tab inserted is what was shown (trailing blanks aside: the renderer trims them).
+    // What went in is what was shown (trailing blanks aside: the renderer trims them).
     for (const [index, line] of shownLines.entries()) {
       check(addedLines[index]?.trimEnd() === line.trimEnd(),
         `line ${index} of the accepted text ${JSON.stringify(addedLines[index])} equals the ghost text ${JSON.stringify(line)}`);
     }
     check(addedLines.slice(shownLines.length).every((line) => line.trim() === ""),
-      `Tab inserted no more than was shown: ${JSON.stringify(addedLines.slice(shownLines.length))}`);
+      `no more went in than was shown: ${JSON.stringify(addedLines.slice(shownLines.length))}`);
 
     // The next suggestion, which the server prefetched while the first one showed: the request
-    // after Tab is answered without a model run (the Python side reads the server's log).
-    result.next = await waitFor("the next suggestion", 20_000, async () => {
+    // after the accept is answered without a model run (the Python side reads the server's log).
+    await serverLogged("that the prefetch answered", logAt["accepted a word"], /prefetch hit|waited for the prefetch/);
+    const prefetchServed = !options["server-log"] || /served suggestion \S+ from prefetch/.test(serverLog.since(logAt["accepted a word"]));
+    result.next = prefetchServed ? await waitFor("the next suggestion", 10_000, async () => {
       const shown = await ghostText(page);
       return shown && (shown.first.trim() || shown.rest.some((line) => line.trim())) ? shown : null;
-    }).catch(() => null);
+    }).catch(() => null) : null; // the prefetch found nothing to show there
     mark("after the accept");
+
+    // A backspace: the server refuses the automatic request that follows, and nothing shows.
+    await page.keyboard.press("Backspace");
+    await serverLogged("that the last edit deleted text", logAt["after the accept"], /the last edit deleted text/);
+    await sleep(500);
+    result.afterBackspace = await ghostText(page);
+    mark("after a backspace");
+    check(result.afterBackspace === null, `nothing is suggested after a backspace: ${JSON.stringify(result.afterBackspace)}`);
+
+    // Automatic mode off (the extension's toggle: `wizardcoder.trigger` = manual in the user's
+    // settings): typing asks nothing of the model, the extension's suggest key does.
+    await quickOpen(page, "F1", ">WizardCoder: Toggle Automatic Suggestions", "WizardCoder: Toggle Automatic Suggestions");
+    await serverLogged("that the trigger setting changed", logAt["after a backspace"], /settings changed: .*\btrigger\b/);
+    mark("trigger manual");
+    await page.keyboard.press("End");
+    await page.keyboard.press("Enter");
+    await page.keyboard.type(MANUAL_TYPED, { delay: 60 });
+    await serverLogged("that the trigger is manual", logAt["trigger manual"], /trigger is manual/);
+    await sleep(1_000);
+    result.unasked = await ghostText(page);
+    mark("typed in manual mode");
+    check(result.unasked === null, `nothing is suggested unasked in manual mode: ${JSON.stringify(result.unasked)}`);
+    await page.keyboard.press(PRESS[SUGGEST_KEY]);
+    result.asked = await waitFor("the asked-for suggestion", TIMEOUT.ghost, async () => {
+      const shown = await ghostText(page);
+      return shown && (shown.first.trim() || shown.rest.some((line) => line.trim())) ? shown : null;
+    });
+    mark("asked-for suggestion shown");
+    await page.keyboard.press("Escape"); // left untaken (VS Code tells an extension nothing of it)
 
     // Explain the function's first two lines: a webview beside the editor fills with markdown.
     await page.keyboard.press("Control+Home");

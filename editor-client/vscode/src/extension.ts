@@ -49,7 +49,7 @@ function createClient(): LanguageClient {
   const serverOptions: ServerOptions = address ? () => connectTo(address.host, address.port) : { command, args };
   const token = process.env.WIZARDCODER_TOKEN;
   const clientOptions: LanguageClientOptions = {
-    documentSelector: documentSelector(settings.languages),
+    documentSelector: documentSelector(),
     initializationOptions: address && token ? { ...settings, token } : settings,
     outputChannel: output,
     middleware: {
@@ -134,6 +134,20 @@ async function suggest(): Promise<void> {
   await vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
 }
 
+/** Suggestions as you type, or only when asked: flips `wizardcoder.trigger` where it is set (the
+ * workspace's settings when they set it, else the user's); the server hears of it as of any change. */
+async function toggleAutomatic(): Promise<void> {
+  const config = vscode.workspace.getConfiguration(SECTION);
+  const next = config.get<string>("trigger") === "manual" ? "automatic" : "manual";
+  const target = config.inspect<string>("trigger")?.workspaceValue !== undefined
+    ? vscode.ConfigurationTarget.Workspace
+    : vscode.ConfigurationTarget.Global;
+  await config.update("trigger", next, target);
+  void vscode.window.showInformationMessage(next === "manual"
+    ? "WizardCoder: suggestions only when asked (WizardCoder: Suggest Completion, Alt+\\)."
+    : "WizardCoder: suggestions as you type.");
+}
+
 /** The markdown rendered by VS Code's built-in markdown extension, or escaped text. */
 async function renderMarkdown(markdown: string): Promise<string> {
   try {
@@ -211,6 +225,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("wizardcoder-tpu.explainSelection", explainSelection),
     vscode.commands.registerCommand("wizardcoder-tpu.restartServer", restartClient),
     vscode.commands.registerCommand("wizardcoder-tpu.suggest", suggest),
+    vscode.commands.registerCommand("wizardcoder-tpu.toggleAutomatic", toggleAutomatic),
     vscode.commands.registerCommand("wizardcoder-tpu.showOutput", () => output.show(true)),
     vscode.workspace.onDidChangeConfiguration(onConfigurationChanged),
   );

@@ -47,15 +47,13 @@ export interface ServerSettings {
   contextTokens: number;
   /** Prompt format; `auto` uses fill-in-the-middle when the model's vocabulary has FIM tokens, else `prefix`. */
   mode: "auto" | "fim" | "instruct" | "prefix";
-  /** Language ids to complete in (for example `python`); empty means all. The clients attach to these only. */
-  languages: string[];
   /** Tokens of an explanation at most. */
   explainMaxNewTokens: number;
   /** `automatic`: a suggestion as you type; `manual`: the model runs only when you ask (the client's suggest key or command); typing on into a suggestion still serves its rest from the cache. */
   trigger: "automatic" | "manual";
   /** No automatic suggestion when more than this many characters follow the cursor on its line (llama.vim's rule); asking for one still works. */
   maxLineSuffix: number;
-  /** Language ids never completed (for example `markdown`), asked for or not. */
+  /** Language ids never completed (for example `markdown`), asked for or not, and never used as context for other files; every other language is completed. */
   disabledLanguages: string[];
   /** File patterns never completed and never used as context for other files (`fnmatch` on the file's name, or on its path when the pattern has a `/`): secrets and key files by default. */
   disabledFiles: string[];
@@ -87,7 +85,6 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "promptTokens", kind: "integer", minimum: 64, maximum: 32768 },
   { key: "contextTokens", kind: "integer", minimum: 0, maximum: 32768 },
   { key: "mode", kind: "string", choices: ["auto", "fim", "instruct", "prefix"] },
-  { key: "languages", kind: "string[]" },
   { key: "explainMaxNewTokens", kind: "integer", minimum: 1, maximum: 4096 },
   { key: "trigger", kind: "string", choices: ["automatic", "manual"] },
   { key: "maxLineSuffix", kind: "integer", minimum: 0, maximum: 10000 },
@@ -116,7 +113,6 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   promptTokens: 1024,
   contextTokens: 0,
   mode: "auto",
-  languages: [],
   explainMaxNewTokens: 256,
   trigger: "automatic",
   maxLineSuffix: 8,
@@ -131,7 +127,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
 export const DEFAULT_SERVER_COMMAND: readonly string[] = Object.freeze(["wizardcoder-tpu", "serve", "--stdio"]);
 
 /** Keys whose change needs a restart of the client (the rest go over didChangeConfiguration). */
-export const RESTART_KEYS: readonly string[] = ["serverCommand", "serverAddress", "languages"];
+export const RESTART_KEYS: readonly string[] = ["serverCommand", "serverAddress"];
 // END GENERATED
 
 /** What the extension needs of a `WorkspaceConfiguration`: `get(key)`. */
@@ -208,11 +204,8 @@ export interface DocumentFilter {
   language?: string;
 }
 
-/** Documents the client syncs: the listed languages, or every file when the list is empty. */
-export function documentSelector(languages: readonly string[]): DocumentFilter[] {
-  const schemes = ["file", "untitled"];
-  if (languages.length === 0) {
-    return schemes.map((scheme) => ({ scheme }));
-  }
-  return languages.flatMap((language) => schemes.map((scheme) => ({ scheme, language })));
+/** Documents the client syncs: every file, saved or not. Which of them get suggestions is the
+ * server's one rule (`disabledLanguages`, `disabledFiles`), so that both clients follow it. */
+export function documentSelector(): DocumentFilter[] {
+  return ["file", "untitled"].map((scheme) => ({ scheme }));
 }

@@ -18,7 +18,7 @@ test("an empty configuration gives the protocol's defaults", () => {
   assert.deepEqual(DEFAULT_SETTINGS, {
     model: "default", backend: "cpu", fallbackToCpu: true, endpoint: "http://127.0.0.1:8080", remoteProtocol: "openai",
     remoteModel: "auto", remoteTimeoutMs: 15000, weights: "auto", threads: 0, cacheSlots: 4, maxNewTokens: 64, speculate: 0, debounceMs: 150,
-    promptTokens: 1024, contextTokens: 0, mode: "auto", languages: [], explainMaxNewTokens: 256,
+    promptTokens: 1024, contextTokens: 0, mode: "auto", explainMaxNewTokens: 256,
     trigger: "automatic", maxLineSuffix: 8, disabledLanguages: [],
     disabledFiles: [".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.crt", "*.p12", "*.pfx", "*.jks",
       "*.keystore", "*.kdbx", "*.gpg", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.ppk", ".netrc", ".pgpass",
@@ -31,7 +31,7 @@ test("valid values pass through with the protocol's key names", () => {
   const settings = readServerSettings(source({
     model: " /models/wizardcoder.gguf ", backend: "tpu", fallbackToCpu: false, endpoint: "https://gpu.example.com",
     remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32, speculate: 6,
-    debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
+    debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim",
     explainMaxNewTokens: 512, trigger: "manual", maxLineSuffix: 0, disabledLanguages: ["markdown"],
     disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false,
     serverCommand: ["x"],
@@ -39,7 +39,7 @@ test("valid values pass through with the protocol's key names", () => {
   assert.deepEqual(settings, {
     model: "/models/wizardcoder.gguf", backend: "tpu", fallbackToCpu: false, endpoint: "https://gpu.example.com",
     remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32, speculate: 6,
-    debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim", languages: ["python", "rust"],
+    debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim",
     explainMaxNewTokens: 512, trigger: "manual", maxLineSuffix: 0, disabledLanguages: ["markdown"],
     disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false,
   });
@@ -50,11 +50,11 @@ test("malformed values fall back to the defaults", () => {
   const settings = readServerSettings(source({
     model: "", backend: "gpu", fallbackToCpu: "yes", endpoint: "", remoteProtocol: "grpc", remoteTimeoutMs: 50,
     maxNewTokens: 0, speculate: 65, debounceMs: -5,
-    promptTokens: 12.5, contextTokens: -1, mode: "chat", languages: "python", explainMaxNewTokens: "256",
+    promptTokens: 12.5, contextTokens: -1, mode: "chat", disabledLanguages: "python", explainMaxNewTokens: "256",
   }));
   assert.deepEqual(settings, DEFAULT_SETTINGS);
-  assert.deepEqual(readServerSettings(source({ languages: ["python", " ", 3] })).languages, []);
-  assert.deepEqual(readServerSettings(source({ languages: ["python", " "] })).languages, ["python"]);
+  assert.deepEqual(readServerSettings(source({ disabledLanguages: ["python", " ", 3] })).disabledLanguages, []);
+  assert.deepEqual(readServerSettings(source({ disabledLanguages: ["python", " "] })).disabledLanguages, ["python"]);
 });
 
 test("values outside the server's range fall back to the defaults, the bounds themselves pass", () => {
@@ -72,12 +72,8 @@ test("the server command splits into program and arguments", () => {
     { command: "wizardcoder-tpu", args: ["serve", "--stdio"] });
 });
 
-test("the document selector covers every file, or only the listed languages", () => {
-  assert.deepEqual(documentSelector([]), [{ scheme: "file" }, { scheme: "untitled" }]);
-  assert.deepEqual(documentSelector(["python"]), [
-    { scheme: "file", language: "python" },
-    { scheme: "untitled", language: "python" },
-  ]);
+test("the document selector covers every file, saved or not (the server decides which get suggestions)", () => {
+  assert.deepEqual(documentSelector(), [{ scheme: "file" }, { scheme: "untitled" }]);
 });
 
 test("a team server's address is HOST:PORT, else the extension starts its own server", () => {

@@ -6,8 +6,9 @@
 ---   settings      sent as initializationOptions and as `settings.wizardcoder` on
 ---                 workspace/didChangeConfiguration; the server owns their meaning. Each is
 ---                 explained in `server_settings` below, which scripts/gen_settings.py writes
----                 from the server's table (lsp/settings.py). `languages` also limits which
----                 buffers the client attaches to.
+---                 from the server's table (lsp/settings.py). The client attaches to every
+---                 file buffer; which get suggestions is the server's rule (`disabledLanguages`,
+---                 `disabledFiles`).
 ---   root_markers  files that mark a workspace root (the server works without one).
 ---   keymaps       insert-mode keys; false or "" turns one off.
 ---     accept        accept the shown suggestion (falls back to the key itself when none shows)
@@ -82,9 +83,6 @@ local server_settings = {
   -- Prompt format; `auto` uses fill-in-the-middle when the model's vocabulary has FIM tokens, else
   -- `prefix`. One of 'auto', 'fim', 'instruct', 'prefix'.
   mode = 'auto',
-  -- Language ids to complete in (for example `python`); empty means all. The clients attach to
-  -- these only. A list of strings.
-  languages = {},
   -- Tokens of an explanation at most. An integer from 1 to 4096.
   explainMaxNewTokens = 256,
   -- `automatic`: a suggestion as you type; `manual`: the model runs only when you ask (the client's
@@ -94,7 +92,8 @@ local server_settings = {
   -- No automatic suggestion when more than this many characters follow the cursor on its line
   -- (llama.vim's rule); asking for one still works. An integer from 0 to 10000.
   maxLineSuffix = 8,
-  -- Language ids never completed (for example `markdown`), asked for or not. A list of strings.
+  -- Language ids never completed (for example `markdown`), asked for or not, and never used as
+  -- context for other files; every other language is completed. A list of strings.
   disabledLanguages = {},
   -- File patterns never completed and never used as context for other files (`fnmatch` on the
   -- file's name, or on its path when the pattern has a `/`): secrets and key files by default. A
@@ -154,7 +153,7 @@ M.defaults = {
 --- The merged options of the last setup() call.
 M.options = vim.deepcopy(M.defaults)
 
---- Merge {opts} over the defaults (lists such as `cmd` and `languages` are replaced, not merged).
+--- Merge {opts} over the defaults (lists such as `cmd` and `settings.disabledFiles` are replaced, not merged).
 ---@param opts? table
 ---@return table
 function M.merge(opts)
@@ -164,9 +163,6 @@ function M.merge(opts)
   if opts and opts.cmd then
     merged.cmd = vim.deepcopy(opts.cmd)
   end
-  if opts and opts.settings and opts.settings.languages then
-    merged.settings.languages = vim.deepcopy(opts.settings.languages)
-  end
   if opts and opts.root_markers then
     merged.root_markers = vim.deepcopy(opts.root_markers)
   end
@@ -174,7 +170,6 @@ function M.merge(opts)
   vim.validate('settings.backend', merged.settings.backend, function(v)
     return vim.tbl_contains(setting_choices.backend, v)
   end, 'one of ' .. table.concat(setting_choices.backend, ', '))
-  vim.validate('settings.languages', merged.settings.languages, 'table')
   M.options = merged
   return merged
 end

@@ -80,11 +80,9 @@ end
 ---@param opts? table see lua/wizardcoder_tpu/config.lua for every key and its default
 function M.setup(opts)
   local options = config.merge(opts)
-  local languages = options.settings.languages
 
   vim.lsp.config(M.name, {
-    cmd = options.cmd,
-    filetypes = #languages > 0 and languages or nil,
+    cmd = options.cmd, -- every filetype: the server decides which buffers get suggestions
     root_markers = options.root_markers,
     init_options = options.settings,
     settings = { wizardcoder = options.settings },
