@@ -159,7 +159,13 @@ def _cut_restart(text: str, line_prefix: str) -> str:
     (``#inclu`` → ``#include <vector>``, ``or n`` → ``not (``), as Qwen2.5-Coder does mid-word,
     most of all with other files' code in the prompt (bench/quality.py, issue 11 item 7). The
     longest such overlap counts when it is at least ``MIN_OVERLAP`` characters or the whole word
-    the cursor ends (a shorter one is as likely a doubled letter: ``cal`` → ``l()``)."""
+    the cursor ends (a shorter one is as likely a doubled letter: ``cal`` → ``l()``).
+
+    On a line of only indentation (the cursor where an editor leaves it after Enter, and where
+    ``bench/quality.py`` puts it for a block hole) the model writes that indentation again, and
+    the suggestion would show it doubled: a head equal to the whole indentation is dropped."""
+    if line_prefix and not line_prefix.strip(" \t"):
+        return text[len(line_prefix):] if text.startswith(line_prefix) else text
     code = line_prefix.lstrip(" \t")
     word = len(code) - len(code.rstrip(WORD_CHARS))
     for size in range(len(code), 0, -1):

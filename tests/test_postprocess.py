@@ -165,6 +165,20 @@ def test_a_head_that_writes_the_line_before_the_cursor_again_is_dropped(prefix, 
     assert complete(prefix, "\n\nfoo()\n", raw)[1] == Processed(expected, 0)
 
 
+@pytest.mark.parametrize("prefix, suffix, raw, expected", [
+    # the cursor after the indentation of an empty line (Enter in an editor that indents; a block
+    # hole of bench/quality.py): Qwen2.5-Coder writes the indentation again
+    ("def double(xs):\n    ", "\n\nprint(double([1]))\n", "    out = [x * 2 for x in xs]\n    return out\n",
+     "def double(xs):\n    out = [x * 2 for x in xs]\n    return out\n\nprint(double([1]))\n"),
+    ("int sum(int n) {\n\t", "\n}\n", "\tint s = 0;\n\treturn s;\n}\n", "int sum(int n) {\n\tint s = 0;\n\treturn s;\n}\n"),
+    # the later lines' indentation is the model's own: only the repeated head goes
+    ("class A:\n    def f(self):\n        ", "\n", "        if self.x:\n            return 1\n        return 0\n",
+     "class A:\n    def f(self):\n        if self.x:\n            return 1\n        return 0\n"),
+])
+def test_indentation_written_again_on_an_indented_empty_line_is_dropped(prefix, suffix, raw, expected):
+    assert shown(prefix, suffix, raw) == expected
+
+
 @pytest.mark.parametrize("raw", ["", "\n", "   \n\t\n  ", "\n\n\n"])
 def test_empty_and_whitespace_only_results_are_dropped(raw):
     assert complete("def f():\n    return ", "\n", raw)[1] is None
@@ -209,6 +223,7 @@ CASES = [  # (prefix, suffix, raw) from the tests above, for the consistency che
     ("function total(items) {\n  let sum = 0;\n  for (const item of items) {", "\n",
      "\n    sum += item.price;\n  }\n  return sum;\n}\n"),
     ("#inclu", "\n#include <string>\n", "#include <vector>\n#include <string>\n"),
+    ("def double(xs):\n    ", "\n    return out\n", "    out = xs * 2\n    return out\n"),
 ]
 
 
