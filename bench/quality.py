@@ -22,7 +22,8 @@ repeats of the text after the cursor, empty answers, latency). The rows (``--sys
 - ``llama.cpp``: the same GGUF (``--gguf``, default: the file ``--model`` names) on llama.cpp with
   llama.vim's rules (``quality_llamavim.py``);
 - ``healing``: the default row's prompt with token healing, a prototype run in this process
-  (``quality_healing.py``: the engine has no constrained first step yet); ``healing-off``: the
+  (``quality_healing.py``: the engine has no constrained first step yet); ``healing-word``: the
+  same backing off the whole word at the cursor, not only its last token; ``healing-off``: the
   same prototype without healing (its answers should be the default row's);
 - ``small``: the tiny option (``--small-model``, SmolLM2) as shipped;
 - ``naive``: greedy continuation of the prefix (``mode: prefix``, no post-processing), cut at
@@ -73,7 +74,7 @@ from quality_systems import LspSystem  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "quality.md"
 SYSTEMS = ("default", "nocontext", "withcontext", "context", "bare", "llama.cpp", "small", "naive", "healing",
-           "healing-off")
+           "healing-word", "healing-off")
 CONTEXT_TOKENS = 512  # the budget the context rows give code from other places
 FULL = {"holes": 20, "languages": LANGUAGES, "kinds": KINDS, "systems": ("default", "bare", "naive"), "options": {}}
 SMOKE = {"holes": 1, "languages": ("python", "cpp"), "kinds": KINDS, "systems": ("default",),
@@ -180,6 +181,7 @@ def build_systems(args: argparse.Namespace, log_dir: Path) -> list[Any]:
         "small": lambda: server("small", f"the small model ({args.small_model}) as shipped", {},
                                 server_args=["--model", args.small_model, *args.server_arg]),
         "healing": lambda: quality_healing.make("healing", model_name=args.model),
+        "healing-word": lambda: quality_healing.make("healing-word", model_name=args.model, word=True),
         "healing-off": lambda: quality_healing.make("healing-off", model_name=args.model, heal=False),
         "naive": lambda: server("naive", "greedy continuation of the prefix, cut at the first line break",
                                 {"mode": "prefix", "postprocess": False, "contextTokens": 0,

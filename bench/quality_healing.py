@@ -37,14 +37,32 @@ DEFAULT_PROMPT_TOKENS = 1024  # lsp/settings.py's promptTokens
 DEFAULT_MAX_NEW_TOKENS = 64  # and maxNewTokens
 
 
-def back_off(ids: list[int], suffix_id: int, special: frozenset[int], pieces: list[str]) -> tuple[list[int], str]:
+def back_off(ids: list[int], suffix_id: int, special: frozenset[int], pieces: list[str],
+             word: bool = False) -> tuple[list[int], str]:
     """The FIM prompt without the prefix's last token, and that token's text ('' when there is
-    nothing to heal: an empty prefix, or a token that is not whole text)."""
+    nothing to heal: an empty prefix, or a token that is not whole text). With ``word``, as many
+    last tokens as cover the word the cursor ends (``#inclu`` is ``#``, ``incl``, ``u``: backing
+    off ``u`` alone leaves the model an ``#incl`` it never saw), at most ``MAX_WORD_TOKENS``."""
     at = ids.index(suffix_id)  # the first one: the user's text never holds a special token
-    last = ids[at - 1] if at > 0 else None
-    if last is None or last in special or "\ufffd" in pieces[last] or not pieces[last]:
-        return ids, ""
-    return ids[:at - 1] + ids[at:], pieces[last]
+    start = at
+    removed = ""
+    while start > 0 and at - start < (MAX_WORD_TOKENS if word else 1):
+        last = ids[start - 1]
+        piece = pieces[last]
+        if last in special or "\ufffd" in piece or not piece or "\n" in piece:
+            break
+        start, removed = start - 1, piece + removed
+        if not word or not _inside_word(removed):
+            break
+    return ids[:start] + ids[at:], removed
+
+
+MAX_WORD_TOKENS = 6
+
+
+def _inside_word(text: str) -> bool:
+    """The backed-off text is still all word characters: the word may begin in an earlier token."""
+    return all(ch.isalnum() or ch == "_" for ch in text)
 
 
 def allowed(remaining: str, pieces: list[str], special: frozenset[int]) -> np.ndarray:
@@ -60,6 +78,7 @@ class HealingSystem:
     description: str
     model_name: str = "default"
     heal: bool = True
+    word: bool = False  # back off the whole word at the cursor, not only its last token
     prompt_tokens: int = DEFAULT_PROMPT_TOKENS
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     warnings: list[str] = field(default_factory=list)
@@ -91,7 +110,8 @@ class HealingSystem:
         prompt = build_prompt(hole.prefix, hole.suffix, tok, "auto", budget, "", hole.language)
         ids, removed = prompt.ids, ""
         if self.heal and tok.fim is not None:
-            ids, removed = back_off(prompt.ids, tok.require(tok.fim.suffix), self._special, self._pieces)
+            ids, removed = back_off(prompt.ids, tok.require(tok.fim.suffix), self._special, self._pieces,
+                                   self.word)
         backend = engine.backend
         backend.truncate(0)
         logits = backend.forward(ids)

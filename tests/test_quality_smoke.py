@@ -133,12 +133,14 @@ def test_healing_backs_off_the_last_token_and_spells_it_again(qwen_model):
     ids, removed = back_off(prompt.ids, tok.require(tok.fim.suffix), special, pieces)
     assert len(ids) == len(prompt.ids) - 1 and removed and "pre_tokeni".endswith(removed)
     assert tok.decode(ids, skip_special=False) == prompt.text.replace(f"pre_tokeni{tok.fim.suffix}",
-                                                                      f"pre_tokeni"[:-len(removed)] + tok.fim.suffix)
+                                                                      "pre_tokeni"[:-len(removed)] + tok.fim.suffix)
     choices = {pieces[i] for i in allowed(removed, pieces, special)}
     assert removed in choices and all(p.startswith(removed) or removed.startswith(p) for p in choices)
     assert not choices & tok.special_tokens
     indent = {pieces[i] for i in allowed("    ", pieces, special)}
     assert {"   ", " ", "    ", "        "} <= indent  # a start of the indentation, or more of it
+    word_ids, word = back_off(prompt.ids, tok.require(tok.fim.suffix), special, pieces, word=True)
+    assert word == " pre_tokeni" and len(word_ids) < len(ids)  # the whole word the cursor ends, its space too
     empty = build_prompt("", "x = 1\n", tok, "fim", 256)
     assert back_off(empty.ids, tok.require(tok.fim.suffix), special, pieces) == (empty.ids, "")
 
