@@ -59,9 +59,11 @@ def load_postprocess(path: Path) -> ModuleType:
 
 
 def hole_of(entry: dict) -> Hole:
-    """Enough of the hole to score an answer: the cursor's line, the text after it, the truth."""
-    return Hole(entry["language"], entry["kind"], entry.get("package", ""), Path(entry["hole"]), entry["hole"], 0,
-                len(entry["line_prefix"]), entry["line_prefix"], entry["suffix_head"], entry["truth"])
+    """Enough of the hole to score an answer: the cursor's line, the text after it, the truth;
+    named as the entry names it (``path:line:column``)."""
+    path, line, column = entry["hole"].rsplit(":", 2)
+    return Hole(entry["language"], entry["kind"], entry.get("package", ""), Path(path), path, int(line) - 1,
+                int(column), entry["line_prefix"], entry["suffix_head"], entry["truth"])
 
 
 def main(argv: list[str] | None = None) -> int:
