@@ -21,6 +21,10 @@ repeats of the text after the cursor, empty answers, latency). The rows (``--sys
   ``--bare-option``: the ``nocontext`` row's prompt, the model's raw answer;
 - ``llama.cpp``: the same GGUF (``--gguf``, default: the file ``--model`` names) on llama.cpp with
   llama.vim's rules (``quality_llamavim.py``);
+- ``healing``: the default row's prompt with token healing, a prototype run in this process
+  (``quality_healing.py``: the engine has no constrained first step yet); ``healing-word``: the
+  same backing off the whole word at the cursor, not only its last token; ``healing-off``: the
+  same prototype without healing (its answers should be the default row's);
 - ``small``: the tiny option (``--small-model``, SmolLM2) as shipped;
 - ``naive``: greedy continuation of the prefix (``mode: prefix``, no post-processing), cut at
   the first line break;
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -59,15 +64,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import quality_healing  # noqa: E402
 import quality_holes as holes_mod  # noqa: E402
 from quality_holes import KINDS, LANGUAGES, Hole  # noqa: E402
 from quality_llamavim import LlamaVimSystem  # noqa: E402
-from quality_score import Outcome, Summary, score, summarize  # noqa: E402
+from quality_score import Outcome, Summary, first_line, score, summarize  # noqa: E402
 from quality_systems import LspSystem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "quality.md"
-SYSTEMS = ("default", "nocontext", "withcontext", "context", "bare", "llama.cpp", "small", "naive")
+SYSTEMS = ("default", "nocontext", "withcontext", "context", "bare", "llama.cpp", "small", "naive", "healing",
+           "healing-word", "healing-off")
 CONTEXT_TOKENS = 512  # the budget the context rows give code from other places
 FULL = {"holes": 20, "languages": LANGUAGES, "kinds": KINDS, "systems": ("default", "bare", "naive"), "options": {}}
 SMOKE = {"holes": 1, "languages": ("python", "cpp"), "kinds": KINDS, "systems": ("default",),
@@ -173,6 +180,9 @@ def build_systems(args: argparse.Namespace, log_dir: Path) -> list[Any]:
                                             _gguf(args), threads=args.threads),
         "small": lambda: server("small", f"the small model ({args.small_model}) as shipped", {},
                                 server_args=["--model", args.small_model, *args.server_arg]),
+        "healing": lambda: quality_healing.make("healing", model_name=args.model),
+        "healing-word": lambda: quality_healing.make("healing-word", model_name=args.model, word=True),
+        "healing-off": lambda: quality_healing.make("healing-off", model_name=args.model, heal=False),
         "naive": lambda: server("naive", "greedy continuation of the prefix, cut at the first line break",
                                 {"mode": "prefix", "postprocess": False, "contextTokens": 0,
                                  "maxNewTokens": min(NAIVE_MAX_NEW_TOKENS, common.get("maxNewTokens", 64))},
@@ -198,8 +208,11 @@ def _gguf(args: argparse.Namespace) -> Path:
     return path
 
 
-async def run_system(system: Any, holes: list[Hole], progress: Callable[[str], None]) -> tuple[list[Outcome], str | None]:
-    """Every hole through one row; ([], why) when the row cannot start."""
+async def run_system(system: Any, holes: list[Hole], progress: Callable[[str], None],
+                     keep: Callable[[Outcome], None] = lambda outcome: None) -> tuple[list[Outcome], str | None]:
+    """Every hole through one row, each answer given to ``keep`` as it comes (the ``--details``
+    file: a run of an hour can be read, and replayed, while it runs); ([], why) when the row
+    cannot start."""
     started = time.monotonic()
     try:
         await system.start()
@@ -212,9 +225,10 @@ async def run_system(system: Any, holes: list[Hole], progress: Callable[[str], N
         for number, hole in enumerate(holes, 1):
             outcome = await system.complete(hole)
             outcomes.append(outcome)
+            keep(outcome)
             mark = "error" if outcome.error else "exact" if score(outcome).exact else ""
             progress(f"  {system.name} {number}/{len(holes)} {hole.language}/{hole.kind} {hole.name} "
-                     f"{outcome.latency_ms:.0f} ms {mark}")
+                     f"{outcome.latency_ms:.0f} ms {mark} {first_line(outcome.text)[:60]!r}")
     finally:
         await system.stop()
     return outcomes, None
@@ -324,17 +338,15 @@ def report(args: argparse.Namespace, argv: list[str], holes: list[Hole], systems
     return "\n".join(lines) + "\n"
 
 
-def write_details(path: Path, results: dict[str, tuple[list[Outcome], str | None]]) -> None:
-    with path.open("w", encoding="utf-8") as out:
-        for name, (outcomes, _) in results.items():
-            for o in outcomes:
-                out.write(json.dumps({"row": name, "hole": o.hole.name, "language": o.hole.language,
-                                      "kind": o.hole.kind, "package": o.hole.package, "truth": o.hole.truth,
-                                      "answer": o.text, "latency_ms": round(o.latency_ms, 1), "error": o.error,
-                                      "reindented": o.reindented, **asdict(score(o)),
-                                      # what post-processing reads, for bench/quality_replay.py
-                                      "line_prefix": o.hole.line_prefix, "suffix_head": o.hole.suffix[:REPLAY_SUFFIX_CHARS],
-                                      }) + "\n")
+def detail(name: str, o: Outcome) -> str:
+    """One line of the ``--details`` file: a row's answer to one hole, scored."""
+    return json.dumps({"row": name, "hole": o.hole.name, "language": o.hole.language,
+                       "kind": o.hole.kind, "package": o.hole.package, "truth": o.hole.truth,
+                       "answer": o.text, "latency_ms": round(o.latency_ms, 1), "error": o.error,
+                       "reindented": o.reindented, **asdict(score(o)),
+                       # what post-processing reads, for bench/quality_replay.py
+                       "line_prefix": o.hole.line_prefix, "suffix_head": o.hole.suffix[:REPLAY_SUFFIX_CHARS],
+                       }) + "\n"
 
 
 # Main -------------------------------------------------------------------------------------------
@@ -359,13 +371,18 @@ async def run(args: argparse.Namespace, argv: list[str]) -> tuple[str, bool]:
         systems = build_systems(args, log_dir)
         results = {}
         in_file_order = sorted(holes, key=lambda h: (h.language, h.package, h.relative_path, h.line))
-        for system in systems:
-            results[system.name] = await run_system(system, in_file_order, progress)
-            if results[system.name][1]:
-                progress(f"{system.name}: not run: {results[system.name][1]}")
+        with contextlib.ExitStack() as stack:
+            details = stack.enter_context(Path(args.details).open("w", encoding="utf-8")) if args.details else None
+            for system in systems:
+                def keep(outcome: Outcome, name: str = system.name) -> None:
+                    if details is not None:
+                        details.write(detail(name, outcome))
+                        details.flush()
+
+                results[system.name] = await run_system(system, in_file_order, progress, keep)
+                if results[system.name][1]:
+                    progress(f"{system.name}: not run: {results[system.name][1]}")
     text = report(args, argv, holes, systems, results, sources, load_start, load(), (time.monotonic() - started) / 60)
-    if args.details:
-        write_details(Path(args.details), results)
     return text, all(failure is None for _, failure in results.values())
 
 

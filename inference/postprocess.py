@@ -6,7 +6,8 @@ The decisions, in the order the completion path takes them:
    llm-ls' ``should_complete`` do): nothing after the cursor → ``multi``-line; text after it →
    ``single``-line (stop at the newline); the cursor inside a word → no completion.
 2. ``postprocess``: in multi-line mode stop at a line that dedents below the cursor's block, at a
-   line that repeats the next line of the file, and before a closing bracket that the text after
+   line that repeats the next line of the file (at any indentation), give nothing when the
+   cursor's line completed is that next line, and before a closing bracket that the text after
    the cursor already holds; in both modes drop a head that writes again the text before the
    cursor on its line, and stop where the completion starts repeating the text after the cursor; replace (rather than double) the auto-closed characters after the cursor;
    drop empty and whitespace-only results.
@@ -32,6 +33,7 @@ QUOTES = "\"'`"
 AUTO_CLOSED = frozenset(")]}\"'`")  # what editors insert after the cursor when an opener is typed
 BLOCK_OPENERS = (":", "{", "(", "[")  # a line ending so opens a block: the body is indented deeper
 MIN_OVERLAP = 2  # a partial overlap with the text around the cursor shorter than this is chance
+MIN_REPEAT_CHARS = 4  # a line of code this long, written again after the cursor, repeats the file
 WORD_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"
 
 
@@ -78,6 +80,8 @@ def _is_word_char(ch: str) -> bool:
 def postprocess(raw: str, around: Surroundings, kind: Kind) -> Processed | None:
     """The text to show for the model's ``raw`` continuation, or None when nothing is worth it."""
     text = _cut_restart(raw.replace("\r\n", "\n"), around.line_prefix)
+    if kind == MULTI and _repeats_next_line(text, around):
+        return None
     if kind == SINGLE:
         text = text[:_line_end(text)]
     else:
@@ -95,6 +99,15 @@ def postprocess(raw: str, around: Surroundings, kind: Kind) -> Processed | None:
     if not text.strip() or text == around.line_suffix[:replace]:
         return None  # nothing, or only the characters already after the cursor
     return Processed(text, replace)
+
+
+def _repeats_next_line(text: str, around: Surroundings) -> bool:
+    """The cursor's line, completed by the first line of ``text``, is the file's next line of code
+    again (the model skipped the line being written and wrote the one after it): nothing of it
+    is worth showing."""
+    first = text.split("\n", 1)[0]
+    code = around.next_line.strip()
+    return bool(first.strip()) and (around.line_prefix + first).strip() == code and _substantial(code)
 
 
 def _line_end(text: str) -> int | None:
@@ -125,11 +138,27 @@ def scope_end(text: str, around: Surroundings, partial_last_line: bool = False) 
             if _indent(line) < block:
                 return _line_start(text, start)
             # the same line, indentation included: a "}" closing the completion's own block is
-            # not the file's "}" one level out
-            if line.rstrip() == next_line and (not last or partial_last_line):
+            # not the file's "}" one level out; a line of code is the same at any indentation
+            # (Qwen2.5-Coder writes the file's next lines again one level deeper)
+            if _repeats(line, next_line) and (not last or partial_last_line):
                 return _line_start(text, start)
         start += len(line) + 1
     return closer
+
+
+def _repeats(line: str, next_line: str) -> bool:
+    """``line`` of the completion is the file's next line again: the same text, and, for a line
+    that only closes (``}``, ``) {``, ``]``), the same indentation too."""
+    if line.rstrip() == next_line:
+        return True
+    code = next_line.strip()
+    return line.strip() == code and _substantial(code)
+
+
+def _substantial(code: str) -> bool:
+    """A line of code worth calling a repetition at any indentation: a few characters with a
+    letter or digit, not a closer and what follows it."""
+    return len(code) >= MIN_REPEAT_CHARS and code[0] not in CLOSERS and any(ch.isalnum() for ch in code)
 
 
 def _line_start(text: str, start: int) -> int:
@@ -159,7 +188,13 @@ def _cut_restart(text: str, line_prefix: str) -> str:
     (``#inclu`` → ``#include <vector>``, ``or n`` → ``not (``), as Qwen2.5-Coder does mid-word,
     most of all with other files' code in the prompt (bench/quality.py, issue 11 item 7). The
     longest such overlap counts when it is at least ``MIN_OVERLAP`` characters or the whole word
-    the cursor ends (a shorter one is as likely a doubled letter: ``cal`` → ``l()``)."""
+    the cursor ends (a shorter one is as likely a doubled letter: ``cal`` → ``l()``).
+
+    On a line of only indentation (the cursor where an editor leaves it after Enter, and where
+    ``bench/quality.py`` puts it for a block hole) the model writes that indentation again, and
+    the suggestion would show it doubled: a head equal to the whole indentation is dropped."""
+    if line_prefix and not line_prefix.strip(" \t"):
+        return text[len(line_prefix):] if text.startswith(line_prefix) else text
     code = line_prefix.lstrip(" \t")
     word = len(code) - len(code.rstrip(WORD_CHARS))
     for size in range(len(code), 0, -1):

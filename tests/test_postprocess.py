@@ -143,6 +143,26 @@ def test_multi_line_stops_before_repeating_the_next_line_of_the_file():
     assert complete(prefix, suffix, raw)[1] == Processed("out = [\n        x * 2\n        for x in xs\n    ]", 0)
 
 
+def test_multi_line_stops_before_the_next_lines_written_again_one_level_deeper():
+    """Qwen2.5-Coder-0.5B on a parameter list (bench/quality.py, tokenizers'
+    sentencepiece_unigram.py): the hole's line, then the file's next lines again, indented
+    deeper."""
+    prefix = "    def train(\n        self,\n        special_tokens: Optional[List[Un"
+    suffix = "\n        initial_alphabet: Optional[List[str]] = None,\n        unk_token: Optional[str] = None,\n    ):\n"
+    raw = ("ion[str, AddedToken]]] = None,\n            initial_alphabet: Optional[List[str]] = None,\n"
+           "            unk_token: Optional[str] = None,\n        ):\n")
+    assert complete(prefix, suffix, raw)[1] == Processed("ion[str, AddedToken]]] = None,", 0)
+
+
+def test_a_completion_that_writes_the_next_line_instead_of_this_one_is_dropped():
+    # numpy's test_extint128.py: the model skipped the line being written and wrote the next one
+    prefix, suffix = "INT64_VALUES = (\n    [INT64_MIN + j for j in range(20)] +\n    ", "\n    [INT64_MID + j] +\n)\n"
+    assert complete(prefix, suffix, "[INT64_MID + j] +\n)\n")[1] is None
+    assert complete(prefix, suffix, "[INT64_MAX - j] +\n")[1] == Processed("[INT64_MAX - j] +", 0)
+    # C: the same line of code at the cursor's indentation
+    assert complete("int f() {\n  g();\n  ", "\n  h(1);\n}\n", "h(1);\n}\n")[1] is None
+
+
 def test_multi_line_stops_before_a_closer_the_file_already_has():
     prefix, suffix = "result = compute(\n    ", "\n)\n"
     assert complete(prefix, suffix, "alpha,\n    beta)\nprint(result)\n")[1] == Processed("alpha,\n    beta", 0)
@@ -163,6 +183,20 @@ def test_multi_line_stops_before_a_closer_the_file_already_has():
 ])
 def test_a_head_that_writes_the_line_before_the_cursor_again_is_dropped(prefix, raw, expected):
     assert complete(prefix, "\n\nfoo()\n", raw)[1] == Processed(expected, 0)
+
+
+@pytest.mark.parametrize("prefix, suffix, raw, expected", [
+    # the cursor after the indentation of an empty line (Enter in an editor that indents; a block
+    # hole of bench/quality.py): Qwen2.5-Coder writes the indentation again
+    ("def double(xs):\n    ", "\n\nprint(double([1]))\n", "    out = [x * 2 for x in xs]\n    return out\n",
+     "def double(xs):\n    out = [x * 2 for x in xs]\n    return out\n\nprint(double([1]))\n"),
+    ("int sum(int n) {\n\t", "\n}\n", "\tint s = 0;\n\treturn s;\n}\n", "int sum(int n) {\n\tint s = 0;\n\treturn s;\n}\n"),
+    # the later lines' indentation is the model's own: only the repeated head goes
+    ("class A:\n    def f(self):\n        ", "\n", "        if self.x:\n            return 1\n        return 0\n",
+     "class A:\n    def f(self):\n        if self.x:\n            return 1\n        return 0\n"),
+])
+def test_indentation_written_again_on_an_indented_empty_line_is_dropped(prefix, suffix, raw, expected):
+    assert shown(prefix, suffix, raw) == expected
 
 
 @pytest.mark.parametrize("raw", ["", "\n", "   \n\t\n  ", "\n\n\n"])
@@ -209,6 +243,9 @@ CASES = [  # (prefix, suffix, raw) from the tests above, for the consistency che
     ("function total(items) {\n  let sum = 0;\n  for (const item of items) {", "\n",
      "\n    sum += item.price;\n  }\n  return sum;\n}\n"),
     ("#inclu", "\n#include <string>\n", "#include <vector>\n#include <string>\n"),
+    ("def double(xs):\n    ", "\n    return out\n", "    out = xs * 2\n    return out\n"),
+    ("    f(\n        a: int = 0,\n        b: List[Un", "\n        c: str = '',\n    ):\n",
+     "ion[int, str]] = None,\n            c: str = '',\n        ):\n"),
 ]
 
 

@@ -98,6 +98,53 @@ def test_repeating_a_line_the_author_also_wrote_is_no_repeat():
     assert not repeats_suffix(closer, "x,\n)")  # a lone closer is not substantial
 
 
+# Runs in parts ----------------------------------------------------------------------------------
+def test_merged_parts_pair_the_rows_hole_by_hole(tmp_path):
+    """Rows run in separate invocations: each row's table on its own holes, and the pairs against
+    the base row name the holes where exactly one of the two was exact (a rerun's answer wins)."""
+    from quality import detail
+    from quality_merge import load, pairs, tables
+
+    a, b = _hole("x = \n", 0, 4, "compute()"), _hole("y = \n", 0, 4, "other()")
+    b = qh.Hole(b.language, b.kind, b.package, b.path, "other.py", b.line, b.column, b.prefix, b.suffix, b.truth)
+    first, second = tmp_path / "bare.jsonl", tmp_path / "default.jsonl"
+    first.write_text(detail("bare", Outcome(a, "compute()", 1.0)) + detail("bare", Outcome(b, "wrong()", 1.0)))
+    second.write_text(detail("default", Outcome(a, "wrong()", 1.0)) + detail("default", Outcome(b, "other()", 1.0))
+                      + detail("default", Outcome(a, "compute()\n", 2.0)))  # the rerun of hole a
+    rows = load([first, second])
+    table = "\n".join(tables(rows, ["default", "bare"]))
+    assert "| default | 2 | 100.0 % |" in table and "| bare | 2 | 50.0 % |" in table
+    paired = "\n".join(pairs(rows, ["default", "bare"], "default"))
+    assert "| line | bare | 2 | 2 | 1 | 1 | 0 |" in paired
+    assert "only default: other.py:1:4; only bare: –" in paired
+
+
+# Token healing (the prototype row) --------------------------------------------------------------
+def test_healing_backs_off_the_last_token_and_spells_it_again(qwen_model):
+    from quality_healing import allowed, back_off
+
+    from wizardcoder_tpu.inference.prompt import build_prompt
+    from wizardcoder_tpu.inference.weights import open_checkpoint
+
+    tok = open_checkpoint(qwen_model).tokenizer()
+    pieces = [tok.decode([i], skip_special=False) for i in range(tok.vocab_size)]
+    special = frozenset(i for i, p in enumerate(pieces) if p in tok.special_tokens)
+    prompt = build_prompt("BertPreTokenizer = pre_tokeni", "\nByteLevel = 1\n", tok, "fim", 256)
+    ids, removed = back_off(prompt.ids, tok.require(tok.fim.suffix), special, pieces)
+    assert len(ids) == len(prompt.ids) - 1 and removed and "pre_tokeni".endswith(removed)
+    assert tok.decode(ids, skip_special=False) == prompt.text.replace(f"pre_tokeni{tok.fim.suffix}",
+                                                                      "pre_tokeni"[:-len(removed)] + tok.fim.suffix)
+    choices = {pieces[i] for i in allowed(removed, pieces, special)}
+    assert removed in choices and all(p.startswith(removed) or removed.startswith(p) for p in choices)
+    assert not choices & tok.special_tokens
+    indent = {pieces[i] for i in allowed("    ", pieces, special)}
+    assert {"   ", " ", "    ", "        "} <= indent  # a start of the indentation, or more of it
+    word_ids, word = back_off(prompt.ids, tok.require(tok.fim.suffix), special, pieces, word=True)
+    assert word == " pre_tokeni" and len(word_ids) < len(ids)  # the whole word the cursor ends, its space too
+    empty = build_prompt("", "x = 1\n", tok, "fim", 256)
+    assert back_off(empty.ids, tok.require(tok.fim.suffix), special, pieces) == (empty.ids, "")
+
+
 # llama.vim's rules ------------------------------------------------------------------------------
 def test_llama_vim_local_context_and_indent_stop():
     hole = _hole("def f(x):\n    if x:\n        \n    return 0\n", 2, 8, "return 1", kind="block")
@@ -146,5 +193,5 @@ def test_smoke_run_asks_the_real_server(tmp_path):
     assert default.keys() == bare.keys() and any(text.strip() for text in default.values())
     for hole, text in default.items():
         raw = bare[hole]
-        assert raw["answer"].startswith(text.rstrip()), (hole, text, raw["answer"])
+        assert text.rstrip() in raw["answer"], (hole, text, raw["answer"])  # a head written again is dropped
         assert replay(raw["answer"], raw["line_prefix"], raw["suffix_head"]) == text, (hole, text, raw["answer"])
