@@ -21,10 +21,7 @@ repeats of the text after the cursor, empty answers, latency). The rows (``--sys
   ``--bare-option``: the ``nocontext`` row's prompt, the model's raw answer;
 - ``llama.cpp``: the same GGUF (``--gguf``, default: the file ``--model`` names) on llama.cpp with
   llama.vim's rules (``quality_llamavim.py``);
-- ``healing``: the default row's prompt with token healing, a prototype run in this process
-  (``quality_healing.py``: the engine has no constrained first step yet); ``healing-word``: the
-  same backing off the whole word at the cursor, not only its last token; ``healing-off``: the
-  same prototype without healing (its answers should be the default row's);
+- ``noheal``: the default row without token healing (``tokenHealing: false``), to measure it;
 - ``small``: the tiny option (``--small-model``, SmolLM2) as shipped;
 - ``naive``: greedy continuation of the prefix (``mode: prefix``, no post-processing), cut at
   the first line break;
@@ -64,7 +61,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import quality_healing  # noqa: E402
 import quality_holes as holes_mod  # noqa: E402
 from quality_holes import KINDS, LANGUAGES, Hole  # noqa: E402
 from quality_llamavim import LlamaVimSystem  # noqa: E402
@@ -73,8 +69,7 @@ from quality_systems import LspSystem  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "quality.md"
-SYSTEMS = ("default", "nocontext", "withcontext", "context", "bare", "llama.cpp", "small", "naive", "healing",
-           "healing-word", "healing-off")
+SYSTEMS = ("default", "nocontext", "withcontext", "context", "bare", "llama.cpp", "small", "naive", "noheal")
 CONTEXT_TOKENS = 512  # the budget the context rows give code from other places
 FULL = {"holes": 20, "languages": LANGUAGES, "kinds": KINDS, "systems": ("default", "bare", "naive"), "options": {}}
 SMOKE = {"holes": 1, "languages": ("python", "cpp"), "kinds": KINDS, "systems": ("default",),
@@ -175,16 +170,15 @@ def build_systems(args: argparse.Namespace, log_dir: Path) -> list[Any]:
                                   "other files of the folder open", {"contextTokens": CONTEXT_TOKENS},
                                   context_count=args.context_files),
         "bare": lambda: server("bare", "the same model, plain prompt (mode auto), post-processing off",
-                               {"mode": "auto", "postprocess": False, "contextTokens": 0, **args.bare_options}),
+                               {"mode": "auto", "postprocess": False, "tokenHealing": False, "contextTokens": 0,
+                                **args.bare_options}),
         "llama.cpp": lambda: LlamaVimSystem("llama.cpp", "the same GGUF on llama.cpp with llama.vim's rules",
                                             _gguf(args), threads=args.threads),
         "small": lambda: server("small", f"the small model ({args.small_model}) as shipped", {},
                                 server_args=["--model", args.small_model, *args.server_arg]),
-        "healing": lambda: quality_healing.make("healing", model_name=args.model),
-        "healing-word": lambda: quality_healing.make("healing-word", model_name=args.model, word=True),
-        "healing-off": lambda: quality_healing.make("healing-off", model_name=args.model, heal=False),
+        "noheal": lambda: server("noheal", "the default row without token healing", {"tokenHealing": False}),
         "naive": lambda: server("naive", "greedy continuation of the prefix, cut at the first line break",
-                                {"mode": "prefix", "postprocess": False, "contextTokens": 0,
+                                {"mode": "prefix", "postprocess": False, "tokenHealing": False, "contextTokens": 0,
                                  "maxNewTokens": min(NAIVE_MAX_NEW_TOKENS, common.get("maxNewTokens", 64))},
                                 cut_first_line=True),
     }

@@ -119,6 +119,7 @@ class GenerationParams:
     stop_strings: tuple[str, ...] = ()  # text that ends it (not included in the result)
     deadline: float | None = None  # time.monotonic() after which generation stops
     speculate: int = 0  # tokens drafted by prompt lookup per verify call at most (8 is usual); 0: off
+    heal: str = ""  # token healing: text taken off the prompt's end that the first tokens must spell again
 
 
 @dataclass
@@ -149,11 +150,19 @@ REUSE_FRACTION = 0.25  # a slot serves a prompt that shares at least this much o
 class Engine:
     """One backend, one generation at a time (a lock makes concurrent callers wait).
 
+    Token healing (``GenerationParams.heal``, after guidance's ``token_healing``): the prompt
+    builder took the prompt's last tokens off (the word the cursor ends, where the prompt's
+    tokenization is one the model rarely saw: ``pre_tokeni``), and the first tokens generated are
+    the argmax among those that spell that text again, one that starts with what is left of it
+    or is a start of it; then plain greedy decoding. The text the caller sees starts after it.
+
     The backend's KV caches are slots, each holding one earlier prompt and its completion. A
     prompt goes to the slot with the longest common prefix when that covers at least
     ``REUSE_FRACTION`` of it (the same document, typed on), else to the least recently used slot
     (an empty one first), so that switching between documents or clients and back prefills only
     what changed (after llama.cpp's server, whose slots pick by prompt similarity)."""
+
+    heals = True  # constrains its first tokens (GenerationParams.heal); a remote server cannot
 
     def __init__(self, backend: Backend, tokenizer: Tokenizer, model_name: str = ""):
         self.backend = backend
@@ -203,10 +212,10 @@ class Engine:
         if early or budget <= 0:
             return Generation([], "", early or "context", len(prompt), reused, 0.0, 0.0)
         try:
-            first = self.backend.greedy_step(prompt[reused:])
+            first = self._first_token(prompt[reused:], params.heal, run)
             prefill_done = time.perf_counter()
-            if run.accept(first):
-                self._decode(prompt, first, budget - 1, run)
+            if first is not None and run.accept(first):
+                self._decode(prompt, first, budget - len(run.tokens), run)
             self._cached_ids = prompt + run.tokens[:run.fed]
         except BaseException:
             self._cached_ids = []  # the cache may hold a half-fed call: trust none of it
@@ -216,6 +225,25 @@ class Engine:
         return Generation(run.tokens, run.text, run.reason, len(prompt), reused,
                           (prefill_done - started) * 1e3, (finished - prefill_done) * 1e3,
                           drafted_tokens=run.drafted, accepted_draft_tokens=run.accepted_drafts)
+
+    def _first_token(self, feed: list[int], heal: str, run: _Run) -> int | None:
+        """The first token after the text ``heal`` is spelled: the prompt's argmax without
+        healing; with it, the constrained tokens that spell ``heal`` are given to ``run`` here,
+        and the one that completes it is returned (None when ``run`` stopped before)."""
+        if not heal:
+            return self.backend.greedy_step(feed)
+        remaining = heal
+        while True:
+            logits = self.backend.forward(feed)
+            choices = self.tokenizer.spelling_ids(remaining)
+            token = int(choices[np.argmax(logits[choices])])
+            piece = self.tokenizer.pieces[token]
+            if piece.startswith(remaining):
+                return token
+            remaining = remaining[len(piece):]
+            if not run.accept(token):
+                return None
+            feed = [token]
 
     def _decode(self, prompt: list[int], first: int, max_steps: int, run: _Run) -> None:
         """The tokens after ``first`` (at most ``max_steps``), each given to ``run.accept`` in
@@ -305,6 +333,7 @@ class TextEngine(Protocol):
 
     tokenizer: Tokenizer
     model_name: str
+    heals: bool  # honours GenerationParams.heal (build prompts with healing only then)
 
     @property
     def max_context(self) -> int: ...
@@ -354,6 +383,7 @@ class _Run:
         self.accepted_drafts = 0
         self.text = ""
         self.reason = "max_tokens"
+        self.heal = params.heal  # the generated text starts with it; the caller's text after it
 
     def interrupted(self) -> str | None:
         return interruption(self.params, self.cancel)
@@ -365,6 +395,10 @@ class _Run:
             return False
         self.tokens.append(token)
         text = self.tokenizer.decode(self.tokens)
+        if self.heal:
+            if not text.startswith(self.heal):  # still spelling what healing took off: no text yet
+                return self._within_budget()
+            text = text[len(self.heal):]
         cut = _stop_string_cut(text, self.params.stop_strings)
         if cut is not None:
             self.reason, self.text = "stop_string", text[:cut]
@@ -373,6 +407,10 @@ class _Run:
         if self.on_text is not None and not text.endswith("\ufffd") and not self._go_on(text):
             self.reason = "done"
             return False
+        return self._within_budget()
+
+    def _within_budget(self) -> bool:
+        """The budget, cancellation and the deadline after a token; True: it is fed on."""
         if len(self.tokens) >= self.budget:
             self.reason = "max_tokens" if self.budget == self.params.max_new_tokens else "context"
             return False

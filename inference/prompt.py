@@ -74,6 +74,7 @@ class Prompt:
     suffix_chars: int
     context_tokens: int = 0  # the leading ids that hold other files' code (the repository head)
     context_snippets: int = 0  # how many snippets of ``context`` made it into the prompt
+    heal: str = ""  # the text before the cursor taken off the ids, for the model to spell again
 
 
 # Choosing -------------------------------------------------------------------------------------
@@ -113,10 +114,11 @@ def language_name(language_id: str) -> str:
 # Completion prompts ---------------------------------------------------------------------------
 def build_prompt(prefix: str, suffix: str, tokenizer: Tokenizer, mode: str = "auto", budget: int = 1024,
                  file_name: str = "", language_id: str = "", context: RepoContext | None = None,
-                 context_budget: int = 512) -> Prompt:
+                 context_budget: int = 512, heal: bool = False) -> Prompt:
     """The prompt for completing at the cursor between ``prefix`` and ``suffix``, within
     ``budget`` tokens (template included); before it, in ``context_budget`` tokens of its own, the
-    repository head with the newest of ``context``'s snippets that fit (see ``repository_head``)."""
+    repository head with the newest of ``context``'s snippets that fit (see ``repository_head``).
+    With ``heal``, the word the cursor ends is taken off the ids (``Prompt.heal``, see ``back_off``)."""
     mode = choose_mode(tokenizer, mode)
     template = _TEMPLATES[mode]
     suffix = suffix if mode != "prefix" else ""
@@ -134,11 +136,49 @@ def build_prompt(prefix: str, suffix: str, tokenizer: Tokenizer, mode: str = "au
         if len(ids) <= budget:  # pieces can merge into other tokens at their joins: check, never assume
             break
         room -= len(ids) - budget
+    removed = ""
+    if heal:
+        end = ids.index(tokenizer.require(tokenizer.fim.suffix)) if mode == "fim" and tokenizer.fim else len(ids)
+        start, removed = back_off(tokenizer, ids, end, kept_prefix)
+        ids = ids[:start] + ids[end:]
     head, snippets = repository_head(tokenizer, mode, context, file_name, context_budget, (kept_prefix, kept_suffix))
     head_ids = list(_encode_head(tokenizer, tuple(head)))  # before a special token: never merges with the rest
     stops = () if language_id == "markdown" else ("```",)  # chat-tuned models close a code fence
     return Prompt(head_ids + ids, "".join(p.text for p in [*head, *pieces]), mode, stops, len(kept_prefix),
-                  len(kept_suffix), len(head_ids), snippets)
+                  len(kept_suffix), len(head_ids), snippets, removed)
+
+
+HEAL_TOKENS = 6  # the most tokens of a word taken off for healing
+
+
+def back_off(tokenizer: Tokenizer, ids: Sequence[int], end: int, prefix: str) -> tuple[int, str]:
+    """Where token healing cuts ``ids`` (the prefix's tokens end at ``end``) and the text it
+    takes off: the last token, and while what is taken spells word characters only, the one
+    before it too, up to the token where the word begins, its leading space included
+    (``#inclu`` is ``#``, ``incl``, ``u``: taking off the ``u`` alone leaves an ``incl`` that the
+    model never saw before ``ude``), at most ``HEAL_TOKENS``. Nothing when the cursor's line
+    holds only indentation (the model then writes what follows it; measured in
+    bench/results/quality.md), nor a token that holds a line break, a special token or part of a
+    character."""
+    line = prefix[prefix.rfind("\n") + 1:]
+    if not line.strip():
+        return end, ""
+    special = {tokenizer.require(t) for t in tokenizer.special_tokens}
+    start, removed = end, ""
+    while start > 0 and end - start < HEAL_TOKENS:
+        piece = tokenizer.pieces[ids[start - 1]]
+        if ids[start - 1] in special or not piece or "\n" in piece or "\ufffd" in piece:
+            break
+        start, removed = start - 1, piece + removed
+        if not _word(removed):  # the token where the word begins (its space too), or one not of a word
+            break
+    if not prefix.endswith(removed):  # the ids there are not the prefix's (cannot happen; never guess)
+        return end, ""
+    return start, removed
+
+
+def _word(text: str) -> bool:
+    return all(ch.isalnum() or ch == "_" for ch in text)
 
 
 def repository_head(tokenizer: Tokenizer, mode: str, context: RepoContext | None, file_name: str,

@@ -238,6 +238,8 @@ class RemoteEngine:
     """Generations from an inference server; one at a time, like ``Engine`` (the worker runs one
     job at a time anyway; the lock keeps a second caller from opening a second stream)."""
 
+    heals = False  # a server's sampler takes no constraint on the first tokens: no token healing
+
     def __init__(self, tokenizer: Tokenizer, endpoint: Endpoint, protocol: WireProtocol, info: ServerInfo,
                  context: int, timeout_s: float, headers: dict[str, str]):
         self.tokenizer = tokenizer
@@ -256,6 +258,8 @@ class RemoteEngine:
         """Greedy continuation of ``prompt_ids`` by the server, streamed through ``on_text`` (as
         ``Engine.generate``: False from it ends the generation as ``done`` and closes the stream)."""
         check_prompt(prompt_ids, self.max_context)
+        if params.heal:
+            raise ValueError("a remote engine cannot heal tokens (heals is False): build the prompt without healing")
         with self._lock:
             return self._generate(list(prompt_ids), params, cancel or CancelToken(), on_text)
 

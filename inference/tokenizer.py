@@ -9,7 +9,9 @@ tokens of the vocabulary's family (Qwen's ``<|fim_prefix|>`` … or StarCoder's 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
@@ -198,9 +201,38 @@ class Tokenizer:
         return frozenset({self.eos_id, *(self.require(name) for name in names)})
 
     @cached_property
+    def pieces(self) -> tuple[str, ...]:
+        """Each id's text alone (special tokens spelled out); decoded once, about a second for
+        Qwen's 151,646 tokens."""
+        return tuple(self.decode([i], skip_special=False) for i in range(self.vocab_size))
+
+    @cached_property
     def newline_ids(self) -> frozenset[int]:
         """Every token whose text holds a line break: the stop set of single-line completion."""
-        return frozenset(i for i in range(self.vocab_size) if "\n" in self.decode([i], skip_special=False))
+        return frozenset(i for i, piece in enumerate(self.pieces) if "\n" in piece)
+
+    def spelling_ids(self, text: str) -> np.ndarray:
+        """Ids of the plain-text tokens that can begin ``text`` (token healing's choices): those
+        whose text starts with ``text`` and those whose text is a start of it. Never a special
+        token, nor a token that is part of a character (its text is not text)."""
+        if not text:
+            raise ValueError("nothing to spell")
+        texts, ids, by_text = self._spelling_index
+        lo = bisect.bisect_left(texts, text)
+        hi = bisect.bisect_left(texts, text + "\U0010ffff")
+        starts = [by_text.get(text[:k], ()) for k in range(1, len(text))]
+        return np.fromiter(itertools.chain(ids[lo:hi], *starts), dtype=np.int64)
+
+    @cached_property
+    def _spelling_index(self) -> tuple[list[str], list[int], dict[str, tuple[int, ...]]]:
+        """The plain-text tokens sorted by text (a start's tokens are one range), and by text."""
+        special = {self.require(t) for t in self.special_tokens}
+        usable = sorted((piece, i) for i, piece in enumerate(self.pieces)
+                        if piece and i not in special and "\ufffd" not in piece)
+        by_text: dict[str, tuple[int, ...]] = {}
+        for piece, i in usable:
+            by_text[piece] = (*by_text.get(piece, ()), i)
+        return [piece for piece, _ in usable], [i for _, i in usable], by_text
 
     def save(self, path: str | Path) -> None:
         self.backend.save(str(path), pretty=False)

@@ -166,14 +166,15 @@ def run_model(engine: TextEngine, cursor: Cursor, kind: Kind, settings: Settings
     context_budget = min(settings.context_tokens, max(0, room - budget)) if context else 0  # the code first
     snippets = context.context(cursor.prefix, cursor.suffix) if context and context_budget else None
     file_name = context.path(cursor.uri) if context else cursor.file_name
+    heal = settings.token_healing and engine.heals  # a remote server cannot constrain its first tokens
     prompt = build_prompt(cursor.prefix, cursor.suffix, engine.tokenizer, settings.mode, budget,
-                          file_name, cursor.language_id, snippets, context_budget)
+                          file_name, cursor.language_id, snippets, context_budget, heal)
     prompt_ms = (time.perf_counter() - started) * 1e3
     if not prompt.ids:
         return ModelRun(None, prompt, None, prompt_ms)
     around = cursor.around
     params = GenerationParams(max_new_tokens=settings.max_new_tokens, stop_strings=prompt.stop_strings,
-                              speculate=settings.speculate)
+                              speculate=settings.speculate, heal=prompt.heal)
     time_limit = time.perf_counter() + settings.max_time_ms / 1000 if settings.max_time_ms else None
     out_of_time = False
 

@@ -124,6 +124,9 @@ class Settings:
                                "cache, for `wizardcoder-tpu stats` (nothing leaves the machine).")
     postprocess: bool = setting(True, "`false` shows the model's raw text, neither stopped early nor cut: for "
                                 "measuring what post-processing adds (`bench/quality.py`), not for everyday use.")
+    token_healing: bool = setting(True, "Take the word the cursor ends off the prompt and let the model's first "
+                                  "tokens spell it again, the best of those that fit: better suggestions inside a word "
+                                  "(`bench/results/quality.md`). Local engines only; `false` for measuring it.")
 
     @property
     def model_key(self) -> tuple[Any, ...]:

@@ -119,66 +119,18 @@ def test_merged_parts_pair_the_rows_hole_by_hole(tmp_path):
     assert "only default: other.py:1:4; only bare: –" in paired
 
 
-# Token healing (the prototype row) --------------------------------------------------------------
-def test_healing_backs_off_the_last_token_and_spells_it_again(qwen_model):
-    from quality_healing import allowed, back_off
-
-    from wizardcoder_tpu.inference.prompt import build_prompt
-    from wizardcoder_tpu.inference.weights import open_checkpoint
-
-    tok = open_checkpoint(qwen_model).tokenizer()
-    pieces = [tok.decode([i], skip_special=False) for i in range(tok.vocab_size)]
-    special = frozenset(i for i, p in enumerate(pieces) if p in tok.special_tokens)
-    prompt = build_prompt("BertPreTokenizer = pre_tokeni", "\nByteLevel = 1\n", tok, "fim", 256)
-    ids, removed = back_off(prompt.ids, tok.require(tok.fim.suffix), special, pieces)
-    assert len(ids) == len(prompt.ids) - 1 and removed and "pre_tokeni".endswith(removed)
-    assert tok.decode(ids, skip_special=False) == prompt.text.replace(f"pre_tokeni{tok.fim.suffix}",
-                                                                      "pre_tokeni"[:-len(removed)] + tok.fim.suffix)
-    choices = {pieces[i] for i in allowed(removed, pieces, special)}
-    assert removed in choices and all(p.startswith(removed) or removed.startswith(p) for p in choices)
-    assert not choices & tok.special_tokens
-    indent = {pieces[i] for i in allowed("    ", pieces, special)}
-    assert {"   ", " ", "    ", "        "} <= indent  # a start of the indentation, or more of it
-    word_ids, word = back_off(prompt.ids, tok.require(tok.fim.suffix), special, pieces, word=True)
-    assert word == " pre_tokeni" and len(word_ids) < len(ids)  # the whole word the cursor ends, its space too
-    empty = build_prompt("", "x = 1\n", tok, "fim", 256)
-    assert back_off(empty.ids, tok.require(tok.fim.suffix), special, pieces) == (empty.ids, "")
-
-
-# llama.vim's rules ------------------------------------------------------------------------------
-def test_llama_vim_local_context_and_indent_stop():
-    hole = _hole("def f(x):\n    if x:\n        \n    return 0\n", 2, 8, "return 1", kind="block")
-    context = local_context(hole)
-    assert (context.prefix, context.middle, context.indent) == ("def f(x):\n    if x:\n", "", 0)
-    assert context.suffix == "\n    return 0\n\n"
-    line = _hole("def f(x):\n    y = \n    return y\n", 1, 8, "x")
-    assert (local_context(line).middle, local_context(line).indent) == ("    y = ", 4)
-    assert indent_stop("a\n    b\n  c", 4) == 10  # the dedented line is cut where its text begins
-    assert indent_stop("a\n    b\n   ", 4) is None  # a line that has not begun yet
-    assert indent_stop("a\n\n    b", 4) == 2  # llama-server stops at an empty line too
-    assert indent_stop("a\nb", 0) is None
-
-
-def test_llama_vim_render_trims_and_discards():
-    block = _hole("def f(x):\n    if x:\n        \n    return 0\n", 2, 8, "return 1", kind="block")
-    assert render("        return 1\n\n", block, local_context(block)) == ("return 1", False)
-    assert render("    return 1", block, local_context(block)) == ("return 1", True)  # re-indents the line
-    assert render("    return 0", block, local_context(block)) == ("", False)  # repeats the next line
-    line = _hole("def f(x):\n    y = \n    return y\n", 1, 8, "x")
-    assert render("x\n    return y", line, local_context(line)) == ("x\n    return y", False)
-    assert render("\n    return y", line, local_context(line)) == ("", False)
-
-
 # The real server --------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_smoke_run_asks_the_real_server(tmp_path):
     """``--smoke`` (four holes, short answers) through the default row and the bare one, both
-    without other files' code (``contextTokens: 0``); about a minute on an idle machine. The bare
+    without other files' code (``contextTokens: 0``) and token healing (tested in
+    test_token_healing.py); about a minute on an idle machine. The bare
     row (``postprocess: false``) then gets the same greedy prompt, so each default answer is the
     bare answer post-processed (what bench/quality_replay.py relies on to tune post-processing
     offline)."""
     report, details = tmp_path / "quality.md", tmp_path / "details.jsonl"
-    run = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--smoke", "--systems", "default,bare", "--option", "contextTokens=0",
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py"), "--smoke", "--systems", "default,bare",
+                          "--option", "contextTokens=0", "--option", "tokenHealing=false",
                           "--output", str(report), "--details", str(details)],
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -65,6 +65,8 @@ export interface ServerSettings {
   statistics: boolean;
   /** `false` shows the model's raw text, neither stopped early nor cut: for measuring what post-processing adds (`bench/quality.py`), not for everyday use. */
   postprocess: boolean;
+  /** Take the word the cursor ends off the prompt and let the model's first tokens spell it again, the best of those that fit: better suggestions inside a word (`bench/results/quality.md`). Local engines only; `false` for measuring it. */
+  tokenHealing: boolean;
 }
 
 /** What the server accepts of each setting; readServerSettings keeps to it. */
@@ -94,6 +96,7 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "prefetch", kind: "boolean" },
   { key: "statistics", kind: "boolean" },
   { key: "postprocess", kind: "boolean" },
+  { key: "tokenHealing", kind: "boolean" },
 ];
 
 export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
@@ -122,6 +125,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   prefetch: true,
   statistics: true,
   postprocess: true,
+  tokenHealing: true,
 });
 
 export const DEFAULT_SERVER_COMMAND: readonly string[] = Object.freeze(["wizardcoder-tpu", "serve", "--stdio"]);

@@ -112,6 +112,10 @@ local server_settings = {
   -- `false` shows the model's raw text, neither stopped early nor cut: for measuring what post-
   -- processing adds (`bench/quality.py`), not for everyday use. A boolean.
   postprocess = true,
+  -- Take the word the cursor ends off the prompt and let the model's first tokens spell it again,
+  -- the best of those that fit: better suggestions inside a word (`bench/results/quality.md`).
+  -- Local engines only; `false` for measuring it. A boolean.
+  tokenHealing = true,
 }
 
 --- The values a setting may take, where the server names them.
