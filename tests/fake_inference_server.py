@@ -29,6 +29,7 @@ whose client went away while the server was still writing.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,6 +62,9 @@ class FakeInferenceServer:
 
             def setup(self) -> None:
                 super().setup()
+                # As real servers do (uvicorn, llama.cpp's cpp-httplib): without it Nagle's algorithm holds
+                # each event behind the client's delayed ACK of the last, 40 ms, on a kept-alive connection.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self.served = 0  # requests answered on this connection
                 self.chunked = False
                 with owner.lock:
