@@ -5,7 +5,8 @@ server's, not llama-cpp-python's, so their end-to-end test needs that server. It
 llama.cpp that llama-cpp-python's sdist vendors (``vendor/llama.cpp``): the same engine version as
 the wheel of ``bench/llama_cpp_wheel.py``, from a file pinned by its sha256, with the same AMX
 kernels off (they crash on this project's CPUs). Only the ``llama-server`` target is built, linked
-statically (one file to keep), niced, on two jobs. The binary is cached under
+statically (one file to keep), niced, on two jobs; an interrupted build resumes where it
+stopped. The binary is cached under
 ``~/.cache/wizardcoder-tpu/llama-server/`` keyed by the sdist's sha256 and the CMake flags: later
 runs, and other checkouts, find it at once.
 
@@ -16,6 +17,7 @@ kept beside it in ``build.json``).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -24,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,40 +78,52 @@ def _sdist(work: Path, local: Path | None) -> Path:
 
 
 def build_server(local_sdist: Path | None = None) -> Path:
-    """The cached binary, built (in a private folder renamed into place) if absent."""
+    """The cached binary, built if absent. The build folder is kept when a build is interrupted
+    (on a loaded two-core machine it takes most of an hour), so that the next run resumes it; a
+    lock keeps a second build of the same key waiting until the first is done."""
     binary = cached_server()
     if binary is not None:
         return binary
     folder = cache_folder()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    work = folder.parent / f".{folder.name}.build"
+    with (folder.parent / f".{folder.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        binary = cached_server()
+        if binary is not None:
+            return binary
         started = time.monotonic()
-        sdist = _sdist(work, local_sdist)
-        with tarfile.open(sdist) as archive:
-            archive.extractall(work / "src", filter="data")
-        source = next((work / "src").glob("*/vendor/llama.cpp"))
+        work.mkdir(exist_ok=True)
+        source = next(work.glob("src/*/vendor/llama.cpp"), None)
+        resumed = source is not None
+        if source is None:
+            sdist = _sdist(work, local_sdist)
+            with tarfile.open(sdist) as archive:
+                archive.extractall(work / "src", filter="data")
+            sdist.unlink()
+            source = next(work.glob("src/*/vendor/llama.cpp"))
         build = work / "build"
         nice = ["nice", "-n", "10"]
-        subprocess.run([*nice, "cmake", "-S", str(source), "-B", str(build), "-G", "Ninja", *CMAKE_FLAGS], check=True)
+        if not (build / "build.ninja").exists():
+            subprocess.run([*nice, "cmake", "-S", str(source), "-B", str(build), "-G", "Ninja", *CMAKE_FLAGS],
+                           check=True)
         subprocess.run([*nice, "cmake", "--build", str(build), "--target", "llama-server", "-j", str(JOBS)],
                        check=True)
         seconds = time.monotonic() - started
         used = resource.getrusage(resource.RUSAGE_CHILDREN)  # the compilers' CPU time: what load does not change
-        result = work / "out"
+        result = folder.parent / f".{folder.name}.out"
+        shutil.rmtree(result, ignore_errors=True)
         result.mkdir()
         shutil.copy2(build / "bin" / "llama-server", result / "llama-server")
         (result / "build.json").write_text(json.dumps(
-            {"sdist": sdist.name, "sha256": SDIST_SHA256, "flags": CMAKE_FLAGS, "jobs": JOBS,
-             "seconds": round(seconds), "cpu_seconds": round(used.ru_utime + used.ru_stime), "cpus": os.cpu_count(),
-             "load": os.getloadavg()}, indent=1) + "\n")
-        try:
-            os.rename(result, folder)
-        except OSError:
-            if cached_server() is None:
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            {"sdist": f"llama_cpp_python-{VERSION}.tar.gz", "sha256": SDIST_SHA256, "flags": CMAKE_FLAGS,
+             "jobs": JOBS, "resumed": resumed, "seconds": round(seconds),
+             "cpu_seconds": round(used.ru_utime + used.ru_stime), "cpus": os.cpu_count(), "load": os.getloadavg()},
+            indent=1) + "\n")
+        os.rename(result, folder)
+    shutil.rmtree(work.resolve(), ignore_errors=True)
+    if work.is_symlink():
+        work.unlink()
     binary = cached_server()
     assert binary is not None, f"the build left no llama-server in {folder}"
     return binary

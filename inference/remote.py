@@ -24,7 +24,7 @@ this file):
 - ``llama.cpp-infill``: llama.cpp's own FIM endpoint, ``POST /infill``, for a fill-in-the-middle
   prompt (``input_prefix``, ``input_suffix``, the repository head's snippets as ``input_extra``
   chunks), taken apart from our prompt's ids; the server then builds the FIM prompt itself (its
-  ``format_infill``), with its own names in the repository head (``myproject``, ``filename``)
+  ``format_prompt_infill``), with its own names in the repository head (``myproject``, ``filename``)
   and its own cut of the chunks to its context. Prompts of other modes go to ``/completion``
   as ids. ``LlamaCppInfillProtocol`` says what that changes.
 - ``openai``: ``POST /v1/completions`` with the prompt as text (special tokens spelled out; the
@@ -214,12 +214,13 @@ class LlamaCppInfillProtocol(LlamaCppProtocol):
     """llama.cpp's server, ``/infill`` for FIM prompts (``/completion`` with ids for the rest).
 
     What the server does with the parts, and so how its prompt differs from ours (llama.cpp's
-    ``format_infill``): for a vocabulary with repository tokens (Qwen2.5-Coder's) it always
+    ``format_prompt_infill``): for a vocabulary with repository tokens (Qwen2.5-Coder's) it always
     writes a repository head, ``<|repo_name|>myproject\\n``, the chunks as
     ``<|file_sep|>{filename}\\n{text}``, then ``<|file_sep|>filename\\n``, even with no chunk (our
     prompt then has no head at all); it tokenizes each part on its own; it keeps the prefix's
     last ``3/4 n_batch`` and the suffix's first ``n_batch/4 - 2`` tokens, and of the chunks
-    what fits ``n_ctx - n_batch - 2 n_predict``. So the completion is the model's answer to the
+    what fits a slot's ``n_ctx - n_batch - 2 n_predict`` (the server's ``--n-predict``, not the
+    request's). So the completion is the model's answer to the
     server's prompt, not to ours; ``llama.cpp`` (ids to ``/completion``) runs ours exactly.
     ``tests/test_remote_llama_cpp_server.py`` holds both to the local engine on the prompt each
     one runs.

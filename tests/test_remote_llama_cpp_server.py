@@ -111,7 +111,7 @@ def _prompt(tokenizer, prefix: str, suffix: str, context):
 
 
 def _llama_cpp_head(tokenizer) -> list[int]:
-    """The repository head llama.cpp's format_infill writes when there is no chunk."""
+    """The repository head llama.cpp's format_prompt_infill writes when there is no chunk."""
     fim = tokenizer.fim
     return [tokenizer.require(fim.repo_name), *tokenizer.encode("myproject\n"),
             tokenizer.require(fim.file_sep), *tokenizer.encode("filename\n")]
