@@ -11,6 +11,9 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from fake_inference_server import MODEL_ID, PIECES, FakeInferenceServer
 from raw_lsp import RawClient, free_port
@@ -454,4 +457,38 @@ def test_the_infill_protocol_sends_the_parts_of_our_fim_prompt(fake, qwen_tokeni
     engine.generate(plain.ids, GenerationParams(max_new_tokens=8))
     assert fake.requests[-1]["path"] == "/completion" and fake.requests[-1]["body"]["prompt"] == plain.ids
     assert "t_max_predict_ms" not in fake.requests[-1]["body"]
+
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(qwen_tokenizer_source):
+    from wizardcoder_tpu.inference.tokenizer import Tokenizer
+
+    return Tokenizer.from_file(qwen_tokenizer_source)
+
+
+CODE_TEXT = st.lists(st.sampled_from(list("abc xyz_():\n\t\"'{}é😀") + ["<|fim_prefix|>", "<|file_sep|>", "<|im_end|>"]),
+                     max_size=40).map("".join)
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(prefix=CODE_TEXT, suffix=CODE_TEXT, snippet=CODE_TEXT)
+def test_infill_parts_give_back_the_text_our_fim_prompt_was_built_from(qwen_tokenizer, prefix, suffix, snippet):
+    """Whatever the user typed (special-token spellings, tabs, emoji), taking our FIM prompt apart
+    gives back the prefix, suffix and snippet it holds, as text: what /infill needs."""
+    from wizardcoder_tpu.inference.context import RepoContext, Snippet
+    from wizardcoder_tpu.inference.prompt import build_prompt
+    from wizardcoder_tpu.inference.remote import infill_parts
+
+    tokenizer = qwen_tokenizer
+    context = RepoContext("proj", (Snippet("lib/x.py", snippet),)) if snippet.strip() else None
+    prompt = build_prompt(prefix, suffix, tokenizer, "fim", 1024, file_name="a.py", context=context)
+    parts = infill_parts(prompt.ids, tokenizer)
+    assert parts is not None
+    assert parts.prefix == prefix[len(prefix) - prompt.prefix_chars:] and parts.suffix == suffix[:prompt.suffix_chars]
+    if prompt.context_snippets:
+        assert parts.extra == (("lib/x.py", snippet if snippet.endswith("\n") else snippet + "\n"),)
+    else:
+        assert parts.extra == ()
+    assert infill_parts(build_prompt(prefix, suffix, tokenizer, "prefix", 1024).ids, tokenizer) is None
 
