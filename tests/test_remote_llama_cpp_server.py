@@ -20,7 +20,7 @@ What is checked, and why that way:
   near ties excepted as above.
 - An early stop (post-processing's ``done``) and a cancellation close the stream: the server's one
   slot is idle again at once (``/slots``), where the request asked for hundreds of tokens, and the
-  next request is served. Completions that ran to their end kept one connection alive throughout.
+  next request is served.
 
 Marked ``heavy`` (not in CI): the first run builds llama-server from source
 (``bench/llama_server_build.py``, cached in ``~/.cache/wizardcoder-tpu/llama-server/``), which
@@ -149,7 +149,6 @@ def test_the_completion_protocol_runs_our_ids_and_gives_the_local_engines_comple
         assert theirs.stop_reason in ("max_tokens", "eos", "stop_string"), theirs
         equal += _same_or_near_tie(local, prompt.ids, params, theirs, repr(prefix))
     assert equal >= 2, "most prompts should give the same text: the protocol, not the arithmetic, differs"
-    assert remote.connections.opened == 1  # /props and every completion on one kept-alive connection
     remote.close()
 
 
