@@ -31,9 +31,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="cpu: threads; 0 = one per physical core (default)")
     p.add_argument("--endpoint", metavar="URL", help="remote: the inference server's base URL (https://..., or "
                    "http:// on loopback), e.g. http://127.0.0.1:8080 for llama.cpp's server")
-    p.add_argument("--remote-protocol", choices=("openai", "llama.cpp"),
-                   help="remote: openai (/v1/completions: vLLM, TGI, llama-cpp-python, llama.cpp; the default) or "
-                        "llama.cpp (/completion with token ids)")
+    p.add_argument("--remote-protocol", choices=("openai", "llama.cpp", "llama.cpp-infill"),
+                   help="remote: openai (/v1/completions: vLLM, TGI, llama-cpp-python, llama.cpp; the default), "
+                        "llama.cpp (/completion with token ids) or llama.cpp-infill (/infill: the server builds "
+                        "the FIM prompt)")
     p.add_argument("--remote-model", metavar="NAME", help="remote, openai: the served model's name (default: the "
                    "first that /v1/models lists)")
     p.add_argument("--api-key-env", metavar="NAME", help="remote: read the server's API key from this environment "

@@ -15,6 +15,16 @@ Secrets: ``ApiKey`` never shows its value (``repr``, ``str``, error messages); i
 the ``Authorization`` header of requests to the endpoint. Redirects are not followed (a redirect
 would carry the header elsewhere), and a URL with a user or password in it is refused (URLs are
 logged). ``http://`` is refused unless the host is loopback or the operator allowed it.
+
+Connections (``Connections``): HTTP/1.1 keep-alive where the server allows it, so that a
+keystroke's request does not pay a TCP connect (and, over TLS, a handshake: the case of a GPU
+host across the network). A response read to its end leaves its connection idle for the next
+request. A stream closed early (post-processing has decided, a newer keystroke cancelled it)
+must close its connection: that is the only way to tell the server to stop generating; a
+replacement is then opened in the background, so the next request still finds one connected.
+An idle connection the server has meanwhile closed (keep-alive timeouts are seconds) is noticed
+before use, and a request that fails on a reused connection before any answer is sent once more
+on a fresh one (the server never started it: these requests are safe to repeat).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import http.client
 import ipaddress
 import json
 import os
+import select
 import socket
 import ssl
 import threading
@@ -39,6 +50,8 @@ from .errors import RemoteError
 MAX_EVENT_BYTES = 1 << 20  # one server-sent event (or one line of it) at most: beyond it the stream is not one
 MAX_BODY_BYTES = 1 << 20  # a JSON answer, or the start of an error body, at most
 WATCH_EVERY_S = 0.02  # how often the watchdog looks at the cancel token and the clock
+DRAIN_S = 0.5  # after its final event, how long a stream may take to end before its connection is dropped
+DRAIN_EVENTS = 8  # and how many more events it may send (OpenAI's usage chunk, [DONE])
 
 
 def is_loopback(host: str) -> bool:
@@ -141,6 +154,10 @@ class _Watchdog:
     def alive(self) -> None:
         self._last = time.monotonic()
 
+    def limit(self, seconds: float) -> None:
+        """From now on wait at most ``seconds`` for the next event (the end of a finished stream)."""
+        self._timeout, self._last = min(self._timeout, seconds), time.monotonic()
+
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
@@ -162,33 +179,135 @@ class _Watchdog:
                 return
 
 
-@contextlib.contextmanager
-def _exchange(endpoint: Endpoint, timeout_s: float, cancel: Any | None) -> Iterator[tuple[http.client.HTTPConnection, _Watchdog]]:
-    """A connected connection and its watchdog, both ended on exit."""
+def _connect(endpoint: Endpoint, timeout_s: float) -> http.client.HTTPConnection:
+    """A new connection to ``endpoint``, connected (TLS included); each failure a RemoteError."""
     if endpoint.scheme == "https":
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
             endpoint.host, endpoint.port, timeout=timeout_s, context=ssl.create_default_context())
     else:
         conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout_s)
     try:
-        try:
-            conn.connect()
-        except ssl.SSLError as exc:
-            raise RemoteError(f"{endpoint}: TLS failed ({exc.reason or exc})") from None
-        except (TimeoutError, socket.timeout):
-            raise RemoteError(f"{endpoint}: no connection within {timeout_s:g} s") from None
-        except ConnectionRefusedError:
-            raise RemoteError(f"{endpoint}: connection refused (is the inference server running?)") from None
-        except OSError as exc:
-            raise RemoteError(f"{endpoint}: cannot connect ({exc.strerror or exc})") from None
-        assert conn.sock is not None
-        watchdog = _Watchdog(conn.sock, timeout_s, cancel)
-        try:
-            yield conn, watchdog
-        finally:
-            watchdog.stop()
-    finally:
+        conn.connect()
+    except ssl.SSLError as exc:
         conn.close()
+        raise RemoteError(f"{endpoint}: TLS failed ({exc.reason or exc})") from None
+    except (TimeoutError, socket.timeout):
+        conn.close()
+        raise RemoteError(f"{endpoint}: no connection within {timeout_s:g} s") from None
+    except ConnectionRefusedError:
+        conn.close()
+        raise RemoteError(f"{endpoint}: connection refused (is the inference server running?)") from None
+    except OSError as exc:
+        conn.close()
+        raise RemoteError(f"{endpoint}: cannot connect ({exc.strerror or exc})") from None
+    return conn
+
+
+def _stale(conn: http.client.HTTPConnection) -> bool:
+    """An idle connection that cannot carry a request: closed here, or readable while idle (the
+    server closed its end, or sent what no request asked for)."""
+    if conn.sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([conn.sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class Connections:
+    """The connections to one endpoint: at most one idle, kept for the next request (see the
+    module's docstring). Thread-safe; ``opened`` counts the connections made (for tests and
+    bench/remote_overhead.py)."""
+
+    def __init__(self, endpoint: Endpoint, timeout_s: float):
+        self.endpoint, self.timeout_s = endpoint, timeout_s
+        self.opened = 0
+        self._idle: http.client.HTTPConnection | None = None
+        self._opening = False  # a replacement is being connected in the background
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def take(self, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection for one request (``fresh``: a new one), and whether it was idle before (a
+        reused or spare one, which the server may have closed meanwhile)."""
+        conn = None
+        if not fresh:
+            with self._lock:
+                conn, self._idle = self._idle, None
+        if conn is not None:
+            if not _stale(conn):
+                return conn, True
+            conn.close()
+        conn = _connect(self.endpoint, self.timeout_s)
+        with self._lock:
+            self.opened += 1
+        return conn, False
+
+    def keep(self, conn: http.client.HTTPConnection) -> None:
+        """``conn``'s answer was read to its end and the server keeps it open: the next request's."""
+        with self._lock:
+            if self._idle is None and not self._closed:
+                self._idle, conn = conn, None
+        if conn is not None:
+            conn.close()
+
+    def discard(self, conn: http.client.HTTPConnection, replace: bool = False) -> None:
+        """Close ``conn``; with ``replace``, connect the next request's in the background."""
+        conn.close()
+        with self._lock:
+            if not replace or self._closed or self._idle is not None or self._opening:
+                return
+            self._opening = True
+        threading.Thread(target=self._open_spare, name="wizardcoder-remote-connect", daemon=True).start()
+
+    def _open_spare(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        try:
+            conn = _connect(self.endpoint, self.timeout_s)
+        except RemoteError:
+            pass  # the next request connects itself and says why it cannot
+        with self._lock:
+            self._opening = False
+            if conn is not None:
+                self.opened += 1
+                if self._idle is None and not self._closed:
+                    self._idle, conn = conn, None
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._idle = self._idle, None
+        if conn is not None:
+            conn.close()
+
+
+class _Exchange:
+    """One request on a connection from ``Connections``, with its watchdog; ``end`` keeps the
+    connection when its answer was read to the end and the server keeps it open, else closes it
+    (a stream left early: the server stops generating) and has a replacement connected."""
+
+    def __init__(self, connections: Connections, cancel: Any | None, fresh: bool = False):
+        self.connections = connections
+        self.conn, self.reused = connections.take(fresh)
+        assert self.conn.sock is not None
+        self.watchdog = _Watchdog(self.conn.sock, connections.timeout_s, cancel)
+        self.response: http.client.HTTPResponse | None = None
+
+    def end(self) -> None:
+        self.watchdog.stop()
+        response = self.response
+        if (response is not None and response.isclosed() and not response.will_close
+                and self.watchdog.reason is None):
+            self.connections.keep(self.conn)
+        else:  # left before its end, failed, or the server closes it: the next request gets a new one
+            self.connections.discard(self.conn, replace=True)
+
+
+class _Retry(Exception):
+    """A reused connection failed before any answer: the request goes once more on a fresh one."""
 
 
 def _failure(endpoint: Endpoint, watchdog: _Watchdog, timeout_s: float, what: str, exc: BaseException | None) -> RemoteError:
@@ -199,21 +318,53 @@ def _failure(endpoint: Endpoint, watchdog: _Watchdog, timeout_s: float, what: st
     return RemoteError(f"{endpoint}: the connection broke {what}{detail}")
 
 
-def _request(conn: http.client.HTTPConnection, watchdog: _Watchdog, endpoint: Endpoint, timeout_s: float, method: str,
-             path: str, body: bytes | None, headers: dict[str, str], accept: str) -> http.client.HTTPResponse:
+def _request(exchange: _Exchange, method: str, path: str, body: bytes | None, headers: dict[str, str],
+             accept: str) -> http.client.HTTPResponse:
     """Send, read the status line and headers; an error status becomes RemoteError."""
+    endpoint, timeout_s = exchange.connections.endpoint, exchange.connections.timeout_s
     all_headers = {"Accept": accept, "User-Agent": "wizardcoder-tpu", **headers}
     if body is not None:
         all_headers["Content-Type"] = "application/json"
     try:
-        conn.request(method, endpoint.base_path + path, body=body, headers=all_headers)
-        response = conn.getresponse()
+        exchange.conn.request(method, endpoint.base_path + path, body=body, headers=all_headers)
+        response = exchange.conn.getresponse()
     except (OSError, http.client.HTTPException) as exc:
-        raise _failure(endpoint, watchdog, timeout_s, "before the answer's headers", exc) from None
+        if exchange.reused and exchange.watchdog.reason is None and isinstance(
+                exc, (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)):
+            raise _Retry() from None
+        raise _failure(endpoint, exchange.watchdog, timeout_s, "before the answer's headers", exc) from None
+    exchange.response = response
     if response.status >= 300:
         raise RemoteError(f"{endpoint}{path} answered {response.status} {response.reason}: "
                           f"{_error_detail(response)}{_hint(response.status)}")
     return response
+
+
+def _sent(exchange: _Exchange, method: str, path: str, body: bytes | None, headers: dict[str, str],
+          accept: str) -> http.client.HTTPResponse:
+    """``_request``, the exchange ended when it fails."""
+    try:
+        return _request(exchange, method, path, body, headers, accept)
+    except BaseException:
+        exchange.end()
+        raise
+
+
+@contextlib.contextmanager
+def _answer(connections: Connections, cancel: Any | None, method: str, path: str, body: bytes | None,
+            headers: dict[str, str], accept: str) -> Iterator[tuple[_Exchange, http.client.HTTPResponse]]:
+    """The exchange and its answer's headers (sent once more on a fresh connection when a reused
+    one turned out closed); on exit the connection is kept or closed (``_Exchange.end``)."""
+    exchange = _Exchange(connections, cancel)
+    try:
+        response = _sent(exchange, method, path, body, headers, accept)
+    except _Retry:
+        exchange = _Exchange(connections, cancel, fresh=True)
+        response = _sent(exchange, method, path, body, headers, accept)
+    try:
+        yield exchange, response
+    finally:
+        exchange.end()
 
 
 def _error_detail(response: http.client.HTTPResponse) -> str:
@@ -244,16 +395,16 @@ def _hint(status: int) -> str:
     return ""
 
 
-def get_json(endpoint: Endpoint, path: str, headers: dict[str, str], timeout_s: float) -> Any:
-    """``GET`` a JSON document of at most ``MAX_BODY_BYTES``, within ``timeout_s`` overall."""
-    with _exchange(endpoint, timeout_s, None) as (conn, watchdog):
-        response = _request(conn, watchdog, endpoint, timeout_s, "GET", path, None, headers, "application/json")
+def get_json(connections: Connections, path: str, headers: dict[str, str]) -> Any:
+    """``GET`` a JSON document of at most ``MAX_BODY_BYTES``, within the timeout overall."""
+    endpoint, timeout_s = connections.endpoint, connections.timeout_s
+    with _answer(connections, None, "GET", path, None, headers, "application/json") as (exchange, response):
         try:
             raw = response.read(MAX_BODY_BYTES + 1)
         except (OSError, http.client.HTTPException) as exc:
-            raise _failure(endpoint, watchdog, timeout_s, "while reading the answer", exc) from None
-        if watchdog.reason is not None:
-            raise _failure(endpoint, watchdog, timeout_s, "while reading the answer", None)
+            raise _failure(endpoint, exchange.watchdog, timeout_s, "while reading the answer", exc) from None
+        if exchange.watchdog.reason is not None:
+            raise _failure(endpoint, exchange.watchdog, timeout_s, "while reading the answer", None)
     if len(raw) > MAX_BODY_BYTES:
         raise RemoteError(f"{endpoint}{path}: the answer is larger than {MAX_BODY_BYTES} bytes")
     try:
@@ -262,35 +413,75 @@ def get_json(endpoint: Endpoint, path: str, headers: dict[str, str], timeout_s: 
         raise RemoteError(f"{endpoint}{path} answered malformed JSON ({exc}): {raw[:120]!r}") from None
 
 
-def post_events(endpoint: Endpoint, path: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float,
-                cancel: Any | None) -> Iterator[dict[str, Any]]:
-    """``POST`` ``body`` as JSON and yield the JSON object of each server-sent event's data, until
-    ``[DONE]`` or the end of the stream. Close the generator to close the connection (that is how
-    a caller stops the server's generation early). A set ``cancel`` ends the iteration quietly
-    (the caller knows it cancelled); everything else that goes wrong raises RemoteError."""
-    with _exchange(endpoint, timeout_s, cancel) as (conn, watchdog):
-        payload = json.dumps(body).encode("utf-8")
+class EventStream:
+    """The JSON object of each server-sent event of one ``POST``, as they come (iterate it), until
+    ``[DONE]`` or the end of the stream. ``close`` before the end closes the connection: that is
+    how a caller stops the server's generation early. ``finish``, once the caller has its final
+    event, reads what the server still sends (OpenAI's ``[DONE]``, the end of a chunked body) for
+    at most ``DRAIN_S``, so that the connection can carry the next request. A set ``cancel`` ends
+    the iteration quietly (the caller knows it cancelled); everything else that goes wrong raises
+    RemoteError."""
+
+    def __init__(self, connections: Connections, path: str, body: dict[str, Any], headers: dict[str, str],
+                 cancel: Any | None):
+        self._exchange: _Exchange | None = None
+        self._events = self._read(connections, path, json.dumps(body).encode("utf-8"), headers, cancel)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._events
+
+    def finish(self) -> None:
+        if self._exchange is not None:
+            self._exchange.watchdog.limit(DRAIN_S)
+        with contextlib.suppress(RemoteError):
+            for _ in zip(range(DRAIN_EVENTS), self._events):
+                pass
+        self.close()
+
+    def close(self) -> None:
+        self._events.close()
+
+    def _read(self, connections: Connections, path: str, payload: bytes, headers: dict[str, str],
+              cancel: Any | None) -> Iterator[dict[str, Any]]:
+        endpoint, timeout_s = connections.endpoint, connections.timeout_s
         try:
-            response = _request(conn, watchdog, endpoint, timeout_s, "POST", path, payload, headers, "text/event-stream")
+            with _answer(connections, cancel, "POST", path, payload, headers, "text/event-stream") as (exchange, response):
+                self._exchange = exchange
+                content_type = response.getheader("Content-Type", "")
+                if not content_type.startswith("text/event-stream"):
+                    raise RemoteError(f"{endpoint}{path} answered {content_type or 'no Content-Type'}, not an event "
+                                      f"stream (text/event-stream): {_error_detail(response)}")
+                for data in _event_data(response, exchange.watchdog, endpoint, timeout_s):
+                    if data.strip() == "[DONE]":
+                        _read_to_end(response)
+                        return
+                    try:
+                        event = json.loads(data)
+                    except ValueError as exc:
+                        raise RemoteError(f"{endpoint}{path}: an event's data is not JSON ({exc}): "
+                                          f"{data[:120]!r}") from None
+                    if not isinstance(event, dict):
+                        raise RemoteError(f"{endpoint}{path}: an event's data is not a JSON object: {data[:120]!r}")
+                    exchange.watchdog.alive()
+                    yield event
         except RemoteError:
-            if watchdog.reason == "cancelled":
+            if cancel is not None and cancel.cancelled:
                 return
             raise
-        content_type = response.getheader("Content-Type", "")
-        if not content_type.startswith("text/event-stream"):
-            raise RemoteError(f"{endpoint}{path} answered {content_type or 'no Content-Type'}, not an event stream "
-                              f"(text/event-stream): {_error_detail(response)}")
-        for data in _event_data(response, watchdog, endpoint, timeout_s):
-            if data.strip() == "[DONE]":
-                return
-            try:
-                event = json.loads(data)
-            except ValueError as exc:
-                raise RemoteError(f"{endpoint}{path}: an event's data is not JSON ({exc}): {data[:120]!r}") from None
-            if not isinstance(event, dict):
-                raise RemoteError(f"{endpoint}{path}: an event's data is not a JSON object: {data[:120]!r}")
-            watchdog.alive()
-            yield event
+
+
+def post_events(connections: Connections, path: str, body: dict[str, Any], headers: dict[str, str],
+                cancel: Any | None) -> EventStream:
+    """``POST`` ``body`` as JSON, read as server-sent events (``EventStream``); nothing is sent
+    before the first event is asked for."""
+    return EventStream(connections, path, body, headers, cancel)
+
+
+def _read_to_end(response: http.client.HTTPResponse) -> None:
+    """What follows ``[DONE]`` (nothing, or the end of a chunked body), so that the connection
+    can carry the next request; a server that sends more loses the connection instead."""
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        response.read(MAX_EVENT_BYTES)
 
 
 def _event_data(response: http.client.HTTPResponse, watchdog: _Watchdog, endpoint: Endpoint,

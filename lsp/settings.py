@@ -70,7 +70,9 @@ class Settings:
                             "(`https://…`; `http://` only on loopback unless the server runs with `--allow-http`); "
                             "the user's settings only, never a workspace's.", workspace=False)
     remote_protocol: str = setting("openai", "With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, "
-                                   "llama-cpp-python, llama.cpp) or `llama.cpp` (`/completion` with token ids).",
+                                   "llama-cpp-python, llama.cpp), `llama.cpp` (`/completion` with our token ids) or "
+                                   "`llama.cpp-infill` (`/infill`: llama.cpp builds the FIM prompt from the prefix, "
+                                   "suffix and context chunks).",
                                    choices=PROTOCOLS)
     remote_model: str = setting("auto", "With `remoteProtocol: openai`: the served model's name; `auto` takes the "
                                 "first that `/v1/models` lists.")

@@ -12,7 +12,14 @@ says what the next completion request gets:
 - ``broken_sse``: an event whose data is not JSON;
 - ``not_sse``: 200 with an HTML body;
 - ``cut``: one piece, then the connection closes without a final event;
-- ``error_event``: one piece, then ``{"error": …}`` as data (how vLLM reports a failure mid-stream).
+- ``error_event``: one piece, then ``{"error": …}`` as data (how vLLM reports a failure mid-stream);
+- ``close_reused``: on a connection that served a request before, the connection closes without
+  an answer (a keep-alive timeout that struck as the request was sent); on a new one, ``ok``.
+
+Streams that end (``ok``, ``many``, ``close_reused``) keep their connection open afterwards
+(chunked, HTTP/1.1 keep-alive) unless ``keep_alive`` is False, as real servers do; with
+``close_idle`` the server closes it just after the answer instead (a keep-alive timeout of zero),
+without saying so. ``connections`` counts the connections accepted.
 
 ``/v1/models`` answers a model list, or malformed JSON when ``models_behaviour`` is ``malformed``.
 ``requests`` keeps each request's path, headers and JSON body; ``closed_early`` counts streams
@@ -22,6 +29,7 @@ whose client went away while the server was still writing.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,7 +47,11 @@ class FakeInferenceServer:
         self.many_pieces = 16
         self.requests: list[dict[str, Any]] = []
         self.closed_early = 0
+        self.keep_alive = True
+        self.close_idle = False
+        self.connections = 0
         self.stop = threading.Event()  # ends the stalls when the test is over
+        self.lock = threading.Lock()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,8 +60,19 @@ class FakeInferenceServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                # As real servers do (uvicorn, llama.cpp's cpp-httplib): without it Nagle's algorithm holds
+                # each event behind the client's delayed ACK of the last, 40 ms, on a kept-alive connection.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.served = 0  # requests answered on this connection
+                self.chunked = False
+                with owner.lock:
+                    owner.connections += 1
+
             def do_GET(self) -> None:
                 owner.requests.append({"path": self.path, "headers": dict(self.headers)})
+                self.served += 1
                 if owner.models_behaviour == "malformed":
                     self._send(200, "application/json", b"{oops")
                 else:
@@ -59,6 +82,7 @@ class FakeInferenceServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                self.served += 1
                 getattr(self, f"_{owner.behaviour}")()
 
             def _send(self, status: int, content_type: str, data: bytes) -> None:
@@ -67,36 +91,58 @@ class FakeInferenceServer:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                self.close_connection = self.close_connection or owner.close_idle
 
-            def _start_stream(self) -> None:
+            def _start_stream(self, keep_alive: bool = False) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
-                self.send_header("Connection", "close")
+                self.chunked = keep_alive and owner.keep_alive
+                if self.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
-                self.close_connection = True
+
+            def _write(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n" if self.chunked else data)
+                self.wfile.flush()
+
+            def _end_stream(self) -> None:
+                if self.chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                    self.close_connection = owner.close_idle
 
             def _event(self, data: Any) -> None:
                 text = data if isinstance(data, str) else json.dumps(data)
-                self.wfile.write(f"data: {text}\n\n".encode())
-                self.wfile.flush()
+                self._write(f"data: {text}\n\n".encode())
 
             def _piece(self, text: str, finish: str | None = None) -> None:
                 self._event({"id": "c", "object": "text_completion", "model": MODEL_ID,
                              "choices": [{"index": 0, "text": text, "finish_reason": finish}]})
 
             def _ok(self) -> None:
-                self._start_stream()
+                self._start_stream(keep_alive=True)
                 for piece in PIECES:
                     self._piece(piece)
                 self._piece("", "length")
                 self._event("[DONE]")
+                self._end_stream()
 
             def _many(self) -> None:
-                self._start_stream()
+                self._start_stream(keep_alive=True)
                 for _ in range(owner.many_pieces):
                     self._piece(" x")
                 self._piece("", "length")
                 self._event("[DONE]")
+                self._end_stream()
+
+            def _close_reused(self) -> None:
+                if self.served > 1:
+                    self.close_connection = True
+                    return
+                self._ok()
 
             def _endless(self) -> None:
                 self._start_stream()

@@ -11,6 +11,9 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from fake_inference_server import MODEL_ID, PIECES, FakeInferenceServer
 from raw_lsp import RawClient, free_port
@@ -341,3 +344,150 @@ def test_https_checks_the_certificate_streams_and_cancels(certificate, tokenizer
         assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
     finally:
         fake.close()
+
+
+# Connections kept alive -----------------------------------------------------------------------
+def test_a_stream_read_to_its_end_leaves_its_connection_for_the_next_request(fake, engine):
+    """The model list and three completions, one connection: no request after the first pays a connect."""
+    for _ in range(3):
+        assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
+    assert fake.connections == 1 and engine.connections.opened == 1
+
+
+def test_an_early_stop_closes_its_connection_and_the_next_request_finds_a_spare(fake, engine):
+    fake.behaviour = "endless"
+    result = engine.generate(PROMPT, GenerationParams(max_new_tokens=4096), on_text=lambda text: len(text) < 10)
+    assert result.stop_reason == "done"
+    _wait_for(lambda: fake.closed_early == 1, "the server to see the client leave")
+    _wait_for(lambda: engine.connections.opened == 2, "the spare connection")
+    fake.behaviour = "ok"
+    assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
+    assert fake.connections == 2  # the spare served it: no connect while the request waited
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_used(fake, engine):
+    fake.close_idle = True  # the server drops each connection after its answer, without saying so
+    for _ in range(3):
+        assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
+    assert fake.connections == 3  # the model list's served the first, a new one each of the others
+
+
+def test_a_request_on_a_reused_connection_that_the_server_drops_is_sent_again_once(fake, engine):
+    fake.behaviour = "close_reused"  # the first request on a connection is answered, a later one dropped
+    assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
+    posts = [r for r in fake.requests if r["path"] == "/v1/completions"]
+    assert len(posts) == 2  # the dropped one on the model list's connection, then on a fresh one
+
+
+def test_a_server_that_does_not_keep_connections_gets_a_new_one_each_time(fake, engine):
+    fake.keep_alive = False
+    for _ in range(3):
+        assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
+    assert fake.connections >= 3  # the model list's, which served the first, then one each (spares may add one)
+
+
+def test_close_drops_the_kept_connection(fake, engine):
+    engine.generate(PROMPT, GenerationParams(max_new_tokens=8))
+    engine.close()
+    assert engine.connections._idle is None
+
+
+# llama.cpp's /infill --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def qwen_tokenizer_source(qwen_model, tmp_path_factory) -> str:
+    """Qwen2.5-Coder's tokenizer (FIM and repository tokens) as a tokenizer.json."""
+    from wizardcoder_tpu.inference.remote import tokenizer_source
+
+    path = tmp_path_factory.mktemp("qwen-tokenizer") / "tokenizer.json"
+    tokenizer_source(qwen_model)[0].save(path)
+    return str(path)
+
+
+def _llama_cpp_fake(fake) -> None:
+    """The fake answers /props and llama.cpp's stream format at any POST path."""
+    import json
+
+    def props(handler):
+        handler._send(200, "application/json", json.dumps({"default_generation_settings": {"n_ctx": 2048},
+                                                             "model_path": "/m/qwen.gguf"}).encode())
+
+    def completion(handler):
+        handler._start_stream(keep_alive=True)
+        handler._event({"content": "    return", "tokens": [11, 12], "stop": False})
+        handler._event({"content": "", "stop": True, "stop_type": "limit", "timings": {"cache_n": 0}})
+        handler._end_stream()
+
+    handler_class = fake.httpd.RequestHandlerClass
+    handler_class.do_GET = lambda self: props(self)
+    handler_class._llama = lambda self: completion(self)
+    fake.behaviour = "llama"
+
+
+def test_the_infill_protocol_sends_the_parts_of_our_fim_prompt(fake, qwen_tokenizer_source):
+    from wizardcoder_tpu.inference.context import RepoContext, Snippet
+    from wizardcoder_tpu.inference.prompt import build_prompt
+
+    _llama_cpp_fake(fake)
+    engine = load_engine(qwen_tokenizer_source, "remote", remote=RemoteConfig(fake.url, "llama.cpp-infill"))
+    tokenizer = engine.tokenizer
+    context = RepoContext("proj", (Snippet("util.py", "def sub(a, b):\n    return a - b"),
+                                   Snippet("b.py", "X = '<|file_sep|>'\n")))
+    prefix, suffix = "import util\n\ndef add(a, b):\n", "\n\nprint(add(1, 2))\n"
+    prompt = build_prompt(prefix, suffix, tokenizer, "fim", 1024, file_name="a.py", context=context)
+    assert prompt.context_snippets == 2
+    deadline = time.monotonic() + 2
+    result = engine.generate(prompt.ids, GenerationParams(max_new_tokens=8, stop_strings=prompt.stop_strings,
+                                                          deadline=deadline))
+    assert (result.text, result.stop_reason, result.token_ids) == ("    return", "max_tokens", [11, 12])
+    request = fake.requests[-1]
+    body = request["body"]
+    assert request["path"] == "/infill"
+    assert (body["input_prefix"], body["input_suffix"]) == (prefix, suffix)
+    assert body["input_extra"] == [{"filename": "util.py", "text": "def sub(a, b):\n    return a - b\n"},
+                                   {"filename": "b.py", "text": "X = '<|file_sep|>'\n"}]  # typed text stays text
+    assert body["n_predict"] == 8 and body["cache_prompt"] is True and body["stream"] is True
+    assert body["stop"] == ["```"] and body["temperature"] == 0 and "n_indent" not in body
+    assert 0 < body["t_max_predict_ms"] <= 2000
+
+    bare = build_prompt(prefix, suffix, tokenizer, "fim", 1024)  # no repository head: no chunks
+    engine.generate(bare.ids, GenerationParams(max_new_tokens=8))
+    assert fake.requests[-1]["body"]["input_extra"] == [] and fake.requests[-1]["body"]["input_prefix"] == prefix
+    plain = build_prompt(prefix, suffix, tokenizer, "prefix", 1024)  # not FIM: llama.cpp's /completion, our ids
+    engine.generate(plain.ids, GenerationParams(max_new_tokens=8))
+    assert fake.requests[-1]["path"] == "/completion" and fake.requests[-1]["body"]["prompt"] == plain.ids
+    assert "t_max_predict_ms" not in fake.requests[-1]["body"]
+
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(qwen_tokenizer_source):
+    from wizardcoder_tpu.inference.tokenizer import Tokenizer
+
+    return Tokenizer.from_file(qwen_tokenizer_source)
+
+
+CODE_TEXT = st.lists(st.sampled_from(list("abc xyz_():\n\t\"'{}é😀") + ["<|fim_prefix|>", "<|file_sep|>", "<|im_end|>"]),
+                     max_size=40).map("".join)
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(prefix=CODE_TEXT, suffix=CODE_TEXT, snippet=CODE_TEXT)
+def test_infill_parts_give_back_the_text_our_fim_prompt_was_built_from(qwen_tokenizer, prefix, suffix, snippet):
+    """Whatever the user typed (special-token spellings, tabs, emoji), taking our FIM prompt apart
+    gives back the prefix, suffix and snippet it holds, as text: what /infill needs."""
+    from wizardcoder_tpu.inference.context import RepoContext, Snippet
+    from wizardcoder_tpu.inference.prompt import build_prompt
+    from wizardcoder_tpu.inference.remote import infill_parts
+
+    tokenizer = qwen_tokenizer
+    context = RepoContext("proj", (Snippet("lib/x.py", snippet),)) if snippet.strip() else None
+    prompt = build_prompt(prefix, suffix, tokenizer, "fim", 1024, file_name="a.py", context=context)
+    parts = infill_parts(prompt.ids, tokenizer)
+    assert parts is not None
+    assert parts.prefix == prefix[len(prefix) - prompt.prefix_chars:] and parts.suffix == suffix[:prompt.suffix_chars]
+    if prompt.context_snippets:
+        assert parts.extra == (("lib/x.py", snippet if snippet.endswith("\n") else snippet + "\n"),)
+    else:
+        assert parts.extra == ()
+    assert infill_parts(build_prompt(prefix, suffix, tokenizer, "prefix", 1024).ids, tokenizer) is None
+

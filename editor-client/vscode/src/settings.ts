@@ -23,8 +23,8 @@ export interface ServerSettings {
   fallbackToCpu: boolean;
   /** With `backend: remote`: the inference server's base URL (`https://…`; `http://` only on loopback unless the server runs with `--allow-http`); the user's settings only, never a workspace's. */
   endpoint: string;
-  /** With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, llama-cpp-python, llama.cpp) or `llama.cpp` (`/completion` with token ids). */
-  remoteProtocol: "openai" | "llama.cpp";
+  /** With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, llama-cpp-python, llama.cpp), `llama.cpp` (`/completion` with our token ids) or `llama.cpp-infill` (`/infill`: llama.cpp builds the FIM prompt from the prefix, suffix and context chunks). */
+  remoteProtocol: "openai" | "llama.cpp" | "llama.cpp-infill";
   /** With `remoteProtocol: openai`: the served model's name; `auto` takes the first that `/v1/models` lists. */
   remoteModel: string;
   /** With `backend: remote`: how long the server may take to connect, to start the completion, or between two of its pieces, before the request fails. */
@@ -75,7 +75,7 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "backend", kind: "string", choices: ["cpu", "tpu", "remote"] },
   { key: "fallbackToCpu", kind: "boolean" },
   { key: "endpoint", kind: "string" },
-  { key: "remoteProtocol", kind: "string", choices: ["openai", "llama.cpp"] },
+  { key: "remoteProtocol", kind: "string", choices: ["openai", "llama.cpp", "llama.cpp-infill"] },
   { key: "remoteModel", kind: "string" },
   { key: "remoteTimeoutMs", kind: "integer", minimum: 100, maximum: 600000 },
   { key: "weights", kind: "string", choices: ["auto", "int8", "int4", "f32"] },

@@ -41,8 +41,10 @@ local server_settings = {
   -- loopback unless the server runs with `--allow-http`); the user's settings only, never a
   -- workspace's. A non-empty string.
   endpoint = 'http://127.0.0.1:8080',
-  -- With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, llama-cpp-python, llama.cpp) or
-  -- `llama.cpp` (`/completion` with token ids). One of 'openai', 'llama.cpp'.
+  -- With `backend: remote`: `openai` (`/v1/completions`: vLLM, TGI, llama-cpp-python, llama.cpp),
+  -- `llama.cpp` (`/completion` with our token ids) or `llama.cpp-infill` (`/infill`: llama.cpp
+  -- builds the FIM prompt from the prefix, suffix and context chunks). One of 'openai',
+  -- 'llama.cpp', 'llama.cpp-infill'.
   remoteProtocol = 'openai',
   -- With `remoteProtocol: openai`: the served model's name; `auto` takes the first that
   -- `/v1/models` lists. A non-empty string.
@@ -121,7 +123,7 @@ local server_settings = {
 --- The values a setting may take, where the server names them.
 local setting_choices = {
   backend = { 'cpu', 'tpu', 'remote' },
-  remoteProtocol = { 'openai', 'llama.cpp' },
+  remoteProtocol = { 'openai', 'llama.cpp', 'llama.cpp-infill' },
   weights = { 'auto', 'int8', 'int4', 'f32' },
   mode = { 'auto', 'fim', 'instruct', 'prefix' },
   trigger = { 'automatic', 'manual' },
