@@ -4,7 +4,7 @@ The decisions, in the order the completion path takes them:
 
 1. ``completion_kind``: the rest of the cursor's line decides (as Tabby's ``isLineEnd`` and
    llm-ls' ``should_complete`` do): nothing after the cursor → ``multi``-line; text after it →
-   ``single``-line (stop at the newline); the cursor inside a word → no completion.
+   ``single``-line (stop at the newline).
 2. ``postprocess``: in multi-line mode stop at a line that dedents below the cursor's block, at a
    line that repeats the next line of the file (at any indentation), give nothing when the
    cursor's line completed is that next line, and before a closing bracket that the text after
@@ -63,17 +63,10 @@ class Processed:
 
 
 # 1. Single or multi-line ------------------------------------------------------------------------
-def completion_kind(around: Surroundings) -> Kind | None:
-    rest = around.line_suffix.strip()
-    if not rest:
-        return MULTI
-    if _is_word_char(around.line_prefix[-1:]) and _is_word_char(rest[0]) and not around.line_suffix[0].isspace():
-        return None  # in the middle of an identifier: the user is editing, not writing
-    return SINGLE
-
-
-def _is_word_char(ch: str) -> bool:
-    return bool(ch) and (ch.isalnum() or ch == "_")
+def completion_kind(around: Surroundings) -> Kind:
+    """Whether an automatic request in the middle of a word runs at all is ``lsp/trigger.py``'s
+    rule; a suggestion the user asks for there is a single line."""
+    return SINGLE if around.line_suffix.strip() else MULTI
 
 
 # 2. Post-processing -----------------------------------------------------------------------------

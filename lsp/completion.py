@@ -1,6 +1,6 @@
 """The completion path, readable in one place (after llm-ls' ``get_completions``):
 
-    find the document → should_complete → the cache → supersede older requests → debounce
+    find the document → the trigger rules → the cache → supersede older requests → debounce
       → [worker thread: build_prompt → engine.generate (ended by the stream check) → postprocess]
       → cache
 
@@ -91,9 +91,7 @@ async def complete(workspace: Workspace, uri: str, position: types.Position, *, 
     if not trigger.shows_cached(settings, asked):
         log.info("request %s: no automatic completion: the last edit deleted text", request_id)
         return None
-    kind = should_complete(cursor)
-    if kind is None:
-        return None
+    kind = completion_kind(cursor.around)
 
     def model_job(at: Cursor, at_kind: Kind, label: str) -> Callable[[CancelToken], Processed | None]:
         def job(token: CancelToken) -> Processed | None:  # worker thread
@@ -137,15 +135,6 @@ async def complete(workspace: Workspace, uri: str, position: types.Position, *, 
         return None
     tag = cache.store(uri, cursor.prefix, cursor.suffix, result)
     return shown(Completion(cursor, result, "model", tag))
-
-
-def should_complete(cursor: Cursor) -> Kind | None:
-    """Single-line, multi-line, or no completion here (and why not, in the log). Which files and
-    languages are completed at all is ``trigger.excluded``'s one rule, checked before."""
-    kind = completion_kind(cursor.around)
-    if kind is None:
-        log.info("no completion: the cursor is in the middle of a word")
-    return kind
 
 
 async def debounce(debounce_ms: int, last_change: float) -> None:

@@ -91,9 +91,7 @@ class Prefetcher:
         if trigger.model_refusal(settings, trigger.Request(True, target.prefix, target.suffix, False)) is not None:
             return None
         there = replace(cursor, prefix=target.prefix, suffix=target.suffix)  # its own ``around``, computed once
-        kind: Kind | None = completion_kind(there.around)
-        if kind is None:
-            return None
+        kind: Kind = completion_kind(there.around)
         self.cancel()
         token = CancelToken()
         future = worker.submit(lambda cancel: run(there, kind, cancel), token, LABEL)

@@ -34,8 +34,8 @@ def shown(prefix: str, suffix: str, raw: str) -> str | None:
     ("    for (int i = 0; ", ") {\n", SINGLE),  # C: the loop header goes on after the cursor
     ("const ids = items.map(", ");\n", SINGLE),  # JS
     ("x ", "= 1\n", SINGLE),
-    ("total = comp", "ute(x)\n", None),  # inside an identifier: the user is editing, not writing
-    ("let valu", "e = 1;", None),
+    ("total = comp", "ute(x)\n", SINGLE),  # inside a word: only when asked for (lsp/trigger.py)
+    ("let valu", "e = 1;", SINGLE),
 ])
 def test_the_rest_of_the_line_decides_single_or_multi_line(prefix, suffix, kind):
     assert completion_kind(Surroundings.of(prefix, suffix)) == kind
