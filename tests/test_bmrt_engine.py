@@ -573,16 +573,16 @@ def test_speculative_decoding_on_the_device_gives_the_plain_greedy_tokens():
     prompts = speculation_prompts()
     got = run_scenario("speculation", timeout=900, bmodel=str(bmodel), prompts=prompts, new_tokens=SPEC_TOKENS,
                        speculate=SPECULATE)
-    for ids, run in zip(prompts, got["runs"]):
+    for run in got["runs"]:
         plain, fast = run["0"], run[str(SPECULATE)]
-        assert fast["tokens"] == plain["tokens"], (ids, run)
+        assert fast["tokens"] == plain["tokens"], run
         assert plain["verifies"] == 0 and len(plain["tokens"]) == SPEC_TOKENS
+        assert fast["verifies"] > 0 and fast["drafted"] > 0, run  # the prompt repeats: drafts were checked
     drafted = sum(r[str(SPECULATE)]["drafted"] for r in got["runs"])
     accepted = sum(r[str(SPECULATE)]["accepted"] for r in got["runs"])
     verifies = sum(r[str(SPECULATE)]["verifies"] for r in got["runs"])
     print(f"\n{len(prompts)} prompts: {accepted} of {drafted} drafted tokens accepted in {verifies} verify calls")
-    assert verifies > 0 and 0 < accepted < drafted  # both outcomes happened
-    plain = got["runs"][0]["0"]["tokens"]
+    plain = got["plain_of_first"]
     assert got["accepted_draft"] == plain[1:6]
     assert got["verify_call"] == {"chunks": 1, "decodes": 0, "block_rows": CHUNK_LEN, "bytes_from_device": 5 * 4}
     assert got["rejected_draft"][0] == plain[1]

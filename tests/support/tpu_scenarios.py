@@ -153,8 +153,11 @@ def speculation(bmodel: str, prompts: list[list[int]], new_tokens: int, speculat
     backend = TPUBackend(bmodel, devices=[0])
     engine = Engine(backend, IdsTokenizer())
     out: dict = {"runs": []}
-    for ids in prompts:
-        run = {}
+    plain_of = [engine.generate(ids, GenerationParams(max_new_tokens=new_tokens)).token_ids for ids in prompts]
+    # The prompt, its plain continuation, the prompt again: the drafter copies that continuation
+    # (whether the model, at the new positions, accepts it or not), so every run verifies drafts.
+    for ids in [p + c + p for p, c in zip(prompts, plain_of)]:
+        run = {"prompt": ids}
         for k in (0, speculate):
             engine.reset()
             before = backend.stats
@@ -165,8 +168,8 @@ def speculation(bmodel: str, prompts: list[list[int]], new_tokens: int, speculat
                            "decodes": after.decodes - before.decodes, "launches": after.launches - before.launches}
         out["runs"].append(run)
 
-    ids = prompts[0]
-    plain = out["runs"][0]["0"]["tokens"]
+    ids, plain = prompts[0], plain_of[0]
+    out["plain_of_first"] = plain
     backend.truncate(0)
     backend.greedy_step(ids)
     before = backend.stats
