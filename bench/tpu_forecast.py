@@ -347,7 +347,8 @@ def report(measured: dict[str, Measured], split: tuple[Path, float] | None) -> s
         "docs/tpu-tools.md gives the configuration.",
         "",
         "The effective speed with speculative verification (accepted draft tokens per verify call, issue 16",
-        "item 5) is not in this report: the TPU backend's verify call and `bench/tpu_cmodel.py` are not built yet.",
+        "item 5) is not in this report yet: the TPU backend's verify call (`Engine.verify`) and `bench/tpu_cmodel.py`,",
+        "which counts accepted drafts per verify call on the simulator, are built; a real model's counts are not run yet.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -63,13 +63,26 @@ class EngineStats:
     @property
     def decodes(self) -> int: ...
     @property
+    def verifies(self) -> int: ...
+    @property
     def launches(self) -> int: ...
+    @property
+    def bytes_to_device(self) -> int:
+        """Bytes copied host -> device (inputs, masks) since the engine opened."""
+    @property
+    def bytes_from_device(self) -> int:
+        """Bytes copied device -> host (token ids, logits)."""
+    @property
+    def bytes_on_device(self) -> int:
+        """Bytes copied device -> device (KV rows into the cache, the head's input row)."""
 
 class Engine:
     def __init__(self, bmodel: str, devices: Sequence[int] = []) -> None:
         """Open ``devices`` (empty: 0 .. the bmodel's device count - 1), load ``bmodel``, check
         its nets, allocate the device buffers."""
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Free the device. From another thread during ``generate``: that call raises DeviceError
+        before its next step."""
     @property
     def closed(self) -> bool: ...
     @property
@@ -100,6 +113,9 @@ class Engine:
     def truncate(self, length: int) -> None: ...
     def feed_greedy(self, ids: Sequence[int]) -> int:
         """Append ``ids`` to the cache; the greedy next token (top-1 on the device)."""
+    def verify(self, ids: Sequence[int]) -> list[int]:
+        """Append all of ``ids``; the greedy token after each (``[i]`` follows ``ids[:i + 1]``), in one
+        pass of the smallest chunk set that holds them, then the top-1 head once per row."""
     def feed_logits(self, ids: Sequence[int]) -> bytes:
         """Append ``ids``; the last position's logits as float32 bytes."""
     def generate(self, first: int, max_steps: int, stop_ids: Sequence[int] = [],

@@ -93,7 +93,11 @@ void register_engine(py::module_& m) {
       .def_readonly("prefills", &wct::EngineStats::prefills)
       .def_readonly("chunks", &wct::EngineStats::chunks)
       .def_readonly("decodes", &wct::EngineStats::decodes)
-      .def_readonly("launches", &wct::EngineStats::launches);
+      .def_readonly("verifies", &wct::EngineStats::verifies)
+      .def_readonly("launches", &wct::EngineStats::launches)
+      .def_readonly("bytes_to_device", &wct::EngineStats::bytes_to_device)
+      .def_readonly("bytes_from_device", &wct::EngineStats::bytes_from_device)
+      .def_readonly("bytes_on_device", &wct::EngineStats::bytes_on_device);
 
   py::class_<wct::Engine>(m, "Engine")
       .def(py::init([](const std::string& bmodel, const std::vector<int>& devices) {
@@ -114,6 +118,7 @@ void register_engine(py::module_& m) {
       .def_property_readonly("stats", &wct::Engine::stats)
       .def("truncate", &wct::Engine::truncate, py::arg("length"))
       .def("feed_greedy", &wct::Engine::feed_greedy, py::arg("ids"), py::call_guard<py::gil_scoped_release>())
+      .def("verify", &wct::Engine::verify, py::arg("ids"), py::call_guard<py::gil_scoped_release>())
       .def("feed_logits", [](wct::Engine& e, const std::vector<int>& ids) {
              std::vector<float> logits;
              {

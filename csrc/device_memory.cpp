@@ -29,17 +29,20 @@ void DeviceMemory::write(const Buf& dst, const void* src, size_t bytes) {
   bm_status_t status = api_.bm_memcpy_s2d_partial_offset(handles_[dst.dev], dst.mem, const_cast<void*>(src),
                                                          static_cast<unsigned int>(bytes), 0);
   if (status != BM_SUCCESS) throw DeviceError("host-to-device copy failed (" + std::to_string(status) + ")");
+  traffic_.to_device += static_cast<int64_t>(bytes);
 }
 
 void DeviceMemory::read(void* dst, const Buf& src, size_t bytes) {
   bm_status_t status =
       api_.bm_memcpy_d2s_partial_offset(handles_[src.dev], dst, src.mem, static_cast<unsigned int>(bytes), 0);
   if (status != BM_SUCCESS) throw DeviceError("device-to-host copy failed (" + std::to_string(status) + ")");
+  traffic_.from_device += static_cast<int64_t>(bytes);
 }
 
 void DeviceMemory::copy(const Buf& dst, size_t dst_offset, const Buf& src, size_t src_offset, size_t bytes) {
   bm_status_t status = api_.bm_memcpy_d2d_byte(handles_[dst.dev], dst.mem, dst_offset, src.mem, src_offset, bytes);
   if (status != BM_SUCCESS) throw DeviceError("device-to-device copy failed (" + std::to_string(status) + ")");
+  traffic_.on_device += static_cast<int64_t>(bytes);
 }
 
 }  // namespace wct

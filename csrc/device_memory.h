@@ -5,11 +5,20 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "bmrt_api.h"
 
 namespace wct {
+
+// Bytes moved by the copies below since the engine opened: what crosses the host-device link per
+// token (bench/tpu_cmodel.py counts it) and what stays on the device.
+struct Traffic {
+  int64_t to_device = 0;    // host -> device (inputs, masks)
+  int64_t from_device = 0;  // device -> host (token ids, logits)
+  int64_t on_device = 0;    // device -> device (KV rows into the cache, the head's input row)
+};
 
 struct Buf {
   int dev = 0;  // index into the engine's device handles
@@ -33,10 +42,13 @@ class DeviceMemory {
   void read(void* dst, const Buf& src, size_t bytes);
   void copy(const Buf& dst, size_t dst_offset, const Buf& src, size_t src_offset, size_t bytes);
 
+  const Traffic& traffic() const { return traffic_; }
+
  private:
   const Api& api_;
   const std::vector<bm_handle_t>& handles_;
   std::vector<Buf> owned_;
+  Traffic traffic_;
 };
 
 }  // namespace wct

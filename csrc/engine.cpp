@@ -69,12 +69,14 @@ Engine::~Engine() {
 }
 
 void Engine::close() {
+  closing_.store(true);
   cancel_.store(true);
   std::lock_guard<std::timed_mutex> lock(mutex_);
   release();
 }
 
 void Engine::close_at_exit() {
+  closing_.store(true);
   cancel_.store(true);
   std::unique_lock<std::timed_mutex> lock(mutex_, std::chrono::seconds(2));
   if (lock.owns_lock()) release();
@@ -308,13 +310,18 @@ void Engine::decode(int token) {
   stats_.tokens_fed += 1;
 }
 
-void Engine::feed(const std::vector<int>& ids) {
+void Engine::check_ids(const std::vector<int>& ids) const {
   const int n = static_cast<int>(ids.size());
   if (n == 0) throw Error("feed needs at least one token");
   if (length_ + n > contract_.seq_len)
     throw Error(std::to_string(length_ + n) + " positions exceed the bmodel's context of " + std::to_string(contract_.seq_len));
   for (int id : ids)
     if (id < 0 || (contract_.vocab > 0 && id >= contract_.vocab)) throw Error("token id " + std::to_string(id) + " is out of range");
+}
+
+void Engine::feed(const std::vector<int>& ids) {
+  check_ids(ids);
+  const int n = static_cast<int>(ids.size());
   int done = 0;
   for (const FeedCall& call : plan_feed(length_, n, contract_.seq_len, chunk_rows())) {
     const int take = std::min(call.rows, n - done);
@@ -449,6 +456,45 @@ std::vector<float> Engine::feed_logits(const std::vector<int>& ids) {
   });
 }
 
+std::vector<int> Engine::verify(const std::vector<int>& ids) {
+  std::lock_guard<std::timed_mutex> lock(mutex_);
+  require_open();
+  check_ids(ids);
+  const int n = static_cast<int>(ids.size());
+  const ChunkSet* set = nullptr;  // the smallest that holds the draft (chunks are ascending)
+  for (const ChunkSet& s : contract_.chunks)
+    if (s.rows >= n) {
+      set = &s;
+      break;
+    }
+  return guarded(length_, [&] {
+    std::vector<int> tokens;
+    if (n == 1 || set == nullptr) {
+      for (int id : ids) {
+        decode(id);
+        tokens.push_back(head_token());
+      }
+    } else {
+      chunk(ids.data(), n, *set);
+      for (int row = 0; row < n; ++row) {
+        last_row_ = row;
+        tokens.push_back(head_token());
+      }
+    }
+    stats_.verifies++;
+    return tokens;
+  });
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s = stats_;
+  const Traffic& t = memory_.traffic();
+  s.bytes_to_device = t.to_device;
+  s.bytes_from_device = t.from_device;
+  s.bytes_on_device = t.on_device;
+  return s;
+}
+
 GenerateResult Engine::generate(int first, int max_steps, const std::vector<int>& stop_ids,
                                 const std::function<bool(int)>& on_token) {
   std::lock_guard<std::timed_mutex> lock(mutex_);
@@ -461,6 +507,11 @@ GenerateResult Engine::generate(int first, int max_steps, const std::vector<int>
     if (step >= max_steps) {
       result.reason = StopReason::MaxSteps;
       break;
+    }
+    if (closing_.load()) {  // close() from another thread: the device is going away under this request
+      length_ = 0;
+      throw DeviceError("the TPU device was closed during the generation, after " +
+                        std::to_string(result.tokens.size()) + " token(s)");
     }
     if (cancel_.load()) {
       result.reason = StopReason::Cancelled;

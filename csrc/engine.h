@@ -53,7 +53,10 @@ struct EngineStats {
   int64_t tokens_fed = 0;  // real tokens run through the blocks
   int64_t block_rows = 0;  // positions the block nets computed, padding included (what a call costs)
   int64_t prefills = 0, chunks = 0, decodes = 0;
+  int64_t verifies = 0;  // verify() calls
   int64_t launches = 0;
+  // device_memory.h's Traffic: host -> device, device -> host, device -> device
+  int64_t bytes_to_device = 0, bytes_from_device = 0, bytes_on_device = 0;
 };
 
 class Engine {
@@ -67,7 +70,9 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Frees device memory, the runtime and the device handles. Idempotent; later calls throw.
+  // Frees device memory, the runtime and the device handles. Idempotent; later calls throw. From
+  // another thread while generate() runs: that generation stops before its next step with a
+  // DeviceError (the device went away under it), then the handles are freed.
   void close();
   // At process exit: like close(), but gives up after a moment if another thread holds the engine
   // (a Python thread stuck after interpreter shutdown must not hang the exit).
@@ -91,6 +96,12 @@ class Engine {
   int feed_greedy(const std::vector<int>& ids);
   std::vector<float> feed_logits(const std::vector<int>& ids);
 
+  // Append all of `ids` and return the greedy token after each of them ([i] follows ids[..i]): a
+  // draft checked in one pass. Through the smallest chunk set that holds them all (one launch per
+  // layer over its rows), then the lm_head once per row (4 bytes back each); one decode step per
+  // token where no chunk set is big enough.
+  std::vector<int> verify(const std::vector<int>& ids);
+
   // Feed `first`, then each greedy token, up to `max_steps` decode steps. After each step the
   // token goes to `on_token` (false = stop), then a token in `stop_ids` stops; `cancel()` from any
   // thread stops before the next step. The loop does no Python: the binding releases the GIL.
@@ -98,7 +109,7 @@ class Engine {
                           const std::function<bool(int)>& on_token);
   void cancel() { cancel_.store(true); }  // lock-free: callable while generate() runs
 
-  EngineStats stats() const { return stats_; }
+  EngineStats stats() const;
 
  private:
   struct Launch {  // the tensors of one launch
@@ -129,6 +140,7 @@ class Engine {
   void prefill(const std::vector<int>& ids);
   void chunk(const int* ids, int count, const ChunkSet& set);
   void decode(int token);
+  void check_ids(const std::vector<int>& ids) const;  // fits the context, ids in the vocabulary
   void feed(const std::vector<int>& ids);
   void run_head(const NetLayout& net, Buf DeviceBufs::*output);
   int head_token();
@@ -149,6 +161,7 @@ class Engine {
   int cur_ = 0, last_row_ = 0;
   EngineStats stats_;
   std::atomic<bool> cancel_{false};
+  std::atomic<bool> closing_{false};  // close() called: a running generate() fails instead of finishing
   std::timed_mutex mutex_;  // one call at a time; cancel() does not take it
 };
 

@@ -66,11 +66,11 @@ def comparable(reference: list[int], margins: list[float]) -> list[int]:
     return reference
 
 
-def run_scenario(name: str, **arguments):
+def run_scenario(name: str, timeout: float = 300, **arguments):
     """``support.tpu_scenarios.<name>(**arguments)`` in a child interpreter; its result."""
     code = (f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
             f"from support import tpu_scenarios\nemit(tpu_scenarios.{name}(**{arguments!r}))\n")
-    return run_json(code)
+    return run_json(code, timeout=timeout)
 
 
 # ---- libraries, devices and files that are not right: clear errors, the process lives on --------
@@ -549,3 +549,62 @@ emit(out)
     reference = comparable(cpu_greedy(kind, prompts[-1], steps, margins), margins)
     assert len(reference) == steps, margins  # this seed has no near-tie on the CPU: every token compared
     assert got["tokens"] == reference
+
+
+# ---- speculative decoding: the draft verified on the device in one pass ----------------------------
+
+SPECULATE, SPEC_TOKENS = 8, 8
+
+
+def speculation_prompts() -> list[list[int]]:
+    """Random prompts (drafts from chance matches, mostly rejected) and prompts that repeat a
+    phrase (drafts copied from it, which a model that repeats accepts)."""
+    return [prompt(4, 90) * 3, prompt(10, 70)]  # a simulated step costs seconds on a loaded machine: two
+
+
+@pytest.mark.slow
+def test_speculative_decoding_on_the_device_gives_the_plain_greedy_tokens():
+    """Prompt-lookup speculation through ``TPUBackend.verify`` (a chunk pass over the draft's rows,
+    then the top-1 per row on the device) against the engine's plain loop on the same bmodel: the
+    same tokens; a draft of the plain continuation is accepted whole in one chunk call, a wrong one
+    rejected, and after the cut the cache holds exactly the accepted tokens (the next step equals
+    a cold run's)."""
+    bmodel = tiny_bmodel("gpt_bigcode_mq")
+    prompts = speculation_prompts()
+    got = run_scenario("speculation", timeout=900, bmodel=str(bmodel), prompts=prompts, new_tokens=SPEC_TOKENS,
+                       speculate=SPECULATE)
+    for run in got["runs"]:
+        plain, fast = run["0"], run[str(SPECULATE)]
+        assert fast["tokens"] == plain["tokens"], run
+        assert plain["verifies"] == 0 and len(plain["tokens"]) == SPEC_TOKENS
+        assert fast["verifies"] > 0 and fast["drafted"] > 0, run  # the prompt repeats: drafts were checked
+    drafted = sum(r[str(SPECULATE)]["drafted"] for r in got["runs"])
+    accepted = sum(r[str(SPECULATE)]["accepted"] for r in got["runs"])
+    verifies = sum(r[str(SPECULATE)]["verifies"] for r in got["runs"])
+    print(f"\n{len(prompts)} prompts: {accepted} of {drafted} drafted tokens accepted in {verifies} verify calls")
+    plain = got["plain_of_first"]
+    assert got["accepted_draft"] == plain[1:6]
+    assert got["verify_call"] == {"chunks": 1, "decodes": 0, "block_rows": CHUNK_LEN, "bytes_from_device": 5 * 4}
+    assert got["rejected_draft"][0] == plain[1]
+    assert got["after_rejection"] == plain[2] == got["cold"]
+    assert got["cached_length"] == len(prompts[0]) + 2
+
+
+# ---- a device that goes away under a request (issue 14) -------------------------------------------
+
+@pytest.mark.slow
+def test_a_device_closed_under_a_request_is_an_error_answer_and_the_next_request_is_served(tmp_path):
+    """The language server on the tiny bmodel: the C++ engine's device handle is closed from
+    another thread while an inline completion's prompt runs on the simulator. That request gets an
+    error answer saying so, the status turns to error, and the next request is served (the backend
+    opens the device again) with the status back to idle."""
+    model = tpu_model_dir(tmp_path / "model")
+    got = run_scenario("device_closed_under_a_request", timeout=600, model_dir=str(model))
+    assert got["loaded"]["state"] == "idle", got["loaded"]
+    assert got["closed"]
+    error = got["failed"].get("error")
+    assert error and error["code"] == -32803 and "TPU device was closed" in error["message"], got["failed"]
+    assert "TPU device was closed" in got["status_after_failure"]["message"], got["status_after_failure"]
+    assert got["next"]["result"]["items"], got["next"]
+    assert got["status_after_next"]["state"] == "idle", got["status_after_next"]
+    assert got["reopened"]

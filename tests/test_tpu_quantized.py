@@ -106,3 +106,76 @@ def test_quantized_bmodel_agrees_with_the_cpu_backend(kind, quantize, capsys):
     assert decisive >= MIN_DECISIVE * total, "too many near-ties: the check would say little"
     assert decisive_agree / decisive >= MIN_AGREEMENT
     assert min(finals) >= MIN_COSINE[quantize]
+
+
+# ---- a real model: SmolLM2-135M in int4 through the engine ------------------------------------------
+
+REAL_SEQ, REAL_CHUNKS, REAL_NEW = 256, (64,), 12
+REAL_PROMPT_FILE, REAL_PROMPT_CUT = "inference/draft.py", "    def draft(self, limit: int) -> list[int]:\n"
+
+
+def smollm2_int4(gguf) -> "Path":
+    """SmolLM2-135M exported at N = 256 with a 64-row chunk set and compiled in W4F16 (groups of
+    64), checked on the simulator but for the N- and K-row blocks (``--validate decode``); cached
+    under ``<cache>/test-bmodels`` by the GGUF's name (a new export version names a new folder)."""
+    from wizardcoder_tpu.inference.paths import cache_dir
+    from wizardcoder_tpu.inference.tpu.compile import compile_export
+    from wizardcoder_tpu.inference.tpu.export import export
+
+    export_dir = cache_dir() / "test-bmodels" / f"smollm2-{gguf.stem}-seq{REAL_SEQ}-chunks64"
+    if not (export_dir / "manifest.json").exists():
+        export(gguf, REAL_SEQ, export_dir, prefill_chunks=REAL_CHUNKS)
+    return compile_export(export_dir, quantize="int4", validate="decode")
+
+
+@pytest.mark.heavy  # the compile: ~15-40 min on 2 cores; then ~5 min of simulation
+def test_smollm2_int4_completes_real_code_like_the_cpu_backend(smollm2_model, capsys):
+    """A real completion on the simulator: the last prompt of this repository's own code (the
+    lines before ``PromptLookup.draft``'s body) through ``TPUBackend`` on SmolLM2-135M int4, against
+    the CPU backend on the GGUF it was exported from (Q4_1, groups of 32, requantized to int4 in
+    groups of 64 for the chip: not the same weights, so the figures are reported and the logits
+    held to the int4 bar)."""
+    from pathlib import Path
+
+    from wizardcoder_tpu.inference.tokenizer import Tokenizer
+
+    bmodel = smollm2_int4(smollm2_model)
+    tokenizer = Tokenizer.from_file(bmodel.parent / "tokenizer.json")
+    text = (Path(__file__).resolve().parents[1] / REAL_PROMPT_FILE).read_text()
+    prompt_ids = tokenizer.encode(text[: text.index(REAL_PROMPT_CUT) + len(REAL_PROMPT_CUT)])[-60:]
+    got = run_json(f"""
+import numpy as np
+from wizardcoder_tpu.inference.backends.tpu import TPUBackend
+backend = TPUBackend({str(bmodel)!r}, devices=[0])
+logits = backend.forward({prompt_ids!r})
+first = int(np.argmax(logits))
+rest, reason = backend.generate(first, {REAL_NEW - 1})
+s = backend.stats
+emit({{"logits": logits.tolist(), "tokens": [first] + rest, "launches": s.launches, "block_rows": s.block_rows,
+       "chunks": s.chunks, "decodes": s.decodes}})
+backend.close()
+""", timeout=3000)
+
+    cpu = CPUBackend(open_checkpoint(smollm2_model))
+    cpu.truncate(0)
+    feed, expected, gaps = prompt_ids, [], []
+    for _ in range(REAL_NEW):
+        logits = cpu.forward(feed)
+        if not expected:
+            reference_logits = logits
+        top2 = np.sort(logits)[-2:]
+        gaps.append(float(top2[1] - top2[0]))
+        expected.append(int(np.argmax(logits)))
+        feed = [expected[-1]]
+    device = np.asarray(got["logits"], np.float32)
+    same = next((i for i, (a, b) in enumerate(zip(got["tokens"], expected)) if a != b), REAL_NEW)
+    with capsys.disabled():
+        print(f"\nSmolLM2-135M int4 on the simulator, {len(prompt_ids)}-token prompt: the prompt's logits' cosine "
+              f"{cosine(device, reference_logits):.4f}; greedy tokens equal the CPU's for {same} of {REAL_NEW} "
+              f"(CPU top-2 gaps {', '.join(f'{g:.2f}' for g in gaps)}); launches {got['launches']}, block rows "
+              f"{got['block_rows']}, chunks {got['chunks']}, decodes {got['decodes']}\n"
+              f"  device: {tokenizer.decode(got['tokens'])!r}\n  cpu:    {tokenizer.decode(expected)!r}")
+    assert len(got["tokens"]) == REAL_NEW
+    assert got["chunks"] == 1 and got["block_rows"] == 64 + REAL_NEW - 1  # one 64-row chunk, then decode steps
+    assert cosine(device, reference_logits) >= MIN_COSINE["int4"]
+    assert got["tokens"][0] == expected[0]

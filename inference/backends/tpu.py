@@ -14,6 +14,12 @@ fall back to the CPU.
 
 Sophgo's runtime sometimes ends the process instead of returning an error (tpu_probe.py lists
 when), so the device is opened in a child process first, and a bmodel file is loaded there once.
+
+A device that goes away under the backend (its handle closed while a request runs) fails that
+request with a BackendError. Once the engine has started over (``truncate(0)``, as every request
+after the failure does) the next call that feeds tokens opens the device and loads the bmodel
+again, so a server serves its next request, or says why it cannot. A call in the middle of a
+request never reopens: its cached prefix would be gone.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import glob
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -39,6 +46,7 @@ from ..paths import cache_dir
 from ..tokenizer import Tokenizer
 from .tpu_probe import PROBE_MARK, STEP_DEVICES, STEP_LOADED
 
+log = logging.getLogger(__name__)
 SYSTEM_LIBSOPHON = "/opt/sophon/libsophon-current/lib"
 # Loading a 15B bmodel onto a PCIe card takes minutes; the cmodel's tiny test models a second.
 PROBE_TIMEOUT_S = float(os.environ.get("WIZARDCODER_TPU_PROBE_TIMEOUT", "900"))
@@ -163,13 +171,10 @@ class TPUBackend(Backend):
         except bmrt.ModelError as exc:
             raise ModelLoadError(str(exc)) from None
         probe(Path(bmodel), list(devices), self.library_dir)
-        try:
-            self._engine = bmrt.Engine(str(bmodel), list(devices))
-        except bmrt.DeviceError as exc:
-            raise TPUUnavailableError(f"{bmodel}: {exc}") from None
-        except bmrt.Error as exc:
-            raise ModelLoadError(str(exc)) from None
-        self.path = Path(bmodel)
+        self.path, self.devices = Path(bmodel), list(devices)
+        self._closed = False  # by close(): the device is not reopened
+        self._restarted = False  # truncate(0) since the device went away: the next feed may reopen it
+        self._engine = self._open()
         self.max_context = self._engine.seq_len
         self.vocab_size = self._engine.vocab_size
         self.stop_ids = frozenset(stop_ids)  # end the C++ loop without a round trip through Python
@@ -185,21 +190,30 @@ class TPUBackend(Backend):
 
     @property
     def cached_length(self) -> int:
-        return self._engine.length
+        return self._engine.length  # 0 once the device has gone away
 
     def truncate(self, length: int) -> None:
-        self._call(self._engine.truncate, length)
+        if self._engine.closed and not self._closed:  # the device went away, and the cache with it
+            self._restarted = self._restarted or length == 0
+            return
+        self._call("truncate", length)
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
-        return np.frombuffer(self._call(self._engine.feed_logits, list(token_ids)), np.float32)
+        return np.frombuffer(self._call("feed_logits", list(token_ids)), np.float32)
 
     def greedy_step(self, token_ids: Sequence[int]) -> int:
-        return self._call(self._engine.feed_greedy, list(token_ids))
+        return self._call("feed_greedy", list(token_ids))
+
+    def verify(self, token_ids: Sequence[int]) -> list[int]:
+        """One pass of the chunk blocks over the draft's rows, then the device's top-1 per row
+        (only the ids come back): ``Engine.verify`` in csrc/engine.h."""
+        return self._call("verify", list(token_ids))
 
     def greedy_loop(self, first_token: int, max_steps: int, on_token: Callable[[int], bool]) -> None:
         self.generate(first_token, max_steps, on_token)
 
     def close(self) -> None:
+        self._closed = True
         if hasattr(self, "_engine"):
             self._engine.close()
 
@@ -211,7 +225,7 @@ class TPUBackend(Backend):
         ``newline_ids`` for single-line completion), when ``on_token`` returns False, or on
         ``cancel()``. Returns (tokens, reason)."""
         stops = list(self.stop_ids | frozenset(stop_ids))
-        return self._call(self._engine.generate, first_token, max_steps, stops, on_token)
+        return self._call("generate", first_token, max_steps, stops, on_token)
 
     def cancel(self) -> None:
         """Stop a running ``generate`` before its next step; safe from any thread."""
@@ -221,9 +235,35 @@ class TPUBackend(Backend):
     def stats(self):
         return self._engine.stats
 
-    def _call(self, fn, *args):
+    def _open(self):
+        bmrt = _module()
         try:
-            return fn(*args)
+            return bmrt.Engine(str(self.path), self.devices)
+        except bmrt.DeviceError as exc:
+            raise TPUUnavailableError(f"{self.path}: {exc}") from None
+        except bmrt.Error as exc:
+            raise ModelLoadError(str(exc)) from None
+
+    def _reopen(self) -> None:
+        """The device went away under the backend (not by ``close``): open it and load the bmodel
+        again. The counters go on from where they were."""
+        fed = self._engine.stats.tokens_fed
+        log.warning("the TPU engine over %s was closed under the backend; opening the device again", self.path)
+        try:
+            self._engine = self._open()
+        except ModelLoadError as exc:
+            raise BackendError(f"TPU engine: the device went away and cannot be opened again: {exc}") from None
+        self._fed_base -= fed
+        self._restarted = False
+
+    def _call(self, method: str, *args):
+        if self._engine.closed and not self._closed:
+            if not self._restarted:
+                raise BackendError("TPU engine: the TPU device was closed under this request; the next request "
+                                   "opens it again")
+            self._reopen()
+        try:
+            return getattr(self._engine, method)(*args)
         except _module().Error as exc:
             raise BackendError(f"TPU engine: {exc}") from None
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from .toolchain import Toolchain, ToolchainError, tail
 
 SERVER = Path(__file__).resolve().parent / "in_venv" / "tool_server.py"
-START_TIMEOUT = 300.0  # the first import of torch + transformers from a cold disk
+START_TIMEOUT = 1800.0  # imports of ~12 s; a cold disk, or a niced compile on a loaded machine, took over 300
 
 
 class ToolServer:

@@ -87,3 +87,104 @@ def cancel_mid_loop(bmodel: str) -> dict:
     except BackendError as exc:
         out["closed"] = str(exc)
     return out
+
+
+def device_closed_under_a_request(model_dir: str) -> dict:
+    """The language server on the TPU backend, in this process (so that the device can be taken
+    away from under it): an inline completion during whose prompt the C++ engine's device handle
+    is closed from another thread (as a device that goes away), then the next request. Returns
+    both answers and the statuses the client saw."""
+    import os
+    import time
+
+    from raw_lsp import RawClient
+    from wizardcoder_tpu.lsp.server import create_server
+    from wizardcoder_tpu.lsp.settings import Settings
+    from wizardcoder_tpu.lsp.transport import serve_stdio
+
+    server = create_server(Settings())
+    to_server, from_client = os.pipe()
+    to_client, from_server = os.pipe()
+    server_in, server_out = os.fdopen(to_server, "rb", 0), os.fdopen(from_server, "wb", 0)
+    threading.Thread(target=serve_stdio, args=(server, server_in, server_out), daemon=True).start()
+    client_out, client_in = os.fdopen(from_client, "wb", 0), os.fdopen(to_client, "rb", 0)
+    client = RawClient(client_out.write, client_in.read, client_out.close)
+    uri = "file:///tmp/add.py"
+    params = {"textDocument": {"uri": uri}, "position": {"line": 3, "character": 11}, "context": {"triggerKind": 2}}
+    out: dict = {}
+    try:
+        # No prefetch: nothing may run on the device after the answers (the process ends with them).
+        client.initialize({"backend": "tpu", "model": model_dir, "fallbackToCpu": False, "maxNewTokens": 8,
+                           "debounceMs": 0, "prefetch": False})
+        out["loaded"] = client.wait_for_status(("idle", "error"))["params"]
+        backend = server.host.engine.backend
+        closed = threading.Event()
+
+        def close_under_the_prompt() -> None:
+            launches = backend.stats.launches
+            while backend.stats.launches == launches:  # the first net of the prompt has run
+                time.sleep(0.002)
+            backend._engine.close()  # the device handle, not the backend: it did not ask for this
+            closed.set()
+
+        threading.Thread(target=close_under_the_prompt, daemon=True).start()
+        client.open(uri, "import os\n\ndef add(a, b):\n    return ")
+        mark = len(client.messages)
+        out["failed"] = client.call("textDocument/inlineCompletion", params, timeout=300)
+        out["closed"] = closed.wait(30)
+        out["status_after_failure"] = client.wait_for_status(("error",), timeout=120, start=mark)["params"]
+        mark = len(client.messages)
+        out["next"] = client.call("textDocument/inlineCompletion", params, timeout=300)
+        out["status_after_next"] = client.wait_for_status(("idle", "error"), timeout=120, start=mark)["params"]
+        out["reopened"] = not backend._engine.closed
+        out["exit"] = client.shutdown_and_exit()
+    finally:
+        client.close()
+        client_in.close()
+        server.host.close()  # before the interpreter's exit tears the simulator down
+    return out
+
+
+def speculation(bmodel: str, prompts: list[list[int]], new_tokens: int, speculate: int) -> dict:
+    """Each prompt through the engine plain and with prompt-lookup speculation (``verify`` on the
+    device), cold each time; then ``verify`` itself on the first prompt: a draft that is the plain
+    continuation (all accepted), one of other tokens (all rejected, the cache cut back to the
+    accepted length) and the next step after it against a cold run."""
+    backend = TPUBackend(bmodel, devices=[0])
+    engine = Engine(backend, IdsTokenizer())
+    out: dict = {"runs": []}
+    plain_of = [engine.generate(ids, GenerationParams(max_new_tokens=new_tokens)).token_ids for ids in prompts]
+    # The prompt, its plain continuation, the prompt again: the drafter copies that continuation
+    # (whether the model, at the new positions, accepts it or not), so every run verifies drafts.
+    for ids in [p + c + p for p, c in zip(prompts, plain_of)]:
+        run = {"prompt": ids}
+        for k in (0, speculate):
+            engine.reset()
+            before = backend.stats
+            result = engine.generate(ids, GenerationParams(max_new_tokens=new_tokens, speculate=k))
+            after = backend.stats
+            run[str(k)] = {"tokens": result.token_ids, "drafted": result.drafted_tokens,
+                           "accepted": result.accepted_draft_tokens, "verifies": after.verifies - before.verifies,
+                           "decodes": after.decodes - before.decodes, "launches": after.launches - before.launches}
+        out["runs"].append(run)
+
+    ids, plain = prompts[0], plain_of[0]
+    out["plain_of_first"] = plain
+    backend.truncate(0)
+    backend.greedy_step(ids)
+    before = backend.stats
+    out["accepted_draft"] = backend.verify(plain[:5])  # [i]: the token after ids + plain[:i + 1]
+    after = backend.stats
+    out["verify_call"] = {"chunks": after.chunks - before.chunks, "decodes": after.decodes - before.decodes,
+                          "block_rows": after.block_rows - before.block_rows,
+                          "bytes_from_device": after.bytes_from_device - before.bytes_from_device}
+    backend.truncate(len(ids))
+    wrong = [(t + 1) % backend.vocab_size for t in plain[1:5]]
+    out["rejected_draft"] = backend.verify([plain[0], *wrong])
+    backend.truncate(len(ids) + 1)  # keep plain[0] and nothing of the wrong draft
+    out["after_rejection"] = backend.greedy_step([plain[1]])
+    out["cached_length"] = backend.cached_length
+    backend.truncate(0)
+    out["cold"] = backend.greedy_step([*ids, plain[0], plain[1]])
+    backend.close()
+    return out
