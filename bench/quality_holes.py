@@ -27,8 +27,9 @@ The trivial-hole rule (a hole is skipped, and never counted, when):
 
 Sampling is seeded: for each language and kind, a package is drawn in turn, then a file of it,
 then a candidate hole of that file, without replacement; the column of a line hole is drawn from
-a generator seeded by the seed, the file's path and the line. The same seed on the same
-installed versions gives the same holes.
+a generator seeded by the seed, the file's path within its package and the line. The same seed
+on the same installed versions gives the same holes, from any checkout (the path was once the
+absolute one, and a checkout elsewhere cut other columns).
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ class Candidate:
     column: int  # where the cursor stands on ``start``
 
 
-def candidates(path: Path, language: str, seed: int) -> list[Candidate]:
-    """Every non-trivial hole of one file (line holes with their seeded column, block holes)."""
+def candidates(path: Path, language: str, seed: int, name: str) -> list[Candidate]:
+    """Every non-trivial hole of one file (line holes with their column drawn from ``seed``,
+    ``name``, the file's path within its package, and the line; block holes)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError):
@@ -160,7 +162,7 @@ def candidates(path: Path, language: str, seed: int) -> list[Candidate]:
             continue  # C comment lines are in ``excluded`` already
         columns = [c for c in range(_indent_chars(line), len(line.rstrip())) if _useful_rest(line[c:], language)]
         if columns:
-            rng = random.Random(f"{seed}:{path}:{number}")
+            rng = random.Random(f"{seed}:{name}:{number}")
             found.append(Candidate("line", number, number, rng.choice(columns)))
     for start, end in blocks:
         if start in excluded:
@@ -334,7 +336,8 @@ def sample(sources: list[Source], language: str, kind: str, count: int, seed: in
             continue
         path = files[rng.randrange(len(files))]
         if path not in taken:
-            taken[path] = [c for c in candidates(path, language, seed) if c.kind == kind
+            name = str(path.relative_to(source.root.parent))  # as hole_at names it
+            taken[path] = [c for c in candidates(path, language, seed, name) if c.kind == kind
                            and (kind == "line" or MIN_BLOCK_LINES <= c.end - c.start + 1 <= max_block_lines)]
         pool = taken[path]
         if not pool:

@@ -61,20 +61,24 @@ def test_trivial_holes_are_skipped(tmp_path):
     source = tmp_path / "golden.py"
     source.write_text('def f(x):\n    """Docstring line one.\n\n    More prose.\n    """\n    # a comment\n'
                       '    y = call(\n        x,\n    )\n    return y\n\n\nclass Empty:\n    pass\n    ...\n')
-    found = qh.candidates(source, "python", seed=0)
+    found = qh.candidates(source, "python", seed=0, name="pkg/golden.py")
     lines = {c.start for c in found if c.kind == "line"}
     assert lines == {0, 6, 7, 9, 12, 13}  # not the docstring (1-4), the comment (5), the lone ")" (8), "..." (14)
     blocks = {(c.start, c.end) for c in found if c.kind == "block"}
     assert (6, 9) in blocks  # f's body after its docstring and comment
     assert (6, 8) in blocks  # the call spread over three lines
     assert not any(start >= 13 for start, _ in blocks)  # a body of only pass / ... is not a hole
+    elsewhere = tmp_path / "another checkout" / "golden.py"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text(source.read_text())
+    assert qh.candidates(elsewhere, "python", seed=0, name="pkg/golden.py") == found  # the same columns anywhere
 
 
 def test_c_holes_skip_comments_and_strings(tmp_path):
     source = tmp_path / "golden.c"
     source.write_text('/* a block\n   comment { */\nint f(int x) {\n  const char* s = "{ not a brace";\n'
                       '  // only a comment\n  return x + 1;\n}\n')
-    found = qh.candidates(source, "c", seed=0)
+    found = qh.candidates(source, "c", seed=0, name="golden.c")
     assert {c.start for c in found if c.kind == "line"} == {2, 3, 5}
     assert [(c.start, c.end) for c in found if c.kind == "block"] == [(3, 5)]
 
