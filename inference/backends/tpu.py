@@ -157,6 +157,9 @@ def _tail(text: str, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])[-400:] or "nothing"
 
 
+CLOSED_UNDER_REQUEST = "TPU engine: the TPU device was closed under this request; the next request opens it again"
+
+
 class TPUBackend(Backend):
     name = "tpu"
 
@@ -259,12 +262,13 @@ class TPUBackend(Backend):
     def _call(self, method: str, *args):
         if self._engine.closed and not self._closed:
             if not self._restarted:
-                raise BackendError("TPU engine: the TPU device was closed under this request; the next request "
-                                   "opens it again")
+                raise BackendError(CLOSED_UNDER_REQUEST)
             self._reopen()
         try:
             return getattr(self._engine, method)(*args)
         except _module().Error as exc:
+            if self._engine.closed and not self._closed:  # the device went away during this call
+                raise BackendError(CLOSED_UNDER_REQUEST) from None
             raise BackendError(f"TPU engine: {exc}") from None
 
 

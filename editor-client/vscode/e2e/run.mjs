@@ -170,7 +170,7 @@ function makeSandbox(server) {
     "editor.suggestOnTriggerCharacters": false,
     "editor.inlineSuggest.enabled": true,
     "wizardcoder.maxNewTokens": 10, // the first suggestion ends early: there is more for the prefetch
-    "wizardcoder.explainMaxNewTokens": 48, // enough to see it stream and render (3 slices of 16 tokens)
+    "wizardcoder.explainMaxNewTokens": 160, // enough to see it stream and render (48 finished between two polls on an idle machine)
     "editor.minimap.enabled": false,
     "files.autoSave": "off",
     "chat.commandCenter.enabled": false,

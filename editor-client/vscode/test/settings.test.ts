@@ -23,7 +23,7 @@ test("an empty configuration gives the protocol's defaults", () => {
     disabledFiles: [".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.crt", "*.p12", "*.pfx", "*.jks",
       "*.keystore", "*.kdbx", "*.gpg", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", "*.ppk", ".netrc", ".pgpass",
       ".npmrc", ".pypirc", ".git-credentials", "credentials", "credentials.json", "*.tfvars", "*.tfstate"],
-    maxTimeMs: 0, prefetch: true, statistics: true, postprocess: true,
+    maxTimeMs: 0, prefetch: true, statistics: true, postprocess: true, tokenHealing: true,
   });
 });
 
@@ -33,7 +33,7 @@ test("valid values pass through with the protocol's key names", () => {
     remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32, speculate: 6,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim",
     explainMaxNewTokens: 512, trigger: "manual", maxLineSuffix: 0, disabledLanguages: ["markdown"],
-    disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false,
+    disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false, tokenHealing: false,
     serverCommand: ["x"],
   }));
   assert.deepEqual(settings, {
@@ -41,7 +41,7 @@ test("valid values pass through with the protocol's key names", () => {
     remoteProtocol: "llama.cpp", remoteModel: "qwen", remoteTimeoutMs: 5000, weights: "int4", threads: 2, cacheSlots: 2, maxNewTokens: 32, speculate: 6,
     debounceMs: 0, promptTokens: 2048, contextTokens: 0, mode: "fim",
     explainMaxNewTokens: 512, trigger: "manual", maxLineSuffix: 0, disabledLanguages: ["markdown"],
-    disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false,
+    disabledFiles: ["*.secret"], maxTimeMs: 800, prefetch: false, statistics: false, postprocess: false, tokenHealing: false,
   });
   assert.equal("serverCommand" in settings, false, "client-only keys are not sent to the server");
 });
