@@ -163,11 +163,10 @@ def back_off(tokenizer: Tokenizer, ids: Sequence[int], end: int, prefix: str) ->
     line = prefix[prefix.rfind("\n") + 1:]
     if not line.strip():
         return end, ""
-    special = {tokenizer.require(t) for t in tokenizer.special_tokens}
     start, removed = end, ""
     while start > 0 and end - start < HEAL_TOKENS:
         piece = tokenizer.pieces[ids[start - 1]]
-        if ids[start - 1] in special or not piece or "\n" in piece or "\ufffd" in piece:
+        if ids[start - 1] in tokenizer.special_ids or not piece or "\n" in piece or "\ufffd" in piece:
             break
         start, removed = start - 1, piece + removed
         if not _word(removed):  # the token where the word begins (its space too), or one not of a word

@@ -192,6 +192,10 @@ class Tokenizer:
         return frozenset(t.content for t in self.backend.get_added_tokens_decoder().values() if t.special)
 
     @cached_property
+    def special_ids(self) -> frozenset[int]:
+        return frozenset(self.require(t) for t in self.special_tokens)
+
+    @cached_property
     def stop_ids(self) -> frozenset[int]:
         """Every token that ends a generation: the end-of-text token, the family's end-of-turn and
         end-of-text tokens, and the FIM tokens a model writes after the middle (pad, repository
@@ -226,9 +230,8 @@ class Tokenizer:
     @cached_property
     def _spelling_index(self) -> tuple[list[str], list[int], dict[str, tuple[int, ...]]]:
         """The plain-text tokens sorted by text (a start's tokens are one range), and by text."""
-        special = {self.require(t) for t in self.special_tokens}
         usable = sorted((piece, i) for i, piece in enumerate(self.pieces)
-                        if piece and i not in special and "\ufffd" not in piece)
+                        if piece and i not in self.special_ids and "\ufffd" not in piece)
         by_text: dict[str, tuple[int, ...]] = {}
         for piece, i in usable:
             by_text[piece] = (*by_text.get(piece, ()), i)

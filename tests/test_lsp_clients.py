@@ -12,7 +12,6 @@ and statuses, never on sleeps.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import LanguageClient, make_test_lsp_client
 
+from raw_lsp import free_port
 from test_lsp_support import LOAD_TIMEOUT_S, capabilities, change_document, inline, open_document, server_config, \
     start, stats
 from wizardcoder_tpu.lsp.main import parse_tcp
@@ -134,12 +134,6 @@ async def test_utf8_is_chosen_when_offered_and_non_ascii_lines_are_right(client:
 
 
 # serve --tcp, with the UTF-16 default -----------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def tcp_listeners(port: int) -> list[str]:
     """Local addresses (hex, as /proc/net/tcp{,6} spell them) listening on ``port``."""
     found = []

@@ -31,7 +31,6 @@ section gives the numbers).
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 import urllib.request
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raw_lsp import free_port
+from support.http_servers import serving
 
 from wizardcoder_tpu.inference.context import RepoContext, Snippet
 from wizardcoder_tpu.inference.engine import CancelToken, GenerationParams
@@ -66,32 +65,11 @@ CASES = [  # (prefix, suffix, repository context)
 @pytest.fixture(scope="module")
 def llama_server(qwen_model, tmp_path_factory):
     binary = build_server()  # at once when cached
-    port = free_port()
-    log = (tmp_path_factory.mktemp("llama-server") / "server.log").open("w")
-    process = subprocess.Popen([str(binary), "--model", str(qwen_model), "--host", "127.0.0.1", "--port", str(port),
-                                "--ctx-size", "4096", "--parallel", "1", "--threads", "2", "--no-webui"],
-                               stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_S
-    try:
-        while True:
-            assert process.poll() is None, f"llama-server exited with {process.returncode} (log: {log.name})"
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-                    json.load(answer)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"llama-server did not answer within {STARTUP_S} s"
-                time.sleep(0.2)
+    command = lambda port: [str(binary), "--model", str(qwen_model), "--host", "127.0.0.1",  # noqa: E731
+                            "--port", str(port), "--ctx-size", "4096", "--parallel", "1", "--threads", "2", "--no-webui"]
+    with serving(command, "/health", tmp_path_factory.mktemp("llama-server") / "server.log", "llama-server",
+                 STARTUP_S) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,12 @@ and its server's dependencies (in the ``test`` extra); skipped, saying so, witho
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 
-from raw_lsp import free_port
+from support.http_servers import serving
 
 from wizardcoder_tpu.inference.engine import GenerationParams
 from wizardcoder_tpu.inference.loader import load_engine
@@ -52,32 +48,11 @@ PREFIXES = [
 
 @pytest.fixture(scope="module")
 def llama_server(smollm2_model, tmp_path_factory):
-    port = free_port()
-    log = (tmp_path_factory.mktemp("llama-server") / "server.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_model), "--host",
-                                "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"],
-                               stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_S
-    try:
-        while True:
-            assert process.poll() is None, f"llama_cpp.server exited with {process.returncode} (log: {log.name})"
-            try:
-                with urllib.request.urlopen(url + "/v1/models", timeout=2) as answer:
-                    json.load(answer)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"llama_cpp.server did not answer within {STARTUP_S} s"
-                time.sleep(0.2)
+    command = lambda port: [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_model),  # noqa: E731
+                            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
+    with serving(command, "/v1/models", tmp_path_factory.mktemp("llama-server") / "server.log",
+                 "llama_cpp.server", STARTUP_S) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

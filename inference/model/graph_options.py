@@ -21,7 +21,7 @@ class GraphOptions:
       is, 4-bit ones (Q4_0, Q4_1/Q4_K with their offsets) with float activations (exact),
       wider ones (Q5_0, Q6_K, Q8_0: exact as 8-bit blocks) with int8 activations, since
       onnxruntime has no fast float-activation kernel for 8-bit blocks (float32 for them made
-      the default Qwen2.5-Coder-0.5B file decode at 0.4x llama.cpp; 8-bit blocks: 1.1x, with
+      the default Qwen2.5-Coder-0.5B file decode at 0.4x llama.cpp; now 0.73-0.87x, with
       98.7 % greedy agreement with ``f32``, bench/results/engine.md); float tensors as float32.
     - ``int4``: every linear layer as plain 4-bit ``MatMulNBits`` blocks (the file's where they
       map, requantized otherwise with an integer zero point), float activations; the output
