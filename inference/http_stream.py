@@ -296,14 +296,16 @@ class _Exchange:
         self.watchdog = _Watchdog(self.conn.sock, connections.timeout_s, cancel)
         self.response: http.client.HTTPResponse | None = None
 
-    def end(self) -> None:
+    def end(self, replace: bool = True) -> None:
+        """``replace=False``: the request goes again on a fresh connection of its own, so a
+        background spare would be one connection too many."""
         self.watchdog.stop()
         response = self.response
         if (response is not None and response.isclosed() and not response.will_close
                 and self.watchdog.reason is None):
             self.connections.keep(self.conn)
         else:  # left before its end, failed, or the server closes it: the next request gets a new one
-            self.connections.discard(self.conn, replace=True)
+            self.connections.discard(self.conn, replace=replace)
 
 
 class _Retry(Exception):
@@ -345,6 +347,9 @@ def _sent(exchange: _Exchange, method: str, path: str, body: bytes | None, heade
     """``_request``, the exchange ended when it fails."""
     try:
         return _request(exchange, method, path, body, headers, accept)
+    except _Retry:
+        exchange.end(replace=False)
+        raise
     except BaseException:
         exchange.end()
         raise

@@ -377,6 +377,8 @@ def test_a_request_on_a_reused_connection_that_the_server_drops_is_sent_again_on
     assert engine.generate(PROMPT, GenerationParams(max_new_tokens=8)).text == "".join(PIECES)
     posts = [r for r in fake.requests if r["path"] == "/v1/completions"]
     assert len(posts) == 2  # the dropped one on the model list's connection, then on a fresh one
+    time.sleep(0.3)  # time for a background spare, had one been started
+    assert fake.connections == 2  # the retry's own fresh connection, and no spare beside it
 
 
 def test_a_server_that_does_not_keep_connections_gets_a_new_one_each_time(fake, engine):
