@@ -21,7 +21,9 @@ Three prompt formats, one budget:
   FIM tokens, such as the SmolLM2 default).
 
 The budget (``prompt_tokens``) is shared roughly ¾ prefix, ¼ suffix (the prefix gets what the
-suffix leaves), cut at line boundaries, nearest lines first. Special tokens enter the ids only
+suffix leaves), cut at line boundaries, nearest lines first; a prefix cut from the top starts on
+a line number that is a multiple of ``WINDOW_STEP_LINES``, so that typing does not move the
+window's first line (and so the whole prompt) on every line. Special tokens enter the ids only
 where this module puts them: the user's text is encoded with special spellings as plain text, so
 a file that contains ``<|im_end|>`` cannot end the prompt early.
 
@@ -320,7 +322,28 @@ def fit_context(prefix: str, suffix: str, tokenizer: Tokenizer, budget: int) -> 
     if len(cursor_ids) >= room:
         return tokenizer.decode(cursor_ids[len(cursor_ids) - room:]).lstrip("\ufffd"), "".join(kept_suffix)
     before, _ = _take_lines(prefix_lines[-2::-1], tokenizer, room - len(cursor_ids))
+    before = before[:_steady_count(len(prefix_lines) - 1, len(before))]
     return "".join(reversed(before)) + cursor_line, "".join(kept_suffix)
+
+
+WINDOW_STEP_LINES = 8  # a prefix cut from the top starts on a line number that is a multiple of this
+
+
+def _steady_count(lines_before: int, fitting: int) -> int:
+    """How many of the ``fitting`` lines nearest the cursor to keep, of the ``lines_before`` it.
+
+    When the prefix is over its budget, the window's first line would move down with almost every
+    line typed, and a new first token is a new prompt: the engine's prefix reuse would prefill
+    the whole window again. So the cut starts on a document line that is a multiple of
+    ``WINDOW_STEP_LINES`` (the first such line at or after the one the budget allows): the window
+    moves once per that many lines, not once per line, for at most ``WINDOW_STEP_LINES - 1`` of
+    its farthest lines (llama.vim keeps its window still in the same spirit, for llama.cpp's
+    cache). A budget that holds fewer than twice the step in lines is cut by the budget alone."""
+    first = lines_before - fitting
+    if first == 0 or fitting < 2 * WINDOW_STEP_LINES:
+        return fitting
+    steady_first = -(-first // WINDOW_STEP_LINES) * WINDOW_STEP_LINES
+    return lines_before - steady_first
 
 
 def _take_lines(lines: Sequence[str], tokenizer: Tokenizer, budget: int) -> tuple[list[str], int]:

@@ -18,7 +18,7 @@ from byte_vocab import byte_tokenizer
 
 from wizardcoder_tpu.inference.context import RepoContext, Snippet
 from wizardcoder_tpu.inference.errors import TokenizerError
-from wizardcoder_tpu.inference.prompt import (build_instruction_prompt, build_prompt, choose_mode,
+from wizardcoder_tpu.inference.prompt import (WINDOW_STEP_LINES, build_instruction_prompt, build_prompt, choose_mode,
                                               repository_tokens)
 from wizardcoder_tpu.inference.tokenizer import Tokenizer
 from wizardcoder_tpu.lsp.settings import Settings
@@ -281,7 +281,9 @@ def test_default_budget_is_1024(starcoder):
     assert inspect.signature(build_prompt).parameters["budget"].default == 1024
     assert Settings().prompt_tokens == 1024
     prompt = build_prompt(LONG_PREFIX, LONG_SUFFIX, starcoder, "fim")
-    assert 1024 - 64 <= len(prompt.ids) <= 1024  # used, but not exceeded
+    line = len(starcoder.encode(numbered(0, 1)))
+    steady = (WINDOW_STEP_LINES - 1) * line  # the most a steady window start leaves unused
+    assert 1024 - 64 - steady <= len(prompt.ids) <= 1024  # used, but not exceeded
 
 
 @pytest.mark.parametrize("budget", [1024, 400])
@@ -297,8 +299,28 @@ def test_budget_three_quarters_prefix_one_quarter_suffix_at_line_boundaries(star
     suffix_tokens = len(starcoder.encode(kept_suffix))
     prefix_tokens = len(starcoder.encode(kept_prefix))
     assert budget // 4 - 2 * line <= suffix_tokens <= budget // 4
-    assert prefix_tokens >= budget * 3 // 4 - 2 * line  # the prefix gets the rest
+    # the prefix gets the rest, less at most the lines a steady window start leaves out
+    assert prefix_tokens >= budget * 3 // 4 - (WINDOW_STEP_LINES + 1) * line
     assert len(prompt.ids) <= budget
+
+
+def test_typing_at_the_end_of_a_long_prefix_moves_the_window_once_per_step_of_lines(starcoder):
+    """Once the prefix is over its budget, the kept window must not start one line lower with
+    every line typed (a new first token: the engine would prefill the whole window again). Typed
+    character by character, 16 new lines move the window's first line at most 16 / step + 1
+    times, always to a document line that is a multiple of the step."""
+    typed = numbered(400, 416)
+    starts, moves = [], 0
+    for end in range(0, len(typed) + 1, 3):
+        prefix = LONG_PREFIX + typed[:end]
+        prompt = build_prompt(prefix, LONG_SUFFIX, starcoder, "fim", 1024)
+        first_line = prefix[: len(prefix) - prompt.prefix_chars].count("\n")
+        assert first_line % WINDOW_STEP_LINES == 0, first_line
+        moves += bool(starts) and first_line != starts[-1]
+        starts.append(first_line)
+        assert len(prompt.ids) <= 1024
+    assert starts[-1] > starts[0]  # the window did move down with the text
+    assert moves <= 16 // WINDOW_STEP_LINES + 1, sorted(set(starts))
 
 
 def test_short_suffix_leaves_its_share_to_the_prefix(starcoder):
