@@ -1,5 +1,6 @@
 """The remote backend end to end against a real inference server started here on loopback:
-llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``) on SmolLM2-135M.
+llama-cpp-python's OpenAI-compatible server (``python -m llama_cpp.server``) on the default GGUF
+(Qwen2.5-Coder-0.5B-Instruct).
 
 What is checked, and why that way:
 
@@ -7,9 +8,9 @@ What is checked, and why that way:
   on the same GGUF and prompt text (greedy, no repetition penalty), exactly.
 - Against our local engine on the same model and prompt ids the text is equal, or it differs from
   a token where our engine's two best logits are a near tie (a gap under ``NEAR_TIE``): llama.cpp's
-  CPU kernels multiply Q4_1 weights by activations quantized to 8 bits, ours by float activations,
-  and a few hundredths of a logit flip such a tie (measured: 24.177 against 24.172 for the first
-  token after ``def list_files(path):\\n    ``, which llama.cpp ranks the other way round).
+  CPU kernels quantize activations for every weight type, ours only for the 8-bit blocks, and a
+  few hundredths of a logit flip such a tie (measured on SmolLM2: 24.177 against 24.172 for the
+  first token after ``def list_files(path):\\n    ``, which llama.cpp ranks the other way round).
 - Post-processing's early stop closes the stream, and the server serves the next request.
 
 Needs the llama-cpp-python wheel (``python bench/llama_cpp_wheel.py --install``, as .ci/run does)
@@ -47,8 +48,8 @@ PREFIXES = [
 
 
 @pytest.fixture(scope="module")
-def llama_server(smollm2_model, tmp_path_factory):
-    command = lambda port: [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_model),  # noqa: E731
+def llama_server(qwen_model, tmp_path_factory):
+    command = lambda port: [sys.executable, "-m", "llama_cpp.server", "--model", str(qwen_model),  # noqa: E731
                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"]
     with serving(command, "/v1/models", tmp_path_factory.mktemp("llama-server") / "server.log",
                  "llama_cpp.server", STARTUP_S) as url:
@@ -56,13 +57,13 @@ def llama_server(smollm2_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def remote(llama_server, smollm2_model):
-    return load_engine(str(smollm2_model), "remote", remote=RemoteConfig(llama_server, "openai", timeout_s=60))
+def remote(llama_server, qwen_model):
+    return load_engine(str(qwen_model), "remote", remote=RemoteConfig(llama_server, "openai", timeout_s=60))
 
 
 @pytest.fixture(scope="module")
-def local(smollm2_model):
-    return load_engine(str(smollm2_model), "cpu")
+def local(qwen_model):
+    return load_engine(str(qwen_model), "cpu")
 
 
 def _prompt(remote, prefix: str):
@@ -80,10 +81,10 @@ def through_remote(remote):
     return runs
 
 
-def test_the_remote_backend_gives_llama_cpps_own_completion(through_remote, smollm2_model):
+def test_the_remote_backend_gives_llama_cpps_own_completion(through_remote, qwen_model):
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(smollm2_model), n_ctx=2048, n_threads=1, verbose=False)
+    llm = llama_cpp.Llama(str(qwen_model), n_ctx=2048, n_threads=1, verbose=False)
     for prefix, (prompt, params, result) in through_remote.items():
         own = llm.create_completion(prompt.text, max_tokens=MAX_NEW_TOKENS, temperature=0, repeat_penalty=1.0,
                                     stop=list(prompt.stop_strings))["choices"][0]["text"]
@@ -114,4 +115,8 @@ def test_an_early_stop_closes_the_stream_and_the_next_request_is_served(remote):
     first_line = remote.generate(prompt.ids, params, on_text=lambda text: "\n" not in text.strip("\n"))
     assert first_line.stop_reason == "done"
     whole = remote.generate(prompt.ids, params)
-    assert whole.text.startswith(first_line.text) and len(whole.text) > len(first_line.text)
+    # Served to its end. Not compared with the stopped run's text: the server reuses its cached
+    # prompt, which batches the arithmetic differently, and Qwen's "n <= 0" / "n <= 1" here is
+    # a near tie that this flips (measured: the cold run said 0, the cached one 1).
+    assert whole.stop_reason in ("max_tokens", "eos", "stop_string") and "\n" in whole.text.strip("\n")
+    assert len(whole.token_ids) > len(first_line.token_ids)
