@@ -1,6 +1,7 @@
 """Keystroke to inline completion through the real server, as an editor sends them.
 
     python bench/lsp_latency.py [--models default smollm2-135m] [--speculate 8 0] [--out bench/results/lsp.md]
+    python bench/lsp_latency.py --remote    # and one more session per model through the remote backend
     python bench/lsp_latency.py --smoke     # a few keystrokes on SmolLM2, for CI: it runs, nothing is judged
 
 One session per model and ``speculate`` value: ``wizardcoder-tpu serve --stdio`` started as an
@@ -19,6 +20,11 @@ cancelled by the client (a newer key came first) or answered nothing; from the s
 runs that a newer request stopped, the jobs skipped before they ran, the prompt tokens each run
 fed the model (those not reused from the KV cache), and the tokens that came from accepted
 prompt-lookup drafts.
+
+With ``--remote``, each model also gets a session through the remote backend: the same server,
+started with ``--backend remote --endpoint``, in front of llama-cpp-python's OpenAI-compatible
+server on the same GGUF and thread count (``bench/remote_overhead.py`` starts it), so that the
+row beside the local one shows what the protocol and the other engine cost a keystroke.
 """
 
 from __future__ import annotations
@@ -109,8 +115,9 @@ class Session:
 
 
 async def run_session(model: str, speculate: int, typing: Typing, log_file: Path, threads: int,
-                      load_timeout_s: float = 900.0) -> Session:
-    session = Session(model, speculate)
+                      load_timeout_s: float = 900.0, endpoint: str = "") -> Session:
+    """One session; with ``endpoint``, the server runs ``model`` through the remote backend there."""
+    session = Session(f"{model} (remote: {endpoint})" if endpoint else model, speculate)
     client = LanguageClient("wizardcoder-tpu-lsp-latency", "1")
     statuses: list[dict[str, Any]] = []
 
@@ -122,6 +129,8 @@ async def run_session(model: str, speculate: int, typing: Typing, log_file: Path
             "--log-file", str(log_file), "--log-level", "info"]
     if threads:
         args += ["--threads", str(threads)]
+    if endpoint:
+        args += ["--backend", "remote", "--endpoint", endpoint]
     started = time.perf_counter()
     await client.start_io(sys.executable, *args)
     try:
@@ -326,6 +335,10 @@ def report(sessions: list[Session], typing: Typing, load_before: tuple[float, ..
                      f"{m.prompt_per_run:.0f} / {m.prefill_per_run:.0f} | {share} | {rate} | {m.decode_tps:.1f} |")
     lines += ["", "Models as the server described them: " + "; ".join(
         f"{s.model} → {s.description} (ready in {s.load_s:.1f} s)" for s in sessions) + ".", ""]
+    if any("(remote: " in s.model for s in sessions):
+        lines += ["A remote row's prefilled tokens are every prompt token it sent: the inference server's own "
+                  "prompt cache (llama-cpp-python keeps the last prompt's) is not visible from here, and its "
+                  "decode rate is the completion's tokens over the time from the first to the last piece.", ""]
     errors = [r.error for s in sessions for r in s.requests if r.outcome == "error"]
     if errors:
         lines += [f"Errors ({len(errors)}): " + "; ".join(sorted(set(errors))[:5]), ""]
@@ -351,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the markdown report here")
     parser.add_argument("--log-dir", type=Path, default=Path("/tmp"), help="the servers' logs")
+    parser.add_argument("--remote", action="store_true",
+                        help="one more session per model: the remote backend before llama-cpp-python's server")
+    parser.add_argument("--port", type=int, default=8871, help="--remote: the llama-cpp-python server's port")
     parser.add_argument("--smoke", action="store_true", help="SmolLM2, speculation on, 30 keys")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -363,12 +379,39 @@ def main(argv: list[str] | None = None) -> int:
             log = args.log_dir / f"lsp-latency-{model}-{speculate}.log"
             print(f"{model}, speculate {speculate}: typing {len(typing.keys)} keys", file=sys.stderr, flush=True)
             sessions.append(asyncio.run(run_session(model, speculate, typing, log, args.threads)))
-            text = report(sessions, typing, load_before, os.getloadavg(), args.threads)
-            if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(text)
+            text = _write(sessions, typing, load_before, args)
+        if args.remote:
+            sessions.append(_remote_session(model, typing, args))
+            text = _write(sessions, typing, load_before, args)
     print(text)
     return 0
+
+
+def _write(sessions: list[Session], typing: Typing, load_before: tuple[float, ...], args: argparse.Namespace) -> str:
+    text = report(sessions, typing, load_before, os.getloadavg(), args.threads)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return text
+
+
+def _remote_session(model: str, typing: Typing, args: argparse.Namespace) -> Session:
+    """``model``'s session through the remote backend, before llama-cpp-python's server on the same
+    GGUF with the same threads (speculation is the local engines'; the remote one runs plain)."""
+    from remote_overhead import start_server
+
+    from wizardcoder_tpu.inference.backends.threads import physical_cores
+    from wizardcoder_tpu.inference.models import model_path
+
+    server = start_server(model_path(model), args.port, args.threads or physical_cores())
+    try:
+        endpoint = f"http://127.0.0.1:{args.port}"
+        print(f"{model} through {endpoint}: typing {len(typing.keys)} keys", file=sys.stderr, flush=True)
+        log = args.log_dir / f"lsp-latency-{model}-remote.log"
+        return asyncio.run(run_session(model, 0, typing, log, args.threads, endpoint=endpoint))
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 if __name__ == "__main__":
