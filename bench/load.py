@@ -45,7 +45,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ["inference/engine.py", "lsp/worker.py", "lsp/completion.py", "inference/postprocess.py",
          "lsp/documents.py", "inference/prompt.py", "lsp/cache.py", "inference/context.py"]
-HOLE_LINES = 40  # lines taken out after the cut, then typed back
+HOLE_LINES = 40  # lines taken out after the cut, then typed back (--hole-lines: about 7 min of typing)
+RSS_EVERY_S = 60.0  # the server's resident memory is read this often while the editors type
 
 
 def frame(message: dict[str, Any]) -> bytes:
@@ -148,12 +149,14 @@ class Editor:
     once: bool = True
 
 
-def type_file(editor: Editor, connection: Connection, seconds: float, rng: random.Random) -> None:
+def type_file(editor: Editor, connection: Connection, seconds: float, rng: random.Random,
+              hole_lines: int = HOLE_LINES) -> None:
     """Open the file with a hole, type the hole back at a human pace until ``seconds`` pass."""
     lines = editor.path.read_text(encoding="utf-8").split("\n")
-    cut = rng.randrange(10, max(11, len(lines) - HOLE_LINES - 1))
-    hole = lines[cut:cut + HOLE_LINES]
-    text_lines = lines[:cut] + [""] + lines[cut + HOLE_LINES:]
+    hole_lines = min(hole_lines, len(lines) - 12)
+    cut = rng.randrange(10, max(11, len(lines) - hole_lines - 1))
+    hole = lines[cut:cut + hole_lines]
+    text_lines = lines[:cut] + [""] + lines[cut + hole_lines:]
     uri = f"file://{editor.path}"
     version = 1
     connection.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
@@ -210,7 +213,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run(count: int, model: str, seconds: float, seed: int, workdir: Path) -> dict[str, Any]:
+def run(count: int, model: str, seconds: float, seed: int, workdir: Path,
+        hole_lines: int = HOLE_LINES) -> dict[str, Any]:
     editors = [Editor(f"editor-{k + 1}", secrets.token_urlsafe(24), ROOT / FILES[k % len(FILES)]) for k in range(count)]
     admin = ("admin", secrets.token_urlsafe(24))
     tokens = workdir / f"tokens-{count}"
@@ -234,11 +238,16 @@ def run(count: int, model: str, seconds: float, seed: int, workdir: Path) -> dic
             connection.wait_status(("idle", "error"))
         before = server_status(port, admin[1])
         rng = random.Random(seed)
-        threads = [threading.Thread(target=type_file, args=(e, c, seconds, random.Random(rng.random())))
+        threads = [threading.Thread(target=type_file, args=(e, c, seconds, random.Random(rng.random()), hole_lines))
                    for e, c in zip(editors, connections)]
         started = time.monotonic()
         for thread in threads:
             thread.start()
+        rss_kib = [before["memory"]["rssKib"]]  # at the start, then every RSS_EVERY_S while they type
+        while any(thread.is_alive() for thread in threads):
+            threads[0].join(timeout=max(0.0, started + RSS_EVERY_S * len(rss_kib) - time.monotonic()))
+            if any(thread.is_alive() for thread in threads) and time.monotonic() >= started + RSS_EVERY_S * len(rss_kib):
+                rss_kib.append(server_status(port, admin[1])["memory"]["rssKib"])
         for thread in threads:
             thread.join()
         for editor, connection in zip(editors, connections):
@@ -265,7 +274,8 @@ def run(count: int, model: str, seconds: float, seed: int, workdir: Path) -> dic
     return {"editors": count, "seconds": elapsed, "rows": rows,
             "ratio": max(p50s) / min(p50s) if p50s and min(p50s) > 0 else None,
             "hit_rate": (after["reusedTokens"] - before["reusedTokens"]) / prompt if prompt else None,
-            "rss_before": before["memory"]["rssKib"], "rss_after": after["memory"]["rssKib"], "model": after["model"]}
+            "rss_before": before["memory"]["rssKib"], "rss_after": after["memory"]["rssKib"], "model": after["model"],
+            "rss_kib": [*rss_kib, after["memory"]["rssKib"]]}
 
 
 def _pct(values: list[float], fraction: float) -> float | None:
@@ -291,6 +301,9 @@ def table(results: list[dict[str, Any]]) -> str:
         hit = f"{100 * result['hit_rate']:.1f} %" if result["hit_rate"] is not None else "-"
         lines.append(f"| {result['editors']} | {result['seconds']:.0f} | {ratio} | {hit} | "
                      f"{result['rss_before'] / 1024:.0f} → {result['rss_after'] / 1024:.0f} |")
+    lines += ["", f"Server RSS (MiB) at the start, every {RSS_EVERY_S:.0f} s of typing, and at the end:", ""]
+    lines += [f"- {result['editors']} editor(s): " + ", ".join(f"{kib / 1024:.0f}" for kib in result["rss_kib"])
+              for result in results]
     return "\n".join(lines)
 
 
@@ -304,19 +317,24 @@ def main() -> int:
     parser.add_argument("--editors", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hole-lines", type=int, default=HOLE_LINES, help="lines each editor types back (at most)")
     parser.add_argument("--smoke", action="store_true", help="smollm2-135m, 1 and 2 editors, 15 s each")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.smoke:
         args.model, args.editors, args.seconds = "smollm2-135m", [1, 2], 15.0
     results = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="wizardcoder-load-") as workdir:
         for count in args.editors:
             print(f"{count} editor(s) typing for {args.seconds:.0f} s ...", file=sys.stderr)
-            results.append(run(count, args.model, args.seconds, args.seed, Path(workdir)))
+            results.append(run(count, args.model, args.seconds, args.seed, Path(workdir), args.hole_lines))
+    load_after = os.getloadavg()
     report = (f"`python bench/load.py --model {args.model} --editors {' '.join(map(str, args.editors))} "
-              f"--seconds {args.seconds:.0f}` on {dt.date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-              f"model {results[0]['model']}.\n\n" + table(results) + "\n")
+              f"--seconds {args.seconds:.0f} --hole-lines {args.hole_lines}` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+              f"{platform.machine()}, {os.cpu_count()} CPUs, model {results[0]['model']}; load average (1, 5, 15 min) "
+              f"before {', '.join(f'{v:.1f}' for v in load_before)}, after {', '.join(f'{v:.1f}' for v in load_after)}."
+              "\n\n" + table(results) + "\n")
     print(report)
     if args.out:
         args.out.write_text(report, encoding="utf-8")
