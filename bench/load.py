@@ -133,6 +133,13 @@ class Connection:
                     self._lock.notify_all()
 
     def close(self) -> None:
+        """Shut the socket down before closing it: a plain close while the reader thread is blocked
+        in ``recv`` sends no FIN on Linux, so the server would never see this client leave (and
+        would count its connection against the token's limit until it stops)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         try:
             self.sock.close()
         except OSError:
