@@ -160,7 +160,7 @@ def type_file(editor: Editor, connection: Connection, seconds: float, rng: rando
               hole_lines: int = HOLE_LINES) -> None:
     """Open the file with a hole, type the hole back at a human pace until ``seconds`` pass."""
     lines = editor.path.read_text(encoding="utf-8").split("\n")
-    hole_lines = min(hole_lines, len(lines) - 12)
+    hole_lines = min(hole_lines, len(lines) - 12)  # the cut starts at line 10 at the earliest
     cut = rng.randrange(10, max(11, len(lines) - hole_lines - 1))
     hole = lines[cut:cut + hole_lines]
     text_lines = lines[:cut] + [""] + lines[cut + hole_lines:]
@@ -251,12 +251,11 @@ def run(count: int, model: str, seconds: float, seed: int, workdir: Path,
         for thread in threads:
             thread.start()
         rss_kib = [before["memory"]["rssKib"]]  # at the start, then every RSS_EVERY_S while they type
-        while any(thread.is_alive() for thread in threads):
-            threads[0].join(timeout=max(0.0, started + RSS_EVERY_S * len(rss_kib) - time.monotonic()))
-            if any(thread.is_alive() for thread in threads) and time.monotonic() >= started + RSS_EVERY_S * len(rss_kib):
-                rss_kib.append(server_status(port, admin[1])["memory"]["rssKib"])
         for thread in threads:
-            thread.join()
+            while thread.is_alive():
+                thread.join(timeout=max(0.0, started + RSS_EVERY_S * len(rss_kib) - time.monotonic()))
+                if thread.is_alive():
+                    rss_kib.append(server_status(port, admin[1])["memory"]["rssKib"])
         for editor, connection in zip(editors, connections):
             measure(editor, connection)
         elapsed = time.monotonic() - started
@@ -281,8 +280,7 @@ def run(count: int, model: str, seconds: float, seed: int, workdir: Path,
     return {"editors": count, "seconds": elapsed, "rows": rows,
             "ratio": max(p50s) / min(p50s) if p50s and min(p50s) > 0 else None,
             "hit_rate": (after["reusedTokens"] - before["reusedTokens"]) / prompt if prompt else None,
-            "rss_before": before["memory"]["rssKib"], "rss_after": after["memory"]["rssKib"], "model": after["model"],
-            "rss_kib": [*rss_kib, after["memory"]["rssKib"]]}
+            "model": after["model"], "rss_kib": [*rss_kib, after["memory"]["rssKib"]]}
 
 
 def _pct(values: list[float], fraction: float) -> float | None:
@@ -307,7 +305,7 @@ def table(results: list[dict[str, Any]]) -> str:
         ratio = f"{result['ratio']:.2f}" if result["ratio"] is not None else "-"
         hit = f"{100 * result['hit_rate']:.1f} %" if result["hit_rate"] is not None else "-"
         lines.append(f"| {result['editors']} | {result['seconds']:.0f} | {ratio} | {hit} | "
-                     f"{result['rss_before'] / 1024:.0f} → {result['rss_after'] / 1024:.0f} |")
+                     f"{result['rss_kib'][0] / 1024:.0f} → {result['rss_kib'][-1] / 1024:.0f} |")
     lines += ["", f"Server RSS (MiB) at the start, every {RSS_EVERY_S:.0f} s of typing, and at the end:", ""]
     lines += [f"- {result['editors']} editor(s): " + ", ".join(f"{kib / 1024:.0f}" for kib in result["rss_kib"])
               for result in results]

@@ -106,6 +106,7 @@ class Request:
 class Session:
     model: str
     speculate: int
+    endpoint: str = ""  # the remote backend's inference server, for a remote session
     description: str = ""
     requests: list[Request] = field(default_factory=list)
     generations: dict[Any, dict[str, Any]] = field(default_factory=dict)  # by requestId
@@ -117,7 +118,7 @@ class Session:
 async def run_session(model: str, speculate: int, typing: Typing, log_file: Path, threads: int,
                       load_timeout_s: float = 900.0, endpoint: str = "") -> Session:
     """One session; with ``endpoint``, the server runs ``model`` through the remote backend there."""
-    session = Session(f"{model} (remote: {endpoint})" if endpoint else model, speculate)
+    session = Session(model, speculate, endpoint)
     client = LanguageClient("wizardcoder-tpu-lsp-latency", "1")
     statuses: list[dict[str, Any]] = []
 
@@ -329,20 +330,24 @@ def report(sessions: list[Session], typing: Typing, load_before: tuple[float, ..
         m = summarize(s)
         share = f"{m.accepted / m.tokens:.0%}" if m.tokens else "–"
         rate = f"{m.accepted}/{m.drafted} ({m.accepted / m.drafted:.0%})" if m.drafted else "0/0"
-        lines.append(f"| {s.model} | {s.speculate} | {m.keys} | {m.items} | {m.cancelled} | {m.empty} | "
+        lines.append(f"| {_label(s)} | {s.speculate} | {m.keys} | {m.items} | {m.cancelled} | {m.empty} | "
                      f"{m.p50_ms:.0f} | {m.p95_ms:.0f} | {m.model_p50_ms:.0f} | {m.model_p95_ms:.0f} | "
                      f"{m.p50_ms - DEBOUNCE_MS:.0f} | {m.cache_hits} | {m.runs} ({m.stopped_runs} / {m.skipped_jobs}) | "
                      f"{m.prompt_per_run:.0f} / {m.prefill_per_run:.0f} | {share} | {rate} | {m.decode_tps:.1f} |")
     lines += ["", "Models as the server described them: " + "; ".join(
-        f"{s.model} → {s.description} (ready in {s.load_s:.1f} s)" for s in sessions) + ".", ""]
-    if any("(remote: " in s.model for s in sessions):
-        lines += ["A remote row's prefilled tokens are every prompt token it sent: the inference server's own "
-                  "prompt cache (llama-cpp-python keeps the last prompt's) is not visible from here, and its "
-                  "decode rate is the completion's tokens over the time from the first to the last piece.", ""]
+        f"{_label(s)} → {s.description} (ready in {s.load_s:.1f} s)" for s in sessions) + ".", ""]
+    if any(s.endpoint for s in sessions):
+        lines += ["A remote row's prefilled tokens are every prompt token it sent: how much of it the inference "
+                  "server reused from its own prompt cache is not visible from here; its decode rate is the "
+                  "completion's tokens over the time from the first to the last piece.", ""]
     errors = [r.error for s in sessions for r in s.requests if r.outcome == "error"]
     if errors:
         lines += [f"Errors ({len(errors)}): " + "; ".join(sorted(set(errors))[:5]), ""]
     return "\n".join(lines)
+
+
+def _label(session: Session) -> str:
+    return f"{session.model} (remote: {session.endpoint})" if session.endpoint else session.model
 
 
 def _git_revision() -> str:
