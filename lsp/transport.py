@@ -10,7 +10,10 @@ TCP serves a team: every connection is a session of its own (``make_session`` bu
 ``WizardServer``: documents, settings, request state, cache), all of them sharing one model and one
 worker (``team.py``). A connection's ``exit``, its refusal (no valid token) or its end closes that
 connection only; the server serves until SIGTERM or SIGINT. At most ``MAX_CONNECTIONS`` at once:
-one more gets a JSON-RPC error saying so and is disconnected.
+one more gets a JSON-RPC error saying so and is disconnected. Every connection has TCP keepalive
+(``keep_alive``): a peer that vanishes without closing (a laptop put to sleep, a dropped VPN)
+sends no FIN, and without probes its session would hold a place in its token's connection limit
+until the next write failed, which an idle session never makes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from typing import BinaryIO
@@ -35,6 +39,22 @@ from .protocol import WizardProtocol
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 64
 FULL_MESSAGE = f"wizardcoder: this server already serves {MAX_CONNECTIONS} connections, the most it serves at once"
+# An idle connection is probed after KEEPALIVE_IDLE_S, then every KEEPALIVE_INTERVAL_S; after
+# KEEPALIVE_PROBES unanswered probes the kernel ends it (about 2 minutes for a vanished peer) and
+# its session ends as if the client had closed it. Linux's default would wait over two hours.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 60, 10, 6
+
+
+def keep_alive(sock: socket.socket | None) -> None:
+    """Turn on TCP keepalive with the probing above (where the platform has the options)."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 async def _serve(protocol: WizardProtocol, reader: FrameReader) -> int:
@@ -102,6 +122,7 @@ def serve_tcp(make_session: Callable[[], LanguageServer], host: str, port: int,
                 writer.close()
                 return
             live.add(writer)
+            keep_alive(writer.get_extra_info("socket"))
             session = make_session()
             protocol = _protocol(session)
             protocol.set_writer(writer)

@@ -52,6 +52,7 @@ class RawClient:
         self._next_id = 0
         self._closed = False
         self.over_tcp = False  # a TCP session: the server outlives it and closes only the connection
+        self.local_port: int | None = None  # a TCP client's own port (RawClient.tcp)
         self._reader = threading.Thread(target=self._read_loop, name="raw-lsp-reader", daemon=True)
         self._reader.start()
 
@@ -88,6 +89,7 @@ class RawClient:
 
         client = cls(sock.sendall, sock.recv, close, process)
         client.over_tcp = True
+        client.local_port = sock.getsockname()[1]  # the client's end, to find the connection in /proc/net/tcp
         return client
 
     # Sending -----------------------------------------------------------------------------------

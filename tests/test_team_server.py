@@ -229,6 +229,34 @@ def test_status_command_with_a_token(team_server):
     assert served.returncode == 0 and "bob" in served.stdout and BOB not in served.stdout
 
 
+def _server_side_timer(server_port: int, client_port: int) -> tuple[int, float]:
+    """The kernel's timer on the server's end of one loopback connection, from /proc/net/tcp:
+    (kind, seconds to expiry); kind 2 is the keepalive timer, 0 none."""
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        local, remote, timer = fields[1], fields[2], fields[5]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            kind, ticks = timer.split(":")
+            return int(kind, 16), int(ticks, 16) / os.sysconf("SC_CLK_TCK")
+    raise AssertionError(f"no connection {server_port} <- {client_port} in /proc/net/tcp")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's /proc/net/tcp")
+def test_an_idle_connection_is_probed_so_a_vanished_peer_frees_its_place(open_server):
+    """A laptop that sleeps sends no FIN: only keepalive probes find that it has gone. The
+    server's end of an idle, initialized connection has the kernel's keepalive timer running,
+    due within the server's idle time (60 s), where Linux's default is none at all."""
+    port, _, _ = open_server
+    client = RawClient.tcp(port)
+    try:
+        client.initialize({"debounceMs": 0}, wait_for_model=False)
+        kind, due_s = _server_side_timer(port, client.local_port)
+        assert kind == 2 and 0 < due_s <= 60, (kind, due_s)
+        assert _server_side_timer(client.local_port, port)[0] == 0  # the test's end asked for none
+    finally:
+        client.close()
+
+
 # Start-up checks (no server needed) ------------------------------------------------------------
 def test_a_non_loopback_address_is_allowed_only_with_tokens():
     with pytest.raises(ValueError, match="--token-file"):
