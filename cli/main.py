@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --tcp: requests one client name may have waiting; beyond, its oldest is dropped "
                             "(default 16)")
     serve.add_argument("--cache-slots", type=int, metavar="N",
-                       help="cpu: KV caches kept, one earlier prompt each (default 4)")
+                       help="KV caches kept, one earlier prompt each; 0 (the default): 4 on the cpu, on the tpu as "
+                            "many as the device memory holds")
     serve.add_argument("--log-file", help="log here (default: <cache>/server.log); stdout belongs to the protocol")
     serve.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--fallback-cpu", action="store_true",

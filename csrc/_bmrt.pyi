@@ -77,9 +77,10 @@ class EngineStats:
         """Bytes copied device -> device (KV rows into the cache, the head's input row)."""
 
 class Engine:
-    def __init__(self, bmodel: str, devices: Sequence[int] = []) -> None:
+    def __init__(self, bmodel: str, devices: Sequence[int] = [], slots: int = 1) -> None:
         """Open ``devices`` (empty: 0 .. the bmodel's device count - 1), load ``bmodel``, check
-        its nets, allocate the device buffers."""
+        its nets, allocate the device buffers with KV caches for ``slots`` prefixes (0: as many as
+        the free device memory holds, up to 64; fewer than asked where they do not fit)."""
     def close(self) -> None:
         """Free the device. From another thread during ``generate``: that call raises DeviceError
         before its next step."""
@@ -107,7 +108,17 @@ class Engine:
     def net_names(self) -> list[str]: ...
     @property
     def length(self) -> int:
-        """Positions held in the device KV cache."""
+        """Positions held in the selected slot's device KV cache."""
+    @property
+    def slots(self) -> int:
+        """KV-cache slots on the device, one prefix each."""
+    @property
+    def selected_slot(self) -> int: ...
+    @property
+    def slot_bytes(self) -> int:
+        """Device memory one slot takes (K and V of every layer, the full context)."""
+    def select_slot(self, slot: int) -> None:
+        """Make ``slot`` the cache every call uses (a switch on the device: nothing is copied)."""
     @property
     def stats(self) -> EngineStats: ...
     def truncate(self, length: int) -> None: ...

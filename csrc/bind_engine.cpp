@@ -100,10 +100,11 @@ void register_engine(py::module_& m) {
       .def_readonly("bytes_on_device", &wct::EngineStats::bytes_on_device);
 
   py::class_<wct::Engine>(m, "Engine")
-      .def(py::init([](const std::string& bmodel, const std::vector<int>& devices) {
-             return new wct::Engine(loaded_api(), bmodel, devices);
+      .def(py::init([](const std::string& bmodel, const std::vector<int>& devices, int slots) {
+             return new wct::Engine(loaded_api(), bmodel, devices, slots);
            }),
-           py::arg("bmodel"), py::arg("devices") = std::vector<int>{}, py::call_guard<py::gil_scoped_release>())
+           py::arg("bmodel"), py::arg("devices") = std::vector<int>{}, py::arg("slots") = 1,
+           py::call_guard<py::gil_scoped_release>())
       .def("close", &wct::Engine::close, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("closed", &wct::Engine::closed)
       .def_property_readonly("seq_len", &wct::Engine::seq_len)
@@ -115,6 +116,10 @@ void register_engine(py::module_& m) {
       .def_property_readonly("device_count", &wct::Engine::device_count)
       .def_property_readonly("net_names", &wct::Engine::net_names)
       .def_property_readonly("length", &wct::Engine::length)
+      .def_property_readonly("slots", &wct::Engine::slots)
+      .def_property_readonly("selected_slot", &wct::Engine::selected_slot)
+      .def_property_readonly("slot_bytes", &wct::Engine::slot_bytes)
+      .def("select_slot", &wct::Engine::select_slot, py::arg("slot"))
       .def_property_readonly("stats", &wct::Engine::stats)
       .def("truncate", &wct::Engine::truncate, py::arg("length"))
       .def("feed_greedy", &wct::Engine::feed_greedy, py::arg("ids"), py::call_guard<py::gil_scoped_release>())

@@ -57,6 +57,15 @@ typedef struct bm_mem_desc {
   unsigned int size;
 } bm_device_mem_t;
 
+// One global-memory heap's use in bytes (bm_get_gmem_heap_stat_byte_by_id).
+typedef struct bm_heap_stat_byte {
+  unsigned int heap_id;
+  unsigned long long mem_total;
+  unsigned long long mem_avail;
+  unsigned long long mem_used;
+  unsigned long long mem_start_addr;
+} bm_heap_stat_byte_t;
+
 // ---- bmrt (bmdef.h) ------------------------------------------------------------------------
 typedef enum {
   BM_FLOAT32 = 0,
@@ -136,6 +145,10 @@ struct Api {
   bm_status_t (*bm_memcpy_d2d_byte)(bm_handle_t handle, bm_device_mem_t dst, size_t dst_offset,
                                     bm_device_mem_t src, size_t src_offset, size_t size);
   bm_status_t (*bm_thread_sync)(bm_handle_t handle);
+  // Optional (null where a libbmlib lacks them): how much device memory is free, which sizes the
+  // KV-cache slots (engine.h). Without them the engine keeps the slots it was asked for.
+  bm_status_t (*bm_get_gmem_total_heap_num)(bm_handle_t handle, unsigned int* heap_num);
+  bm_status_t (*bm_get_gmem_heap_stat_byte_by_id)(bm_handle_t handle, bm_heap_stat_byte_t* stat, unsigned int heap_id);
   // bmrt
   void* (*bmrt_create)(bm_handle_t handle);
   void* (*bmrt_create_ex)(bm_handle_t* handles, int num_handles);

@@ -20,6 +20,26 @@ Buf DeviceMemory::alloc(int dev, size_t bytes, const char* what) {
   return buf;
 }
 
+int64_t DeviceMemory::free_bytes(int dev) const {
+  if (!api_.bm_get_gmem_total_heap_num || !api_.bm_get_gmem_heap_stat_byte_by_id) return -1;
+  unsigned int heaps = 0;
+  if (api_.bm_get_gmem_total_heap_num(handles_[dev], &heaps) != BM_SUCCESS || heaps == 0) return -1;
+  int64_t avail = 0;
+  for (unsigned int id = 0; id < heaps; ++id) {
+    bm_heap_stat_byte_t stat{};
+    if (api_.bm_get_gmem_heap_stat_byte_by_id(handles_[dev], &stat, id) != BM_SUCCESS) return -1;
+    avail += static_cast<int64_t>(stat.mem_avail);
+  }
+  return avail;
+}
+
+void DeviceMemory::free_since(size_t mark) {
+  while (owned_.size() > mark) {
+    api_.bm_free_device(handles_[owned_.back().dev], owned_.back().mem);
+    owned_.pop_back();
+  }
+}
+
 void DeviceMemory::free_all() {
   for (Buf& buf : owned_) api_.bm_free_device(handles_[buf.dev], buf.mem);
   owned_.clear();

@@ -36,6 +36,11 @@ class DeviceMemory {
   // Throws DeviceError naming `what` when the device is out of memory.
   Buf alloc(int dev, size_t bytes, const char* what);
   void free_all();  // every buffer alloc() returned; before the handles are freed
+  size_t mark() const { return owned_.size(); }
+  void free_since(size_t mark);  // the buffers alloc() returned after mark() said `mark`
+  // Bytes free on device `dev`, summed over its global-memory heaps (bm_malloc_device_byte takes
+  // from any of them); -1 where this libbmlib cannot say.
+  int64_t free_bytes(int dev) const;
 
   // Each throws DeviceError when bmlib refuses.
   void write(const Buf& dst, const void* src, size_t bytes);

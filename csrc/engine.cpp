@@ -49,9 +49,13 @@ const char* stop_reason_name(StopReason reason) {
 
 // ---- lifetime -------------------------------------------------------------------------------
 
-Engine::Engine(const Api& api, const std::string& bmodel_path, const std::vector<int>& devices) : api_(api) {
+Engine::Engine(const Api& api, const std::string& bmodel_path, const std::vector<int>& devices, int slots)
+    : api_(api) {
+  if (slots < 0 || slots > kMaxSlots)
+    throw Error("KV-cache slots must be 0 (as many as fit) to " + std::to_string(kMaxSlots) + ", not " +
+                std::to_string(slots));
   try {
-    open(bmodel_path, devices);
+    open(bmodel_path, devices, slots);
   } catch (...) {
     release();
     throw;
@@ -91,11 +95,13 @@ void Engine::release() {
   handles_.clear();
   closed_ = true;
   length_ = 0;
+  slot_ = 0;
+  lengths_.clear();
   std::lock_guard<std::mutex> lock(g_live_mutex);
   g_live.erase(std::remove(g_live.begin(), g_live.end(), this), g_live.end());
 }
 
-void Engine::open(const std::string& bmodel_path, const std::vector<int>& devices_in) {
+void Engine::open(const std::string& bmodel_path, const std::vector<int>& devices_in, int slots) {
   info_ = read_bmodel_info(bmodel_path);
   std::vector<int> devices = devices_in;
   for (int d = 0; devices_in.empty() && d < info_.device_num; ++d) devices.push_back(d);  // as compiled
@@ -118,12 +124,57 @@ void Engine::open(const std::string& bmodel_path, const std::vector<int>& device
   std::vector<NetDesc> nets;
   for (const std::string& name : net_names_) nets.push_back(describe_net(api_.bmrt_get_network_info(bmrt_, name.c_str()), name));
   contract_ = check_contract(nets, static_cast<int>(handles_.size()));
-  allocate();
+  allocate(slots);
 }
 
 // ---- device buffers ---------------------------------------------------------------------------
 
-void Engine::allocate() {
+int64_t Engine::slot_bytes() const {
+  int64_t bytes = 0;
+  for (size_t d = 0; d < handles_.size(); ++d)
+    bytes += 2ll * contract_.num_layers * contract_.seq_len * static_cast<int64_t>(contract_.kv_row_bytes[d]);
+  return bytes;
+}
+
+// `wanted` slots (0: kMaxSlots), fewer where the device memory left after the bmodel and the
+// engine's other buffers cannot hold them beside kFreeReserveBytes, at least one; -1 where bmlib
+// reports no heap statistics (tpu-mlir's simulator reports none).
+int Engine::slots_that_fit(int wanted) const {
+  int fit = wanted == 0 ? kMaxSlots : wanted;
+  for (int d = 0; d < static_cast<int>(handles_.size()); ++d) {
+    const int64_t avail = memory_.free_bytes(d);
+    if (avail < 0) return -1;
+    const int64_t per_slot = 2ll * contract_.num_layers * contract_.seq_len * static_cast<int64_t>(contract_.kv_row_bytes[d]);
+    fit = static_cast<int>(std::min<int64_t>(fit, std::max<int64_t>(0, avail - kFreeReserveBytes) / std::max<int64_t>(per_slot, 1)));
+  }
+  return std::max(1, fit);
+}
+
+bool Engine::allocate_slot(int slot) {
+  const size_t N = contract_.seq_len, mark = memory_.mark();
+  try {
+    for (int d = 0; d < static_cast<int>(handles_.size()); ++d) {
+      DeviceBufs& b = dev_[d];
+      b.k_cache.emplace_back();
+      b.v_cache.emplace_back();
+      for (int i = 0; i < contract_.num_layers; ++i) {
+        b.k_cache[slot].push_back(memory_.alloc(d, N * contract_.kv_row_bytes[d], "the K cache"));
+        b.v_cache[slot].push_back(memory_.alloc(d, N * contract_.kv_row_bytes[d], "the V cache"));
+      }
+    }
+  } catch (const DeviceError&) {
+    memory_.free_since(mark);
+    for (DeviceBufs& b : dev_) {
+      b.k_cache.resize(slot);
+      b.v_cache.resize(slot);
+    }
+    if (slot == 0) throw;  // not even one cache: the model does not fit
+    return false;
+  }
+  return true;
+}
+
+void Engine::allocate(int wanted_slots) {
   const size_t N = contract_.seq_len, K = contract_.chunks.empty() ? 0 : contract_.chunks.back().rows;
   const size_t mask_elems = std::max({N * N, K * (N + K), N + 1});
   dev_.resize(handles_.size());
@@ -136,16 +187,31 @@ void Engine::allocate() {
     b.hidden[1] = memory_.alloc(d, N * contract_.hidden_row_bytes, "hidden");
     b.present_k = memory_.alloc(d, std::max<size_t>(K, 1) * contract_.kv_row_bytes[d], "present_k");
     b.present_v = memory_.alloc(d, std::max<size_t>(K, 1) * contract_.kv_row_bytes[d], "present_v");
-    for (int i = 0; i < contract_.num_layers; ++i) {
-      b.k_cache.push_back(memory_.alloc(d, N * contract_.kv_row_bytes[d], "the K cache"));
-      b.v_cache.push_back(memory_.alloc(d, N * contract_.kv_row_bytes[d], "the V cache"));
-    }
     if (d < contract_.lm_head.groups) {
       b.lm_in = memory_.alloc(d, contract_.hidden_row_bytes, "lm_head input");
       b.lm_token = memory_.alloc(d, 4, "lm_head token");
       if (contract_.lm_logits.present()) b.lm_logits = memory_.alloc(d, static_cast<size_t>(contract_.vocab) * 4, "logits");
     }
   }
+  // Where bmlib reports free memory, as many as it says fit; where it does not, allocated until
+  // the device refuses one, then enough of the last given back to leave kFreeReserveBytes free.
+  const int fit = slots_that_fit(wanted_slots);
+  const int target = fit > 0 ? fit : wanted_slots == 0 ? kMaxSlots : wanted_slots;
+  int slots = 0;
+  while (slots < target && allocate_slot(slots)) ++slots;
+  if (fit < 0 && slots < target) {
+    const int64_t per_slot = std::max<int64_t>(slot_bytes(), 1);
+    const int spare = static_cast<int>(std::min<int64_t>(slots - 1, (kFreeReserveBytes + per_slot - 1) / per_slot));
+    const size_t layers = static_cast<size_t>(contract_.num_layers);
+    slots -= spare;
+    memory_.free_since(memory_.mark() - static_cast<size_t>(spare) * layers * 2 * handles_.size());
+    for (DeviceBufs& b : dev_) {
+      b.k_cache.resize(slots);
+      b.v_cache.resize(slots);
+    }
+  }
+  lengths_.assign(slots, 0);
+  slot_ = 0;
 }
 
 // ---- device primitives ------------------------------------------------------------------------
@@ -234,11 +300,11 @@ void Engine::run_blocks(const std::vector<NetLayout>& nets, int at, int keep) {
       bind_in(l, kMask, g, b.mask);
       bind_out(l, kHiddenOut, g, b.hidden[1 - cur]);
       if (at < 0) {
-        bind_out(l, kPresentK, g, b.k_cache[i]);
-        bind_out(l, kPresentV, g, b.v_cache[i]);
+        bind_out(l, kPresentK, g, b.k_cache[slot_][i]);
+        bind_out(l, kPresentV, g, b.v_cache[slot_][i]);
       } else {
-        bind_in(l, kPastK, g, b.k_cache[i]);
-        bind_in(l, kPastV, g, b.v_cache[i]);
+        bind_in(l, kPastK, g, b.k_cache[slot_][i]);
+        bind_in(l, kPastV, g, b.v_cache[slot_][i]);
         bind_out(l, kPresentK, g, b.present_k);
         bind_out(l, kPresentV, g, b.present_v);
       }
@@ -247,8 +313,8 @@ void Engine::run_blocks(const std::vector<NetLayout>& nets, int at, int keep) {
     if (at >= 0) {
       for (int g = 0; g < l.net.groups; ++g) {
         const size_t row = contract_.kv_row_bytes[g];
-        memory_.copy(dev_[g].k_cache[i], at * row, dev_[g].present_k, 0, keep * row);
-        memory_.copy(dev_[g].v_cache[i], at * row, dev_[g].present_v, 0, keep * row);
+        memory_.copy(dev_[g].k_cache[slot_][i], at * row, dev_[g].present_k, 0, keep * row);
+        memory_.copy(dev_[g].v_cache[slot_][i], at * row, dev_[g].present_v, 0, keep * row);
       }
     }
     cur = 1 - cur;
@@ -424,6 +490,16 @@ void Engine::truncate(int length) {
   require_open();
   if (length < 0) throw Error("negative length");
   length_ = std::min(length_, length);
+}
+
+void Engine::select_slot(int slot) {
+  std::lock_guard<std::timed_mutex> lock(mutex_);
+  require_open();
+  if (slot < 0 || slot >= slots())
+    throw Error("slot " + std::to_string(slot) + " does not exist (this engine keeps " + std::to_string(slots()) + ")");
+  lengths_[slot_] = length_;
+  slot_ = slot;
+  length_ = lengths_[slot];
 }
 
 // A device failure leaves the cache half-written: forget it all rather than trust any of it.

@@ -38,6 +38,10 @@ struct FeedCall {
   int rows;  // rows the block nets compute: N, the chunk set's, or 1
 };
 constexpr int kCallRows = 64;
+// Slots when asked for as many as fit (the language server's setting goes to 64), and the device
+// memory left free after them: the runtime's own buffers and a second model's load need room.
+constexpr int kMaxSlots = 64;
+constexpr int64_t kFreeReserveBytes = 256ll << 20;
 std::vector<FeedCall> plan_feed(int length, int count, int seq_len, const std::vector<int>& chunk_rows);
 const char* feed_call_name(FeedCall::Kind kind);
 
@@ -63,9 +67,9 @@ class Engine {
  public:
   // Opens `devices` (one handle each; the bmodel must span that many; empty = 0 … its device
   // count - 1), loads the bmodel, checks every net against the contract and allocates the
-  // device buffers. Throws ModelError /
-  // DeviceError; nothing is left held when it throws.
-  Engine(const Api& api, const std::string& bmodel_path, const std::vector<int>& devices);
+  // device buffers, KV caches for `slots` prefixes among them (0: as many as fit, see
+  // slots_that_fit). Throws ModelError / DeviceError; nothing is left held when it throws.
+  Engine(const Api& api, const std::string& bmodel_path, const std::vector<int>& devices, int slots = 1);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -89,8 +93,17 @@ class Engine {
   std::vector<std::string> net_names() const { return net_names_; }
   const BmodelInfo& bmodel_info() const { return info_; }
 
-  int length() const { return length_; }
+  int length() const { return length_; }  // of the selected slot
   void truncate(int length);  // forget positions from `length` on (they are masked, not cleared)
+
+  // KV-cache slots: each a full-context K and V cache per layer in device memory, holding one
+  // prefix. Every call feeds, reads and truncates the selected one; selecting another is a
+  // pointer switch (nothing is copied, nothing crosses to the host), so an engine serving
+  // several documents or clients keeps each one's prefix cached on the device.
+  int slots() const { return static_cast<int>(lengths_.size()); }
+  void select_slot(int slot);
+  int selected_slot() const { return slot_; }
+  int64_t slot_bytes() const;  // device memory one slot takes, summed over the devices
 
   // Append `ids` to the cache; return the greedy next token (lm_head) or the logits (lm_head_logits).
   int feed_greedy(const std::vector<int>& ids);
@@ -119,13 +132,15 @@ class Engine {
   };
   struct DeviceBufs {  // one set per device
     Buf ids, pos, mask, hidden[2], present_k, present_v;
-    std::vector<Buf> k_cache, v_cache;  // per layer, N rows each
+    std::vector<std::vector<Buf>> k_cache, v_cache;  // [slot][layer], N rows each
     Buf lm_in, lm_token, lm_logits;
   };
 
-  void open(const std::string& bmodel_path, const std::vector<int>& devices);
+  void open(const std::string& bmodel_path, const std::vector<int>& devices, int slots);
   void release();
-  void allocate();
+  void allocate(int slots);
+  int slots_that_fit(int wanted) const;  // -1: bmlib cannot say what is free
+  bool allocate_slot(int slot);          // false: out of device memory (nothing of it kept)
 
   void bind_in(Launch& l, int slot, int dev, const Buf& buf) const;  // no-op for an absent input
   void bind_out(Launch& l, int slot, int dev, const Buf& buf) const;
@@ -157,7 +172,9 @@ class Engine {
   Contract contract_;
   std::vector<DeviceBufs> dev_;
 
-  int length_ = 0;
+  int length_ = 0;            // the selected slot's cached positions
+  int slot_ = 0;              // the selected slot
+  std::vector<int> lengths_;  // every slot's, the selected one's kept in length_ meanwhile
   int cur_ = 0, last_row_ = 0;
   EngineStats stats_;
   std::atomic<bool> cancel_{false};

@@ -50,6 +50,9 @@ std::string resolve_all(void* bmlib, void* bmrt, Api& api) {
   resolve(bmlib, "bm_memcpy_d2s_partial_offset", api.bm_memcpy_d2s_partial_offset, missing);
   resolve(bmlib, "bm_memcpy_d2d_byte", api.bm_memcpy_d2d_byte, missing);
   resolve(bmlib, "bm_thread_sync", api.bm_thread_sync, missing);
+  std::string optional;  // absent in some builds: the engine copes without them
+  resolve(bmlib, "bm_get_gmem_total_heap_num", api.bm_get_gmem_total_heap_num, optional);
+  resolve(bmlib, "bm_get_gmem_heap_stat_byte_by_id", api.bm_get_gmem_heap_stat_byte_by_id, optional);
   resolve(bmrt, "bmrt_create", api.bmrt_create, missing);
   resolve(bmrt, "bmrt_create_ex", api.bmrt_create_ex, missing);
   resolve(bmrt, "bmrt_destroy", api.bmrt_destroy, missing);

@@ -83,7 +83,7 @@ class Backend(abc.ABC):
 
     def select_slot(self, index: int) -> None:
         """Make slot ``index`` the cache that ``forward``, ``truncate`` and ``cached_length`` use.
-        A backend with one cache (the TPU's, for now) has slot 0 only."""
+        A backend with one cache has slot 0 only."""
         if index != 0:
             raise InferenceError(f"the {self.name} backend keeps one KV cache (slot 0), not slot {index}")
 

@@ -27,11 +27,15 @@ def resolve_model(model: str | None) -> Path:
     return path
 
 
+CPU_SLOTS = 4  # the CPU backend's KV caches when the caller leaves it to the backend (slots=0)
+
+
 def load_engine(model: str | None = None, backend: str = "cpu", threads: int | None = None,
                 weights: str = "auto", slots: int = 1, remote: RemoteConfig | None = None) -> TextEngine:
-    """``threads``, ``weights`` and ``slots`` (KV caches kept, one prefix each) apply to the CPU
-    backend (a bmodel's precision is fixed when it is compiled; the TPU keeps one KV cache);
-    ``remote`` (the endpoint, protocol, access) to the remote one."""
+    """``threads`` and ``weights`` apply to the CPU backend (a bmodel's precision is fixed when it
+    is compiled); ``slots`` (KV caches kept, one prefix each; 0: the backend's own, ``CPU_SLOTS``
+    on the CPU, as many as the device memory holds on the TPU) to both; ``remote`` (the
+    endpoint, protocol, access) to the remote one."""
     path = resolve_model(model)
     if backend == "remote":
         if remote is None:
@@ -42,10 +46,10 @@ def load_engine(model: str | None = None, backend: str = "cpu", threads: int | N
         from .weights import open_checkpoint
 
         checkpoint = open_checkpoint(path)
-        backend_ = CPUBackend(checkpoint, threads=threads, weights=weights, slots=slots)
+        backend_ = CPUBackend(checkpoint, threads=threads, weights=weights, slots=slots or CPU_SLOTS)
         return Engine(backend_, checkpoint.tokenizer(), model_name=path.name)
     if backend == "tpu":
         from .backends.tpu import load_tpu_engine  # the C++ bmrt engine (csrc/)
 
-        return load_tpu_engine(path)
+        return load_tpu_engine(path, slots=slots)
     raise ModelLoadError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

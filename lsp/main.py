@@ -47,9 +47,9 @@ def serve(args: argparse.Namespace) -> int:
         if tokens is not None and not getattr(args, "tcp", None):
             raise ValueError("--token-file is for --tcp (over stdio the editor is the only client)")
         host_port = parse_tcp(args.tcp, authenticated=tokens is not None) if getattr(args, "tcp", None) else None
-        for flag in ("connections_per_client", "requests_per_client", "cache_slots"):
-            if (value := getattr(args, flag, None)) is not None and value < 1:
-                raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, not {value}")
+        for flag, least in (("connections_per_client", 1), ("requests_per_client", 1), ("cache_slots", 0)):
+            if (value := getattr(args, flag, None)) is not None and value < least:
+                raise ValueError(f"--{flag.replace('_', '-')} must be at least {least}, not {value}")
         access = remote_access(args)
     except (ValueError, TokenFileError, RemoteError) as exc:
         print(f"wizardcoder-tpu serve: {exc}", file=sys.stderr)

@@ -83,9 +83,10 @@ class Settings:
                            "closely as a fast kernel allows, `int8`/`int4` requantize, `f32` is the reference.",
                            choices=WEIGHTS)
     threads: int = setting(0, "CPU backend threads; 0 is one per physical core.", minimum=0, maximum=256)
-    cache_slots: int = setting(4, "KV caches the CPU backend keeps, one earlier prompt each: switching between "
-                               "documents (or a team server's clients) and back prefills only what changed. The TPU "
-                               "backend keeps one.", minimum=1, maximum=64)
+    cache_slots: int = setting(0, "KV caches kept, one earlier prompt each: switching between documents (or a team "
+                               "server's clients) and back prefills only what changed. 0 is the backend's own: 4 on "
+                               "the CPU, on the TPU as many as the device memory beside the bmodel holds (at most "
+                               "64; a number asked for is capped there too).", minimum=0, maximum=64)
     max_new_tokens: int = setting(64, "Tokens per completion at most.", minimum=1, maximum=4096)
     speculate: int = setting(0, "Prompt-lookup speculation: up to this many tokens guessed by copying what followed "
                              "the same words earlier in the prompt, checked by the model in one call (the completion "

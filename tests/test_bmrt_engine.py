@@ -235,6 +235,28 @@ def test_prefix_reuse_through_chunks_equals_a_cold_prefill():
 
 
 @pytest.mark.slow
+def test_kv_cache_slots_on_the_device_keep_each_document_cached():
+    """Issue 13 on the TPU: the engine keeps several KV caches in device memory (as many as fit
+    when left to it), and switching between two documents and back prefills neither again: the
+    edited prompt feeds only its new tokens, and gives the tokens of a cold run. A switch is
+    a pointer change on the device: no launch, no byte moved."""
+    bmodel = tiny_bmodel("llama_gqa")
+    docs, edits = [prompt(20, 11), prompt(24, 12)], [prompt(5, 13), prompt(3, 14)]
+    got = run_scenario("slots", bmodel=str(bmodel), docs=docs, edits=edits, new_tokens=4)
+    # The simulator's bmlib reports no heap statistics, so the engine allocates slots until the
+    # device refuses one or it has the most (64); the simulator holds 64 of the tiny model's.
+    assert got["fit"] == 64 and got["asked_3"] == 3, got
+    assert got["slot_bytes"] > 0
+    for doc, edit, warm, cold in zip(docs, edits, got["warm"], got["cold"]):
+        assert warm["reused"] == len(doc) and warm["prefills"] == 0, warm
+        assert warm["fed"] == len(edit) + 4 - 1, warm  # the edit, then each token but the last
+        assert warm["tokens"] == cold
+    assert got["lengths"][0] == got["lengths"][2] > len(docs[0]) and got["lengths"][1] > len(docs[1])
+    assert got["switch"] == {"launches": 0, "bytes_to_device": 0, "bytes_from_device": 0, "bytes_on_device": 0}
+    assert "slot 2 does not exist" in got["no_such_slot"]
+
+
+@pytest.mark.slow
 def test_cancel_stops_within_one_step():
     """cancel() from another thread while the C++ loop runs: no step after the one in flight."""
     bmodel = tiny_bmodel("gpt_bigcode_mq")

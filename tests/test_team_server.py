@@ -271,11 +271,13 @@ def test_serve_on_a_non_loopback_address_without_a_token_file_exits_with_a_clear
     assert "not a loopback address" in done.stderr and "--token-file" in done.stderr
 
 
-@pytest.mark.parametrize("flag", ["--connections-per-client", "--requests-per-client", "--cache-slots"])
-def test_limits_below_one_are_refused_at_start(tmp_path, flag):
+@pytest.mark.parametrize("flag, least", [("--connections-per-client", 1), ("--requests-per-client", 1),
+                                         ("--cache-slots", 0)])  # 0 slots: the backend's own number
+def test_limits_below_their_least_are_refused_at_start(tmp_path, flag, least):
     done = subprocess.run([sys.executable, "-m", "wizardcoder_tpu", "serve", "--tcp", f"127.0.0.1:{free_port()}", flag,
-                           "0", "--log-file", str(tmp_path / "server.log")], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and f"{flag} must be at least 1" in done.stderr
+                           str(least - 1), "--log-file", str(tmp_path / "server.log")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and f"{flag} must be at least {least}" in done.stderr
 
 
 @pytest.mark.parametrize("content, problem", [

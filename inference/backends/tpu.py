@@ -164,7 +164,9 @@ class TPUBackend(Backend):
     name = "tpu"
 
     def __init__(self, bmodel: str | os.PathLike, devices: Sequence[int] = (0,), lib_dir: str | None = None,
-                 stop_ids: Iterable[int] = ()):
+                 stop_ids: Iterable[int] = (), slots: int = 1):
+        """``slots``: KV caches on the device, one prefix each (0: as many as its free memory
+        holds beside the bmodel, up to 64; a number asked for is capped there too)."""
         self._fed_base = 0
         super().__init__()
         self.library_dir = load_libraries(lib_dir)
@@ -177,7 +179,12 @@ class TPUBackend(Backend):
         self.path, self.devices = Path(bmodel), list(devices)
         self._closed = False  # by close(): the device is not reopened
         self._restarted = False  # truncate(0) since the device went away: the next feed may reopen it
+        self._wanted_slots, self._slot = slots, 0
         self._engine = self._open()
+        self.slots = self._engine.slots
+        if slots != 1:
+            log.info("TPU engine: %d KV-cache slot(s) of %.1f MiB each on the device (asked for %s)", self.slots,
+                     self._engine.slot_bytes / 2**20, slots or "as many as fit")
         self.max_context = self._engine.seq_len
         self.vocab_size = self._engine.vocab_size
         self.stop_ids = frozenset(stop_ids)  # end the C++ loop without a round trip through Python
@@ -200,6 +207,15 @@ class TPUBackend(Backend):
             self._restarted = self._restarted or length == 0
             return
         self._call("truncate", length)
+
+    def select_slot(self, index: int) -> None:
+        """A switch of the device's cache pointers (``Engine::select_slot``): nothing is copied."""
+        if not 0 <= index < self.slots:
+            raise BackendError(f"slot {index} does not exist (this backend keeps {self.slots})")
+        self._slot = index
+        if self._engine.closed and not self._closed:  # the device went away: selected when it reopens
+            return
+        self._call("select_slot", index)
 
     def forward(self, token_ids: Sequence[int]) -> np.ndarray:
         return np.frombuffer(self._call("feed_logits", list(token_ids)), np.float32)
@@ -241,7 +257,7 @@ class TPUBackend(Backend):
     def _open(self):
         bmrt = _module()
         try:
-            return bmrt.Engine(str(self.path), self.devices)
+            return bmrt.Engine(str(self.path), self.devices, self._wanted_slots)
         except bmrt.DeviceError as exc:
             raise TPUUnavailableError(f"{self.path}: {exc}") from None
         except bmrt.Error as exc:
@@ -256,6 +272,10 @@ class TPUBackend(Backend):
             self._engine = self._open()
         except ModelLoadError as exc:
             raise BackendError(f"TPU engine: the device went away and cannot be opened again: {exc}") from None
+        if self._engine.slots < self.slots:  # the engine above chose slots by this number
+            raise BackendError(f"TPU engine: opened again, the device holds {self._engine.slots} KV-cache slot(s), "
+                               f"not the {self.slots} it had")
+        self._engine.select_slot(self._slot)
         self._fed_base -= fed
         self._restarted = False
 
@@ -297,8 +317,9 @@ def read_manifest(directory: Path) -> dict:
 
 
 def load_tpu_engine(path: str | os.PathLike, lib_dir: str | None = None,
-                    devices: Sequence[int] | None = None) -> Engine:
-    """An Engine over the compiled model at ``path`` (a .bmodel or its directory)."""
+                    devices: Sequence[int] | None = None, slots: int = 1) -> Engine:
+    """An Engine over the compiled model at ``path`` (a .bmodel or its directory), with ``slots``
+    KV caches on the device (``TPUBackend``)."""
     bmodel = find_bmodel(path)
     manifest = read_manifest(bmodel.parent)
     tokenizer_file = bmodel.parent / (manifest.get("tokenizer") or "tokenizer.json")
@@ -308,5 +329,5 @@ def load_tpu_engine(path: str | os.PathLike, lib_dir: str | None = None,
     if devices is None:
         count = int(manifest.get("compiled", {}).get("num_device", 1) or 1)
         devices = list(range(count))
-    backend = TPUBackend(bmodel, devices=devices, lib_dir=lib_dir, stop_ids=sorted(tokenizer.stop_ids))
+    backend = TPUBackend(bmodel, devices=devices, lib_dir=lib_dir, stop_ids=sorted(tokenizer.stop_ids), slots=slots)
     return Engine(backend, tokenizer, model_name=bmodel.stem)

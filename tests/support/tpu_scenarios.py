@@ -40,6 +40,50 @@ def prefix_reuse(bmodel: str, first: list[int], second: list[int], new_tokens: i
             "fed": stats.tokens_fed - fed, "prefills": stats.prefills - prefills, "chunks": stats.chunks}
 
 
+def slots(bmodel: str, docs: list[list[int]], edits: list[list[int]], new_tokens: int) -> dict:
+    """KV-cache slots on the device: how many fit when the engine may take as many as fit; then an
+    engine over two slots serving two documents in turn, each then edited at its end (what the
+    edited prompt fed, against the same prompt cold); and a slot switch on the backend itself
+    (what it moved)."""
+    fit = TPUBackend(bmodel, devices=[0], slots=0)
+    out: dict = {"fit": fit.slots, "slot_bytes": fit._engine.slot_bytes}
+    fit.close()
+    asked = TPUBackend(bmodel, devices=[0], slots=3)
+    out["asked_3"] = asked.slots
+    asked.close()
+
+    backend = TPUBackend(bmodel, devices=[0], slots=2)
+    engine = Engine(backend, IdsTokenizer())
+    params = GenerationParams(max_new_tokens=new_tokens)
+    for ids in docs:
+        engine.generate(ids, params)
+    out["warm"] = []
+    for ids, edit in zip(docs, edits):  # back to each document, typed on at its end
+        stats = backend.stats
+        fed, prefills = stats.tokens_fed, stats.prefills
+        result = engine.generate(ids + edit, params)
+        stats = backend.stats
+        out["warm"].append({"tokens": result.token_ids, "reused": result.reused_tokens,
+                            "fed": stats.tokens_fed - fed, "prefills": stats.prefills - prefills})
+    lengths = []
+    before = backend.stats
+    for index in (0, 1, 0):
+        backend.select_slot(index)
+        lengths.append(backend.cached_length)
+    after = backend.stats
+    out["lengths"] = lengths
+    out["switch"] = {name: getattr(after, name) - getattr(before, name)
+                     for name in ("launches", "bytes_to_device", "bytes_from_device", "bytes_on_device")}
+    engine.reset()
+    out["cold"] = [engine.generate(ids + edit, params).token_ids for ids, edit in zip(docs, edits)]
+    try:
+        backend.select_slot(2)
+    except BackendError as exc:
+        out["no_such_slot"] = str(exc)
+    backend.close()
+    return out
+
+
 def cancel_mid_loop(bmodel: str) -> dict:
     """``cancel()`` from another thread while the C++ loop runs a step; the engine's cancel token
     set from ``on_text``; then misuse of the backend, and a call after ``close()``."""

@@ -33,7 +33,7 @@ export interface ServerSettings {
   weights: "auto" | "int8" | "int4" | "f32";
   /** CPU backend threads; 0 is one per physical core. */
   threads: number;
-  /** KV caches the CPU backend keeps, one earlier prompt each: switching between documents (or a team server's clients) and back prefills only what changed. The TPU backend keeps one. */
+  /** KV caches kept, one earlier prompt each: switching between documents (or a team server's clients) and back prefills only what changed. 0 is the backend's own: 4 on the CPU, on the TPU as many as the device memory beside the bmodel holds (at most 64; a number asked for is capped there too). */
   cacheSlots: number;
   /** Tokens per completion at most. */
   maxNewTokens: number;
@@ -80,7 +80,7 @@ export const SETTING_RULES: readonly SettingRule[] = [
   { key: "remoteTimeoutMs", kind: "integer", minimum: 100, maximum: 600000 },
   { key: "weights", kind: "string", choices: ["auto", "int8", "int4", "f32"] },
   { key: "threads", kind: "integer", minimum: 0, maximum: 256 },
-  { key: "cacheSlots", kind: "integer", minimum: 1, maximum: 64 },
+  { key: "cacheSlots", kind: "integer", minimum: 0, maximum: 64 },
   { key: "maxNewTokens", kind: "integer", minimum: 1, maximum: 4096 },
   { key: "speculate", kind: "integer", minimum: 0, maximum: 64 },
   { key: "debounceMs", kind: "integer", minimum: 0, maximum: 10000 },
@@ -109,7 +109,7 @@ export const DEFAULT_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   remoteTimeoutMs: 15000,
   weights: "auto",
   threads: 0,
-  cacheSlots: 4,
+  cacheSlots: 0,
   maxNewTokens: 64,
   speculate: 0,
   debounceMs: 150,

@@ -58,10 +58,11 @@ local server_settings = {
   weights = 'auto',
   -- CPU backend threads; 0 is one per physical core. An integer from 0 to 256.
   threads = 0,
-  -- KV caches the CPU backend keeps, one earlier prompt each: switching between documents (or a
-  -- team server's clients) and back prefills only what changed. The TPU backend keeps one. An
-  -- integer from 1 to 64.
-  cacheSlots = 4,
+  -- KV caches kept, one earlier prompt each: switching between documents (or a team server's
+  -- clients) and back prefills only what changed. 0 is the backend's own: 4 on the CPU, on the TPU
+  -- as many as the device memory beside the bmodel holds (at most 64; a number asked for is capped
+  -- there too). An integer from 0 to 64.
+  cacheSlots = 0,
   -- Tokens per completion at most. An integer from 1 to 4096.
   maxNewTokens = 64,
   -- Prompt-lookup speculation: up to this many tokens guessed by copying what followed the same
