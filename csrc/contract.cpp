@@ -121,6 +121,7 @@ Contract check_contract(const std::vector<NetDesc>& nets, int devices) {
   c.embed_cache = layout(nets, "embed_cache", ids_pos, "position_ids", {"hidden"}, true);
   c.lm_head = layout(nets, "lm_head", {"hidden"}, "", {"token"}, true);
   c.lm_logits = layout(nets, "lm_head_logits", {"hidden"}, "", {"logits"}, false);
+  c.lm_rows = layout(nets, "lm_head_chunk", {"hidden"}, "", {"tokens"}, false);
   while (find(nets, "block_" + std::to_string(c.num_layers))) ++c.num_layers;
   if (c.num_layers == 0) throw ModelError("the bmodel has no block_0 net; see docs/tpu-pieces.md");
   const std::vector<std::string> kv_out = {"hidden_out", "present_k", "present_v"};
@@ -185,6 +186,13 @@ Contract check_contract(const std::vector<NetDesc>& nets, int devices) {
   expect_hidden(c.embed_cache, false, 0, 1);
   expect_hidden(c.lm_head, true, 0, 1);
   expect_elems(c.lm_head, false, 0, 1, "token");
+  if (c.lm_rows.present()) {
+    if (c.lm_rows.groups != c.lm_head.groups) fail(c.lm_rows, "spans other devices than lm_head");
+    c.head_rows = static_cast<int>(element_count(c.lm_rows.out(0, 0).shape));
+    if (c.head_rows < 1 || static_cast<size_t>(c.head_rows) > N)
+      fail(c.lm_rows, "tokens has shape " + shape_str(c.lm_rows.out(0, 0).shape) + ", expected [1,K]");
+    expect_hidden(c.lm_rows, true, 0, static_cast<size_t>(c.head_rows));
+  }
   if (c.lm_logits.present()) {
     expect_hidden(c.lm_logits, true, 0, 1);
     c.vocab = static_cast<int>(element_count(c.lm_logits.out(0, 0).shape));

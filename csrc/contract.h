@@ -62,6 +62,8 @@ struct ChunkSet {
 
 struct Contract {
   NetLayout embed, embed_cache, lm_head, lm_logits;  // lm_logits optional (present() false)
+  NetLayout lm_rows;  // lm_head_chunk, optional: the top-1 of each of head_rows rows in one launch
+  int head_rows = 0;  // its rows, 0 without it
   std::vector<NetLayout> blocks, blocks_cache;
   std::vector<ChunkSet> chunks;  // ascending rows; empty: no chunk nets
   int devices = 1;

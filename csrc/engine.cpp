@@ -191,6 +191,7 @@ void Engine::allocate(int wanted_slots) {
       b.lm_in = memory_.alloc(d, contract_.hidden_row_bytes, "lm_head input");
       b.lm_token = memory_.alloc(d, 4, "lm_head token");
       if (contract_.lm_logits.present()) b.lm_logits = memory_.alloc(d, static_cast<size_t>(contract_.vocab) * 4, "logits");
+      if (contract_.lm_rows.present()) b.lm_tokens = memory_.alloc(d, static_cast<size_t>(contract_.head_rows) * 4, "lm_head_chunk tokens");
     }
   }
   // Where bmlib reports free memory, as many as it says fit; where it does not, allocated until
@@ -465,6 +466,28 @@ int Engine::head_token() {
   return static_cast<int>(raw);
 }
 
+// The chunk's output rows go to the head as they lie in hidden[cur_] (its first head_rows rows;
+// those past `rows` are padding, their tokens never read).
+std::vector<int> Engine::head_tokens(int rows) {
+  const NetLayout& net = contract_.lm_rows;
+  Launch l(net);
+  for (int g = 0; g < net.groups; ++g) {
+    bind_in(l, 0, g, dev_[g].hidden[cur_]);
+    bind_out(l, 0, g, dev_[g].lm_tokens);
+  }
+  launch(l);
+  std::vector<uint32_t> raw(rows);
+  memory_.read(raw.data(), dev_[0].lm_tokens, raw.size() * 4);
+  const bool as_float = net.out(0, 0).dtype == BM_FLOAT32;  // top-1 indices kept as float
+  std::vector<int> tokens(rows);
+  for (int r = 0; r < rows; ++r) {
+    float f;
+    std::memcpy(&f, &raw[r], 4);
+    tokens[r] = as_float ? static_cast<int>(f) : static_cast<int>(raw[r]);
+  }
+  return tokens;
+}
+
 std::vector<float> Engine::head_logits() {
   run_head(contract_.lm_logits, &DeviceBufs::lm_logits);
   const bm_data_type_t t = contract_.lm_logits.out(0, 0).dtype;
@@ -552,9 +575,14 @@ std::vector<int> Engine::verify(const std::vector<int>& ids) {
       }
     } else {
       chunk(ids.data(), n, *set);
-      for (int row = 0; row < n; ++row) {
-        last_row_ = row;
-        tokens.push_back(head_token());
+      if (contract_.lm_rows.present() && n <= contract_.head_rows) {
+        tokens = head_tokens(n);
+        last_row_ = n - 1;
+      } else {
+        for (int row = 0; row < n; ++row) {
+          last_row_ = row;
+          tokens.push_back(head_token());
+        }
       }
     }
     stats_.verifies++;

@@ -111,8 +111,9 @@ class Engine {
 
   // Append all of `ids` and return the greedy token after each of them ([i] follows ids[..i]): a
   // draft checked in one pass. Through the smallest chunk set that holds them all (one launch per
-  // layer over its rows), then the lm_head once per row (4 bytes back each); one decode step per
-  // token where no chunk set is big enough.
+  // layer over its rows), then `lm_head_chunk` once over the rows (one read of the head's weights,
+  // 4 bytes back per row), or the lm_head once per row in a bmodel without it; one decode step
+  // per token where no chunk set is big enough.
   std::vector<int> verify(const std::vector<int>& ids);
 
   // Feed `first`, then each greedy token, up to `max_steps` decode steps. After each step the
@@ -133,7 +134,7 @@ class Engine {
   struct DeviceBufs {  // one set per device
     Buf ids, pos, mask, hidden[2], present_k, present_v;
     std::vector<std::vector<Buf>> k_cache, v_cache;  // [slot][layer], N rows each
-    Buf lm_in, lm_token, lm_logits;
+    Buf lm_in, lm_token, lm_logits, lm_tokens;
   };
 
   void open(const std::string& bmodel_path, const std::vector<int>& devices, int slots);
@@ -159,6 +160,7 @@ class Engine {
   void feed(const std::vector<int>& ids);
   void run_head(const NetLayout& net, Buf DeviceBufs::*output);
   int head_token();
+  std::vector<int> head_tokens(int rows);  // lm_head_chunk over the first rows of hidden[cur_]
   std::vector<float> head_logits();
   void require_open() const;
 

@@ -68,11 +68,11 @@ def decoder_layer(g: GraphBuilder, c: ModelConfig, w: WeightView, i: int, x: str
     return LayerOut(x, k_new, v_new, keys, values)
 
 
-def lm_head(g: GraphBuilder, c: ModelConfig, w: WeightView, x_last: str) -> str:
-    """Final norm and vocabulary projection for one hidden state, [1, hidden] or [1, 1, hidden]
-    → logits [1, vocab].
+def lm_head(g: GraphBuilder, c: ModelConfig, w: WeightView, x_last: str, rows: int = 1) -> str:
+    """Final norm and vocabulary projection for ``rows`` hidden states, [1, rows, hidden] (or
+    [1, hidden] for one) → logits [rows, vocab].
 
     The norm runs before the flattening to 2-D: tpu-mlir 1.30 aborts (``v is none type``) on a
     LayerNorm of a 2-D input whose scale is all ones and shift all zeros, which it folds away."""
     h = architecture(c).norm(g, c, w, x_last, "final_norm")
-    return g.op("Gemm", g.reshape(h, [1, c.hidden_size]), w("lm_head.weight"), transB=1)
+    return g.op("Gemm", g.reshape(h, [rows, c.hidden_size]), w("lm_head.weight"), transB=1)

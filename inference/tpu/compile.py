@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..atomic import replacing, write_text
 from ..errors import InferenceError
 from .manifest import MANIFEST, Manifest, sha256_file
@@ -203,6 +205,11 @@ class _Compiler:
         ref_logits = None
         if piece["kind"] == "lm_head":
             ref_logits = self.ort.run("lm_head_logits", feeds)["logits"]
+            self.ort.release("lm_head_logits")
+        elif piece["kind"] == "lm_head_chunk":  # each row's logits, to judge each row's token
+            hidden = feeds["hidden"]
+            ref_logits = np.concatenate([self.ort.run("lm_head_logits", {"hidden": hidden[:, r:r + 1]})["logits"]
+                                         for r in range(hidden.shape[1])])
             self.ort.release("lm_head_logits")
         # A simulator per check, closed at once: an open cmodel device spins a thread at ~80% of a
         # core even while idle, which an idle simulator per worker would steal from the tools.

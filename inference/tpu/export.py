@@ -31,7 +31,7 @@ from ..weights import Checkpoint, open_checkpoint
 from .manifest import MANIFEST, MANIFEST_FORMAT, Manifest, sha256_file
 from .pieces import DEFAULT_CHUNK, PieceSpec, build_piece, piece_specs
 
-EXPORT_VERSION = "3"  # bump when what export writes changes
+EXPORT_VERSION = "4"  # bump when what export writes changes
 ALIGN = 64  # bytes; external tensors start aligned so that readers may map them
 
 

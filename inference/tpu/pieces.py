@@ -40,7 +40,7 @@ class PieceSpec:
     """One net of the bmodel: its name, what it computes and its static interface."""
 
     name: str  # the net name in the bmodel, e.g. "block_cache_3"
-    kind: str  # embed | embed_cache | block | block_cache | block_chunk | lm_head | lm_head_logits
+    kind: str  # embed | embed_cache | block | block_cache | block_chunk | lm_head | lm_head_chunk | lm_head_logits
     layer: int | None
     group: str  # the weights file it shares with its siblings: "globals" or "layer_{i}"
     inputs: tuple[TensorSpec, ...]
@@ -64,7 +64,8 @@ def uses_position_ids_in_blocks(c: ModelConfig) -> bool:
 def piece_specs(c: ModelConfig, seq_len: int, chunk_len: int, prefill_chunks: Sequence[int] = ()) -> list[PieceSpec]:
     """Every piece of a model, in bmodel order: embeddings, then per layer the three blocks (and a
     ``block_chunk{R}_{i}`` per size R of ``prefill_chunks``: the engine prefills through chunks that
-    cover the prompt instead of the N-row block), then the two heads."""
+    cover the prompt instead of the N-row block), then the heads: the top-1 of one row, of K rows
+    (``lm_head_chunk``: a draft's K rows checked in one launch, K token ids back) and the logits."""
     n, k, h = seq_len, chunk_len, c.hidden_size
     kv = lambda rows: (1, rows, c.num_kv_heads, c.head_dim)  # noqa: E731
     i32, f32 = "int32", "float32"
@@ -94,6 +95,8 @@ def piece_specs(c: ModelConfig, seq_len: int, chunk_len: int, prefill_chunks: Se
             specs.append(PieceSpec(name, kind, i, f"layer_{i}", tuple(inputs), outputs))
     specs += [
         PieceSpec("lm_head", "lm_head", None, "globals", (T("hidden", f32, (1, 1, h)),), (T("token", i32, (1, 1)),)),
+        PieceSpec("lm_head_chunk", "lm_head_chunk", None, "globals", (T("hidden", f32, (1, k, h)),),
+                  (T("tokens", i32, (1, k)),)),
         PieceSpec("lm_head_logits", "lm_head_logits", None, "globals", (T("hidden", f32, (1, 1, h)),),
                   (T("logits", f32, (1, c.vocab_size)),)),
     ]
@@ -131,6 +134,11 @@ def build_piece(spec: PieceSpec, c: ModelConfig, fetch: Callable[[str], np.ndarr
             emit(logits, "logits")
         else:
             emit(g.op("Cast", g.op("ArgMax", logits, axis=-1, keepdims=1), to=onnx.TensorProto.INT32), "token")
+    elif spec.kind == "lm_head_chunk":
+        rows = spec.inputs[0].shape[1]
+        logits = lm_head(g, c, w, ins["hidden"], rows)  # [rows, vocab]
+        top = g.op("ArgMax", logits, axis=-1, keepdims=0)  # [rows]
+        emit(g.reshape(g.op("Cast", top, to=onnx.TensorProto.INT32), [1, rows]), "tokens")
     else:
         raise ValueError(f"unknown piece kind {spec.kind!r}")
     return g.build(doc=f"{c.arch} piece {spec.name} (seq_len {seq_len}, chunk {chunk_len})")

@@ -6,7 +6,8 @@ would lose exactness above 2048, and this would show it). Every float output is 
 cosine similarity against onnxruntime on the same ONNX (a block's ``hidden_out`` as its update
 to the residual stream); the greedy ``token`` output is accepted
 when the reference logit of the chosen token is within ``1 - threshold`` of the gap between the
-best and the mean logit (random hidden states make near-ties, where exact equality would be luck).
+best and the mean logit (random hidden states make near-ties, where exact equality would be luck);
+``tokens`` (``lm_head_chunk``, a top-1 per row) scores its worst row so.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],
         if name == "token":
             scores[name] = token_agreement(int(got.reshape(-1)[0]), ref_logits) if ref_logits is not None \
                 else float(int(got.reshape(-1)[0]) == int(ref.reshape(-1)[0]))
+        elif name == "tokens":  # ref_logits: [rows, vocab]
+            rows = got.reshape(-1)
+            scores[name] = min(token_agreement(int(t), ref_logits[r]) for r, t in enumerate(rows)) \
+                if ref_logits is not None else float(np.mean(rows == ref.reshape(-1)))
         else:
             scores[name] = cosine(got, ref)
     return scores

@@ -190,45 +190,72 @@ def device_closed_under_a_request(model_dir: str) -> dict:
 
 
 def speculation(bmodel: str, prompts: list[list[int]], new_tokens: int, speculate: int) -> dict:
-    """Each prompt through the engine plain and with prompt-lookup speculation (``verify`` on the
-    device), cold each time; then ``verify`` itself on the first prompt: a draft that is the plain
-    continuation (all accepted), one of other tokens (all rejected, the cache cut back to the
-    accepted length) and the next step after it against a cold run."""
+    """Each prompt through the engine plain, then with prompt-lookup speculation (``verify`` on the
+    device) from the cached prompt, and the cache's length after each; then ``verify`` itself on
+    the first prompt: a draft that is the plain continuation (all accepted), one of other tokens
+    (all rejected, the cache cut back to the accepted length) and the next step after it against
+    a cold run; last, a cancel set while a verify call runs (on the first prompt that drafted)."""
     backend = TPUBackend(bmodel, devices=[0])
     engine = Engine(backend, IdsTokenizer())
     out: dict = {"runs": []}
-    plain_of = [engine.generate(ids, GenerationParams(max_new_tokens=new_tokens)).token_ids for ids in prompts]
-    # The prompt, its plain continuation, the prompt again: the drafter copies that continuation
-    # (whether the model, at the new positions, accepts it or not), so every run verifies drafts.
-    for ids in [p + c + p for p, c in zip(prompts, plain_of)]:
+    for ids in prompts:
         run = {"prompt": ids}
-        for k in (0, speculate):
-            engine.reset()
+        engine.reset()
+        for k in (0, speculate):  # the second run reuses the cached prompt: only the drafting differs
             before = backend.stats
             result = engine.generate(ids, GenerationParams(max_new_tokens=new_tokens, speculate=k))
             after = backend.stats
             run[str(k)] = {"tokens": result.token_ids, "drafted": result.drafted_tokens,
                            "accepted": result.accepted_draft_tokens, "verifies": after.verifies - before.verifies,
-                           "decodes": after.decodes - before.decodes, "launches": after.launches - before.launches}
+                           "decodes": after.decodes - before.decodes, "launches": after.launches - before.launches,
+                           "cached_length": backend.cached_length}
         out["runs"].append(run)
 
-    ids, plain = prompts[0], plain_of[0]
+    ids, plain = prompts[0], out["runs"][0]["0"]["tokens"]
     out["plain_of_first"] = plain
     backend.truncate(0)
     backend.greedy_step(ids)
     before = backend.stats
-    out["accepted_draft"] = backend.verify(plain[:5])  # [i]: the token after ids + plain[:i + 1]
+    out["accepted_draft"] = backend.verify(plain[:3])  # [i]: the token after ids + plain[:i + 1]
     after = backend.stats
     out["verify_call"] = {"chunks": after.chunks - before.chunks, "decodes": after.decodes - before.decodes,
                           "block_rows": after.block_rows - before.block_rows,
+                          "launches": after.launches - before.launches, "layers": backend._engine.num_layers,
                           "bytes_from_device": after.bytes_from_device - before.bytes_from_device}
     backend.truncate(len(ids))
-    wrong = [(t + 1) % backend.vocab_size for t in plain[1:5]]
+    wrong = [(t + 1) % backend.vocab_size for t in plain[1:3]]
     out["rejected_draft"] = backend.verify([plain[0], *wrong])
     backend.truncate(len(ids) + 1)  # keep plain[0] and nothing of the wrong draft
     out["after_rejection"] = backend.greedy_step([plain[1]])
     out["cached_length"] = backend.cached_length
     backend.truncate(0)
     out["cold"] = backend.greedy_step([*ids, plain[0], plain[1]])
+    drafting = next(run["prompt"] for run in out["runs"] if run[str(speculate)]["verifies"])  # one that verifies
+    out["cancelled"] = _cancel_during_verify(engine, drafting, new_tokens, speculate)
     backend.close()
     return out
+
+
+def _cancel_during_verify(engine: Engine, ids: list[int], new_tokens: int, speculate: int) -> dict:
+    """The engine's cancel token set from inside the first verify call (as ``$/cancelRequest``
+    would from the server's thread while the device runs it); every model call after it counted."""
+    backend, cancel = engine.backend, CancelToken()
+    calls = {"verifies_before": 0, "calls_after_cancel": 0}
+    real_verify, real_step = backend.verify, backend.greedy_step
+
+    def verify(token_ids):
+        if cancel.cancelled:
+            calls["calls_after_cancel"] += 1
+        calls["verifies_before"] += not cancel.cancelled
+        cancel.cancel()
+        return real_verify(token_ids)
+
+    def greedy_step(token_ids):
+        calls["calls_after_cancel"] += cancel.cancelled
+        return real_step(token_ids)
+
+    backend.verify, backend.greedy_step = verify, greedy_step
+    engine.reset()
+    result = engine.generate(ids, GenerationParams(max_new_tokens=new_tokens, speculate=speculate), cancel=cancel)
+    del backend.verify, backend.greedy_step
+    return {**calls, "reason": result.stop_reason, "tokens": result.token_ids}
