@@ -142,6 +142,8 @@ def test_contract_violations_name_the_net_and_what_is_wrong(tmp_path):
                       "net 'block_cache_2': past_k is "),
         "chunk rows": (lambda d: d.set_last_dim(d.output("block_chunk_1", 2), 1),  # present_v
                        "net 'block_chunk_1': present_v is "),
+        "chunk head rows": (lambda d: d.set_last_dim(d.tensor("lm_head_chunk", "hidden"), 3),  # [1,K,3]
+                            f"net 'lm_head_chunk': hidden has shape [1,{CHUNK_LEN},3], expected "),
     }
     for name, (change, expected) in cases.items():
         path = damaged(name.replace(" ", "-"), change)

@@ -26,7 +26,7 @@ from wizardcoder_tpu.inference.backends.cpu import CPUBackend
 from wizardcoder_tpu.inference.paths import cache_dir
 from wizardcoder_tpu.inference.tpu.manifest import Manifest
 from wizardcoder_tpu.inference.tpu.stepper import OrtPieces, generate
-from wizardcoder_tpu.inference.tpu.validate import THRESHOLDS, compare, piece_inputs
+from wizardcoder_tpu.inference.tpu.validate import THRESHOLDS, compare, head_logits, piece_inputs
 from wizardcoder_tpu.inference.weights import open_checkpoint
 
 TINY = ("gpt_bigcode_mq", "llama_gqa")
@@ -35,7 +35,7 @@ NEW_TOKENS = 12
 
 def _piece_names(num_layers: int) -> list[str]:
     blocks = [f"{kind}_{i}" for i in range(num_layers) for kind in ("block", "block_cache", "block_chunk")]
-    return ["embed", "embed_cache", *blocks, "lm_head", "lm_head_logits"]
+    return ["embed", "embed_cache", *blocks, "lm_head", "lm_head_chunk", "lm_head_logits"]
 
 
 def _info_nets(info: str) -> list[str]:
@@ -111,6 +111,34 @@ def test_pieces_on_onnxruntime_generate_like_the_cpu_backend(kind):
     assert generate(pieces, manifest, prompt, NEW_TOKENS, prefill_len=3) == expected  # 3 + chunks of 16 and 2
 
 
+@pytest.mark.parametrize("kind", TINY)
+def test_the_chunk_head_gives_each_rows_greedy_token(kind):
+    """``lm_head_chunk`` (a verify call's head) on onnxruntime: row r's token is the one-row
+    ``lm_head``'s on that row, for every one of the K rows."""
+    export_dir = tiny_export(kind)
+    manifest = Manifest.load(export_dir)
+    pieces = OrtPieces(export_dir)
+    hidden = np.random.default_rng(3).standard_normal((1, manifest.chunk_len, manifest.model_config.hidden_size))
+    hidden = hidden.astype(np.float32)
+    tokens = pieces.run("lm_head_chunk", {"hidden": hidden})["tokens"]
+    assert tokens.shape == (1, manifest.chunk_len) and tokens.dtype == np.int32
+    one_by_one = [int(pieces.run("lm_head", {"hidden": hidden[:, r:r + 1]})["token"].reshape(-1)[0])
+                  for r in range(manifest.chunk_len)]
+    assert tokens.reshape(-1).tolist() == one_by_one
+
+
+def test_a_chunk_heads_tokens_are_judged_by_each_rows_logits():
+    """The compile's check of ``lm_head_chunk``: the mean over rows of the one-row head's measure
+    (1 for the top-1, less the further the chosen token's logit falls below the best)."""
+    logits = np.array([[0.0, 1.0, 5.0], [4.0, 0.0, 0.0], [0.0, 3.9, 4.0]], np.float32)
+    reference = {"tokens": np.array([[2, 0, 2]], np.int32)}
+    near_tie = 1 - 0.1 / (4.0 - 7.9 / 3)  # row 2 chose 3.9 where the best is 4.0
+    assert compare({"tokens": np.array([[2, 0, 1]])}, reference, logits)["tokens"] == pytest.approx((2 + near_tie) / 3)
+    assert compare({"tokens": np.array([[2, 0, 2]])}, reference, logits)["tokens"] == 1.0
+    wrong = 1 - 4.0 / (4.0 - 4.0 / 3)  # row 1 chose a token at 0 where the best is 4.0: below the mean
+    assert compare({"tokens": np.array([[2, 1, 2]])}, reference, logits)["tokens"] == pytest.approx((2 + wrong) / 3)
+
+
 # --- bad input: clear errors -----------------------------------------------------------------------
 
 def test_export_rejects_an_unknown_architecture(tiny_model_factory, tmp_path):
@@ -183,7 +211,7 @@ def test_tiny_model_compiles_and_every_piece_matches_onnxruntime(kind, quantize)
         for name in names:
             piece = manifest.piece(name)
             feeds = piece_inputs(piece, manifest, seed=1)
-            logits = reference.run("lm_head_logits", feeds)["logits"] if name == "lm_head" else None
+            logits = head_logits(piece["kind"], feeds, reference.run)
             scores = compare(sim.run(name, feeds), reference.run(name, feeds), logits, feeds)
             assert all(s >= threshold for s in scores.values()), f"{name}: {scores}"
 

@@ -27,8 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..atomic import replacing, write_text
 from ..errors import InferenceError
 from .manifest import MANIFEST, Manifest, sha256_file
@@ -196,20 +194,14 @@ class _Compiler:
 
     def check(self, piece: dict, bmodel: Path) -> dict[str, float]:
         """The piece on the simulator against onnxruntime; raises below the threshold."""
-        from .validate import THRESHOLDS, compare, piece_inputs
+        from .validate import THRESHOLDS, compare, head_logits, piece_inputs
 
         name = piece["name"]
         feeds = piece_inputs(piece, self.m)
         reference = self.ort.run(name, feeds)
         self.ort.release(name)  # one piece's weights in memory at a time, not the model's
-        ref_logits = None
-        if piece["kind"] == "lm_head":
-            ref_logits = self.ort.run("lm_head_logits", feeds)["logits"]
-            self.ort.release("lm_head_logits")
-        elif piece["kind"] == "lm_head_chunk":  # each row's logits, to judge each row's token
-            hidden = feeds["hidden"]
-            ref_logits = np.concatenate([self.ort.run("lm_head_logits", {"hidden": hidden[:, r:r + 1]})["logits"]
-                                         for r in range(hidden.shape[1])])
+        ref_logits = head_logits(piece["kind"], feeds, self.ort.run)
+        if ref_logits is not None:
             self.ort.release("lm_head_logits")
         # A simulator per check, closed at once: an open cmodel device spins a thread at ~80% of a
         # core even while idle, which an idle simulator per worker would steal from the tools.
