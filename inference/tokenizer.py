@@ -23,6 +23,7 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
+from .atomic import write_text
 from .errors import TokenizerError
 
 # Names that end a generation, in the order a model family uses them.
@@ -144,6 +145,22 @@ class Tokenizer:
         if user_defined:
             backend.add_tokens([AddedToken(tok, special=False, normalized=False) for tok in user_defined])
         return cls(backend, tokens[eos_id], source)
+
+    @classmethod
+    def from_saved(cls, path: str | Path, eos_id: int, source: str) -> "Tokenizer":
+        """What ``save`` wrote; ``source`` names where it first came from (errors name it)."""
+        try:
+            backend = HFTokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
+            raise TokenizerError(f"{path}: not a readable tokenizer.json ({exc})") from exc
+        eos_token = backend.id_to_token(eos_id)
+        if eos_token is None:
+            raise TokenizerError(f"{path}: no token {eos_id} (the end-of-text id of {source})")
+        return cls(backend, eos_token, source)
+
+    def save(self, path: str | Path) -> None:
+        """This tokenizer as a ``tokenizer.json``, written whole or not at all."""
+        write_text(Path(path), self.backend.to_str())
 
     # Use ----------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import sysconfig
 from pathlib import Path
@@ -114,6 +115,38 @@ def test_qwen_tokenizer_matches_transformers_gguf_tokenizer(qwen_model, corpus):
              "x = 1234567890; y = 3.14159e-10", "cafe\u0301 ŉ ﬁ Å", "\t\t\n\n\n    \r\n  x"]
     _assert_parity(ours, reference, corpus + extra)
     assert ours.encode("12345") == [ours.encode(d)[0] for d in "12345"]  # digits one by one
+
+
+def test_a_gguf_vocabulary_is_built_once_and_read_back_as_the_same_tokenizer(qwen_model, corpus, tmp_path,
+                                                                           monkeypatch):
+    """The first open builds the tokenizer from the GGUF's fields and saves it in the cache; the
+    next reads it back without building (the warm start's tokenizer), encodes and decodes the
+    same, and keeps the same special and stop tokens. A damaged saved copy is built again."""
+    from wizardcoder_tpu.inference.weights.gguf import tokenizer_cache_path
+
+    monkeypatch.setenv("WIZARDCODER_TPU_CACHE", str(tmp_path))
+    built = open_checkpoint(qwen_model).tokenizer()
+    saved_file = tokenizer_cache_path(open_checkpoint(qwen_model))
+    assert saved_file.is_file() and saved_file.is_relative_to(tmp_path)
+    real_build = Tokenizer.from_gguf_fields
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("built from the GGUF again")
+
+    monkeypatch.setattr(Tokenizer, "from_gguf_fields", refuse)
+    saved = open_checkpoint(qwen_model).tokenizer()
+    texts = corpus + ["<|fim_prefix|>def f(<|fim_suffix|>)\n<|fim_middle|>", "a <tool_call> b", "<|endoftext|>"]
+    for text in texts:
+        assert saved.encode(text) == built.encode(text), text
+    ids = [i for text in texts[:50] for i in built.encode(text)]
+    assert saved.decode(ids) == built.decode(ids)
+    assert (saved.eos_id, saved.stop_ids, saved.fim, saved.vocab_size) == (built.eos_id, built.stop_ids, built.fim,
+                                                                          built.vocab_size)
+    saved_file.write_text("{not json", encoding="utf-8")
+    monkeypatch.setattr(Tokenizer, "from_gguf_fields", real_build)
+    rebuilt = open_checkpoint(qwen_model).tokenizer()
+    assert rebuilt.encode(texts[0]) == built.encode(texts[0])
+    assert json.loads(saved_file.read_text(encoding="utf-8"))["model"]["type"] == "BPE"  # replaced whole
 
 
 def test_qwen_special_tokens_are_looked_up_by_name(qwen_model):
