@@ -90,8 +90,10 @@ class FakeInferenceServer:
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                # Decided before the client can read the answer: a test that sets close_idle once it
+                # has this answer must not change what happens to this connection.
                 self.close_connection = self.close_connection or owner.close_idle
+                self.wfile.write(data)
 
             def _start_stream(self, keep_alive: bool = False) -> None:
                 self.send_response(200)
@@ -110,9 +112,9 @@ class FakeInferenceServer:
 
             def _end_stream(self) -> None:
                 if self.chunked:
+                    self.close_connection = owner.close_idle  # before the end is sent, as in _send
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
-                    self.close_connection = owner.close_idle
 
             def _event(self, data: Any) -> None:
                 text = data if isinstance(data, str) else json.dumps(data)

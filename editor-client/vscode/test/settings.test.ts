@@ -17,7 +17,7 @@ test("an empty configuration gives the protocol's defaults", () => {
   assert.deepEqual(readServerSettings(source({})), DEFAULT_SETTINGS);
   assert.deepEqual(DEFAULT_SETTINGS, {
     model: "default", backend: "cpu", fallbackToCpu: true, endpoint: "http://127.0.0.1:8080", remoteProtocol: "openai",
-    remoteModel: "auto", remoteTimeoutMs: 15000, weights: "auto", threads: 0, cacheSlots: 4, maxNewTokens: 64, speculate: 0, debounceMs: 150,
+    remoteModel: "auto", remoteTimeoutMs: 15000, weights: "auto", threads: 0, cacheSlots: 0, maxNewTokens: 64, speculate: 0, debounceMs: 150,
     promptTokens: 1024, contextTokens: 0, mode: "auto", explainMaxNewTokens: 256,
     trigger: "automatic", maxLineSuffix: 8, disabledLanguages: [],
     disabledFiles: [".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.crt", "*.p12", "*.pfx", "*.jks",
