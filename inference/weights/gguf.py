@@ -202,8 +202,8 @@ class GGUFCheckpoint(Checkpoint):
     def _tokenizer(self) -> Tokenizer:
         """Built from the GGUF's vocabulary once, then read back from the cache's
         ``tokenizer.json``: parsing 151,646 tokens and 151,387 merges out of the metadata and
-        building the BPE took 2-5 s of every start of the default model (half of a warm start),
-        the saved tokenizer loads in a fraction of that."""
+        building the BPE was part of every start of the default model (loading it: 1.7-2.0 s
+        with the build, 1.4-1.7 s with the saved copy, on a quiet machine; more under load)."""
         model = self._field("tokenizer.ggml.model", None)
         if model != "gpt2":
             raise ModelLoadError(f"{self.path}: GGUF tokenizer model {model!r} is not supported (supported: gpt2)")
