@@ -129,10 +129,13 @@ void Engine::open(const std::string& bmodel_path, const std::vector<int>& device
 
 // ---- device buffers ---------------------------------------------------------------------------
 
+int64_t Engine::slot_bytes_on(int d) const {
+  return 2ll * contract_.num_layers * contract_.seq_len * static_cast<int64_t>(contract_.kv_row_bytes[d]);
+}
+
 int64_t Engine::slot_bytes() const {
   int64_t bytes = 0;
-  for (size_t d = 0; d < handles_.size(); ++d)
-    bytes += 2ll * contract_.num_layers * contract_.seq_len * static_cast<int64_t>(contract_.kv_row_bytes[d]);
+  for (int d = 0; d < static_cast<int>(handles_.size()); ++d) bytes += slot_bytes_on(d);
   return bytes;
 }
 
@@ -144,8 +147,8 @@ int Engine::slots_that_fit(int wanted) const {
   for (int d = 0; d < static_cast<int>(handles_.size()); ++d) {
     const int64_t avail = memory_.free_bytes(d);
     if (avail < 0) return -1;
-    const int64_t per_slot = 2ll * contract_.num_layers * contract_.seq_len * static_cast<int64_t>(contract_.kv_row_bytes[d]);
-    fit = static_cast<int>(std::min<int64_t>(fit, std::max<int64_t>(0, avail - kFreeReserveBytes) / std::max<int64_t>(per_slot, 1)));
+    fit = static_cast<int>(std::min<int64_t>(fit, std::max<int64_t>(0, avail - kFreeReserveBytes) /
+                                                      std::max<int64_t>(slot_bytes_on(d), 1)));
   }
   return std::max(1, fit);
 }
@@ -198,14 +201,13 @@ void Engine::allocate(int wanted_slots) {
   // the device refuses one, then enough of the last given back to leave kFreeReserveBytes free.
   const int fit = slots_that_fit(wanted_slots);
   const int target = fit > 0 ? fit : wanted_slots == 0 ? kMaxSlots : wanted_slots;
+  std::vector<size_t> marks;  // marks[s]: where slot s's buffers begin in memory_
   int slots = 0;
-  while (slots < target && allocate_slot(slots)) ++slots;
+  for (marks.push_back(memory_.mark()); slots < target && allocate_slot(slots); marks.push_back(memory_.mark())) ++slots;
   if (fit < 0 && slots < target) {
     const int64_t per_slot = std::max<int64_t>(slot_bytes(), 1);
-    const int spare = static_cast<int>(std::min<int64_t>(slots - 1, (kFreeReserveBytes + per_slot - 1) / per_slot));
-    const size_t layers = static_cast<size_t>(contract_.num_layers);
-    slots -= spare;
-    memory_.free_since(memory_.mark() - static_cast<size_t>(spare) * layers * 2 * handles_.size());
+    slots -= static_cast<int>(std::min<int64_t>(slots - 1, (kFreeReserveBytes + per_slot - 1) / per_slot));
+    memory_.free_since(marks[slots]);
     for (DeviceBufs& b : dev_) {
       b.k_cache.resize(slots);
       b.v_cache.resize(slots);
@@ -454,16 +456,19 @@ void Engine::run_head(const NetLayout& net, Buf DeviceBufs::*output) {
   launch(l);
 }
 
+// A top-1 index as the head net returns it: i32, or kept as f32 by the compiler.
+static int token_of(uint32_t raw, bm_data_type_t dtype) {
+  if (dtype != BM_FLOAT32) return static_cast<int>(raw);
+  float f;
+  std::memcpy(&f, &raw, 4);
+  return static_cast<int>(f);
+}
+
 int Engine::head_token() {
   run_head(contract_.lm_head, &DeviceBufs::lm_token);
   uint32_t raw = 0;
   memory_.read(&raw, dev_[0].lm_token, 4);
-  if (contract_.lm_head.out(0, 0).dtype == BM_FLOAT32) {  // a top-1 index kept as float
-    float f;
-    std::memcpy(&f, &raw, 4);
-    return static_cast<int>(f);
-  }
-  return static_cast<int>(raw);
+  return token_of(raw, contract_.lm_head.out(0, 0).dtype);
 }
 
 // The chunk's output rows go to the head as they lie in hidden[cur_] (its first head_rows rows;
@@ -478,13 +483,8 @@ std::vector<int> Engine::head_tokens(int rows) {
   launch(l);
   std::vector<uint32_t> raw(rows);
   memory_.read(raw.data(), dev_[0].lm_tokens, raw.size() * 4);
-  const bool as_float = net.out(0, 0).dtype == BM_FLOAT32;  // top-1 indices kept as float
   std::vector<int> tokens(rows);
-  for (int r = 0; r < rows; ++r) {
-    float f;
-    std::memcpy(&f, &raw[r], 4);
-    tokens[r] = as_float ? static_cast<int>(f) : static_cast<int>(raw[r]);
-  }
+  for (int r = 0; r < rows; ++r) tokens[r] = token_of(raw[r], net.out(0, 0).dtype);
   return tokens;
 }
 

@@ -141,6 +141,7 @@ class Engine {
   void release();
   void allocate(int slots);
   int slots_that_fit(int wanted) const;  // -1: bmlib cannot say what is free
+  int64_t slot_bytes_on(int dev) const;  // one slot's K and V caches on device `dev`
   bool allocate_slot(int slot);          // false: out of device memory (nothing of it kept)
 
   void bind_in(Launch& l, int slot, int dev, const Buf& buf) const;  // no-op for an absent input
