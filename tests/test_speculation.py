@@ -20,6 +20,10 @@ from wizardcoder_tpu.inference.weights import open_checkpoint
 NEW_TOKENS = 32
 KINDS = ("gpt_bigcode_mq", "llama_gqa", "qwen2")
 ROOT = Path(__file__).resolve().parents[1]
+# SmolLM2's 4-bit graph sums a K-row verify call in another order than a one-row call, so a cache
+# built by verify calls differs from a cold pass: up to 0.012 in logits of about 20 on one machine of
+# this kind (under 1e-4 on the one before). A wrong cached token moves them by whole units.
+COPIER_ATOL = 0.05
 
 
 def tiny_prompts(cold: CPUBackend) -> list[list[int]]:
@@ -51,14 +55,16 @@ def tiny(request, tiny_model_factory) -> tuple[str, Engine, CPUBackend]:
     return request.param, Engine(CPUBackend(checkpoint), IdsTokenizer()), CPUBackend(checkpoint)
 
 
-def assert_cache_holds(engine: Engine, cold: CPUBackend, ids: list[int]) -> None:
-    """The engine's backend holds exactly ``ids[:-1]``: feeding the last gives a cold run's logits."""
+def assert_cache_holds(engine: Engine, cold: CPUBackend, ids: list[int], atol: float = 1e-4) -> None:
+    """The engine's backend holds exactly ``ids[:-1]``: feeding the last gives a cold run's logits
+    (to ``atol``: a cache built by K-row verify calls sums in another order than one cold pass;
+    a wrong token in the cache moves logits by whole units)."""
     backend = engine.backend
     assert backend.cached_length == len(ids) - 1
     warm = backend.forward(ids[-1:])
     cold.truncate(0)
     reference = cold.forward(ids)
-    np.testing.assert_allclose(warm, reference, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(warm, reference, rtol=1e-4, atol=atol)
     assert int(np.argmax(warm)) == int(np.argmax(reference))
     backend.truncate(len(ids) - 1)
 
@@ -137,7 +143,7 @@ def test_cancel_in_the_middle_of_a_draft(copier):
         result = engine.generate(prompt, GenerationParams(max_new_tokens=NEW_TOKENS, speculate=8), cancel, on_text)
         assert result.stop_reason == "cancelled"
         assert result.token_ids == tokens[:at]
-        assert_cache_holds(engine, cold, prompt + result.token_ids)  # the token cancelled on was never fed
+        assert_cache_holds(engine, cold, prompt + result.token_ids, COPIER_ATOL)  # the token cancelled on was never fed
 
 
 def test_stop_string_and_done_in_the_middle_of_a_draft(copier):
@@ -149,12 +155,12 @@ def test_stop_string_and_done_in_the_middle_of_a_draft(copier):
     result = engine.generate(prompt, GenerationParams(max_new_tokens=NEW_TOKENS, speculate=8, stop_strings=(stop,)))
     assert result.stop_reason == "stop_string" and result.token_ids == tokens[:at]
     assert result.text == decode(tokens[:at]).split(stop)[0]
-    assert_cache_holds(engine, cold, prompt + result.token_ids)
+    assert_cache_holds(engine, cold, prompt + result.token_ids, COPIER_ATOL)
     done_at = inside[-1]
     result = engine.generate(prompt, GenerationParams(max_new_tokens=NEW_TOKENS, speculate=8),
                              on_text=lambda text: len(text.split()) < done_at)
     assert result.stop_reason == "done" and result.token_ids == tokens[:done_at]
-    assert_cache_holds(engine, cold, prompt + result.token_ids)
+    assert_cache_holds(engine, cold, prompt + result.token_ids, COPIER_ATOL)
 
 
 def test_budget_ends_inside_a_draft(copier):
@@ -165,7 +171,7 @@ def test_budget_ends_inside_a_draft(copier):
     for budget in (1, 2, 3, 6):
         result = engine.generate(prompt, GenerationParams(max_new_tokens=budget, speculate=8))
         assert result.token_ids == expected[:budget]
-        assert_cache_holds(engine, cold, prompt + result.token_ids)
+        assert_cache_holds(engine, cold, prompt + result.token_ids, COPIER_ATOL)
 
 
 def code_prompts() -> list[str]:
